@@ -1,0 +1,59 @@
+"""The memory item as the rest of the system sees it (plaintext, in memory only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Scope(StrEnum):
+    USER = "user"
+    AGENT = "agent"
+    TENANT = "tenant"
+
+
+class Kind(StrEnum):
+    PLAINTEXT = "plaintext"
+    ACTIVATION = "activation"
+    PARAMETRIC = "parametric"
+
+
+class State(StrEnum):
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    ARCHIVED = "archived"
+    DELETED = "deleted"
+
+
+@dataclass
+class Source:
+    """Provenance of a memory: where it was learned, plus the caller's metadata."""
+
+    request_id: str | None = None
+    message_index: int | None = None
+    session: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryItem:
+    id: str
+    tenant: str
+    owner: str
+    text: str
+    scope: Scope = Scope.USER
+    kind: Kind = Kind.PLAINTEXT
+    state: State = State.ACTIVE
+    version: int = 1
+    sources: list[Source] = field(default_factory=list)
+    observed_at: datetime | None = None
+    valid_from: datetime | None = None
+    invalid_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    hits: int = 0
+    last_hit_at: datetime | None = None
+    importance: float = 0.5
+    expires_at: datetime | None = None

@@ -1,0 +1,97 @@
+"""Every setting of the process, read in one place (environment `MEMOS_*`, optional file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Process settings. Per-tenant behaviour lives in policies, not here."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMOS_", extra="ignore")
+
+    # An optional YAML file with the same keys (lower case, no prefix); the environment wins over it.
+    config_file: Path | None = None
+
+    data_dir: Path = Path("memos-data")
+    database_url: str | None = None
+    vector_uri: str | None = None
+    master_key: SecretStr | None = None
+    policy_dir: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    log_level: str = "info"
+
+    upstream_base_url: str = "https://api.openai.com/v1"
+    upstream_api_key: SecretStr | None = None
+    upstream_connect_timeout_s: float = 10.0
+    upstream_read_timeout_s: float = 600.0
+    # Model prefixes served through the litellm adapter (providers that are not OpenAI-compatible).
+    litellm_model_prefixes: list[str] = Field(
+        default_factory=lambda: ["anthropic/", "gemini/", "vertex_ai/", "bedrock/", "cohere/", "ollama/"]
+    )
+
+    # Embeddings: "minilm" (the bundled all-MiniLM-L6-v2) or "upstream:<model>".
+    embedding_model: str = "minilm"
+    embedding_batch_window_ms: float = 2.0
+
+    # name -> local Hugging Face model directory, served as model "local/<name>".
+    local_models: dict[str, Path] = Field(default_factory=dict)
+
+    # Outbox worker.
+    worker_enabled: bool = True
+    worker_poll_interval_s: float = 0.2
+
+    @field_validator("local_models", mode="before")
+    @classmethod
+    def _parse_local_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file_from(init_settings, env_settings)
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'memos.db').resolve()}"
+
+    @property
+    def resolved_vector_uri(self) -> str:
+        return self.vector_uri or str((self.data_dir / "vectors").resolve())
+
+    @property
+    def resolved_policy_dir(self) -> Path:
+        return self.policy_dir or (self.data_dir / "policies")
+
+
+def _config_file_from(*sources: PydanticBaseSettingsSource) -> Path | None:
+    for source in sources:
+        value = source().get("config_file")
+        if value:
+            return Path(value)
+    return None
