@@ -6,9 +6,11 @@ gets `Policy()` defaults. The JSON Schema published in policies/ is generated fr
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -37,12 +39,24 @@ class UpstreamPolicy(_Strict):
 
 class RedactionRule(_Strict):
     name: str
-    pattern: str
+    pattern: str  # a Python regular expression
     replacement: str = "[REDACTED]"
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+BuiltinRedaction = Literal["email", "phone", "card", "iban"]
 
 
 class RedactionPolicy(_Strict):
-    builtin: list[str] = Field(default_factory=lambda: ["email", "phone", "card", "iban"])
+    builtin: list[BuiltinRedaction] = Field(default_factory=lambda: ["email", "phone", "card", "iban"])
     custom: list[RedactionRule] = Field(default_factory=list)
 
 
@@ -59,9 +73,27 @@ class MemoryPolicy(_Strict):
     allowed_modes: list[str] = Field(default_factory=lambda: ["plaintext", "activation", "parametric", "off"])
 
 
+# The names of memos.governance.acl.Operation ("*": all of them); kept in step by a test.
+OperationName = Literal[
+    "*",
+    "chat",
+    "memory.read",
+    "memory.write",
+    "memory.delete",
+    "memory.erase",
+    "audit.read",
+    "export",
+    "keys.admin",
+    "policy.admin",
+]
+
+
 class AclPolicy(_Strict):
     # role -> operations it may perform (see memos.governance.acl.Operation); None: the built-in defaults.
-    roles: dict[str, list[str]] | None = None
+    # Roles named here replace the built-in role of that name; other built-in roles keep their defaults.
+    roles: dict[str, list[OperationName]] | None = None
+    # key id -> role name (built-in or one defined under `roles`); wins over the role the key was made with.
+    key_roles: dict[str, str] = Field(default_factory=dict)
     # key id -> users it may act for ("*" for any); restricts further than its role.
     key_users: dict[str, list[str]] = Field(default_factory=dict)
 
