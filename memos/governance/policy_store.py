@@ -68,6 +68,22 @@ def _schema_validator() -> Any:
 # ------------------------------------------------------------------ parsing with line numbers
 
 
+class _PolicyLoader(yaml.SafeLoader):
+    """YAML 1.2-style booleans: only true/false. (In YAML 1.1 `off`, `no` and `on` are booleans, which
+    would turn `audit_level: off` or `allowed_modes: [off]` into False.)"""
+
+
+_PolicyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PolicyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 def _node_at(root: yaml.Node | None, path: Sequence[Any]) -> tuple[yaml.Node | None, bool]:
     """The deepest node along `path`, and whether the whole path was found."""
     node = root
@@ -117,8 +133,8 @@ def _dotted(path: Sequence[Any]) -> str:
 def parse_policy(text: str, file: str, tenant: str | None = None) -> Policy:
     """Parse and validate one policy document; raise PolicyError naming file, line and field."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_PolicyLoader)
+        data = yaml.load(text, Loader=_PolicyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
