@@ -19,6 +19,7 @@ from sqlmodel import Session, SQLModel, create_engine
 TABLE_MODULES: tuple[str, ...] = (
     "memos.keyring",
     "memos.governance.audit",
+    "memos.outbox",
 )
 
 

@@ -1,0 +1,293 @@
+"""The write-back outbox: finished chat exchanges, committed durably before the reply finishes.
+
+A row holds one exchange (the user's new turns, the assistant's answer, provenance) as ciphertext under
+the tenant's data key. Workers claim rows with a lease, process them, and acknowledge (delete) them; a
+failed row is released with a backoff and retried, never dropped. Claiming is one atomic
+`UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING`: on PostgreSQL concurrent
+workers skip each other's rows; on SQLite the statement runs under the database's single writer lock,
+so two claimers can never take the same row. A claim whose lease ran out (its worker died) is taken
+again by the next claimer. All calls are blocking: run them off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Column, Index, LargeBinary, delete, func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Field, SQLModel
+
+from memos.db import Database
+from memos.keyring import Keyring
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRow(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_due", "next_attempt_at", "id"),
+        Index("ix_outbox_owner", "tenant", "owner"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=128)
+    owner: str = Field(max_length=256)
+    request_id: str = Field(max_length=128)
+    # The exchange as JSON, encrypted under the tenant's data key (never plaintext on disk).
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # Times are unix seconds: portable across SQLite and PostgreSQL, compared only with each other.
+    created_at: float
+    next_attempt_at: float
+    attempts: int = 0
+    claim_token: str | None = Field(default=None, max_length=64)
+    claimed_until: float | None = None
+    # The kind of the last failure (an exception class name, never message text).
+    last_error: str | None = Field(default=None, max_length=200)
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """A claimed row, payload decrypted. Acknowledge or fail it with its claim token."""
+
+    id: int
+    tenant: str
+    owner: str
+    request_id: str
+    created_at: float
+    attempts: int
+    claim_token: str
+    payload: dict[str, Any]
+
+
+def _aad(tenant: str, owner: str, request_id: str) -> bytes:
+    # Binds the ciphertext to its row's identity: a payload cannot be moved to another tenant or user.
+    return b"outbox\x00" + tenant.encode() + b"\x00" + owner.encode() + b"\x00" + request_id.encode()
+
+
+class Outbox:
+    """Durable queue of exchanges awaiting write-back; also erases a user's pending rows."""
+
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        *,
+        lease_s: float = 60.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 300.0,
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self.lease_s = lease_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        # SQLite has one writer; serialising this process's claims avoids needless busy retries.
+        self._sqlite_lock = threading.Lock() if db.is_sqlite else None
+
+    # -- producer -------------------------------------------------------------------------------------
+
+    def enqueue(self, tenant: str, owner: str, request_id: str, payload: dict[str, Any]) -> int:
+        """Commit one exchange; returns its row id once the transaction is durable."""
+        blob = self._keyring.cipher(tenant).encrypt(orjson.dumps(payload), _aad(tenant, owner, request_id))
+        now = time.time()
+        row = OutboxRow(
+            tenant=tenant,
+            owner=owner,
+            request_id=request_id,
+            payload=blob,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        with self._db.session() as session:
+            session.add(row)
+            session.flush()
+            assert row.id is not None
+            return row.id
+
+    # -- consumer -------------------------------------------------------------------------------------
+
+    def claim(self, limit: int = 16, *, now: float | None = None) -> list[OutboxRecord]:
+        """Take up to `limit` due rows under a fresh lease, oldest first."""
+        now = time.time() if now is None else now
+        token = uuid.uuid4().hex
+        due = (
+            select(OutboxRow.id)
+            .where(OutboxRow.next_attempt_at <= now)
+            .where((OutboxRow.claimed_until.is_(None)) | (OutboxRow.claimed_until < now))
+            .order_by(OutboxRow.id)
+            .limit(limit)
+        )
+        if self._db.is_postgres:
+            due = due.with_for_update(skip_locked=True)
+        statement = (
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(due.scalar_subquery()))
+            .values(claim_token=token, claimed_until=now + self.lease_s)
+            .returning(
+                OutboxRow.id,
+                OutboxRow.tenant,
+                OutboxRow.owner,
+                OutboxRow.request_id,
+                OutboxRow.created_at,
+                OutboxRow.attempts,
+                OutboxRow.payload,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        rows = self._run_claim(statement)
+        records: list[OutboxRecord] = []
+        for row in sorted(rows, key=lambda r: r.id):
+            try:
+                plain = self._keyring.cipher(row.tenant).decrypt(
+                    row.payload, _aad(row.tenant, row.owner, row.request_id)
+                )
+                payload = orjson.loads(plain)
+            except Exception as exc:
+                # Unreadable now (e.g. the tenant's key is gone): keep the row, retry later with backoff.
+                log.warning("outbox row %s could not be opened: %s", row.id, type(exc).__name__)
+                self.fail(row.id, token, exc)
+                continue
+            records.append(
+                OutboxRecord(
+                    id=row.id,
+                    tenant=row.tenant,
+                    owner=row.owner,
+                    request_id=row.request_id,
+                    created_at=row.created_at,
+                    attempts=row.attempts,
+                    claim_token=token,
+                    payload=payload,
+                )
+            )
+        return records
+
+    def _run_claim(self, statement) -> list[Any]:  # type: ignore[no-untyped-def]
+        for attempt in range(20):
+            try:
+                if self._sqlite_lock is not None:
+                    with self._sqlite_lock, self._db.session() as session:
+                        return list(session.execute(statement).all())
+                with self._db.session() as session:
+                    return list(session.execute(statement).all())
+            except OperationalError as exc:
+                # SQLite: another process holds the writer lock ("database is locked") or our snapshot was
+                # stale; nothing was claimed, so trying again is safe.
+                if not self._db.is_sqlite or attempt == 19:
+                    raise
+                log.debug("outbox claim retry after %s", type(exc).__name__)
+                time.sleep(0.01 * (attempt + 1))
+        return []
+
+    def ack(self, row_id: int, claim_token: str) -> bool:
+        """The row's memories are in the vault: delete it. False when the claim was lost meanwhile."""
+        with self._db.session() as session:
+            result = session.execute(
+                delete(OutboxRow)
+                .where(OutboxRow.id == row_id)
+                .where(OutboxRow.claim_token == claim_token)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)
+
+    def fail(
+        self, row_id: int, claim_token: str, error: BaseException | str, *, now: float | None = None
+    ) -> None:
+        """Release the claim and schedule a retry with capped exponential backoff (with jitter)."""
+        now = time.time() if now is None else now
+        kind = error if isinstance(error, str) else type(error).__name__
+        with self._db.session() as session:
+            attempts = session.execute(
+                select(OutboxRow.attempts)
+                .where(OutboxRow.id == row_id)
+                .where(OutboxRow.claim_token == claim_token)
+            ).scalar_one_or_none()
+            if attempts is None:
+                return
+            delay = min(self.backoff_cap_s, self.backoff_base_s * (2**attempts))
+            delay *= 0.5 + random.random() / 2
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row_id)
+                .where(OutboxRow.claim_token == claim_token)
+                .values(
+                    attempts=attempts + 1,
+                    next_attempt_at=now + delay,
+                    claim_token=None,
+                    claimed_until=None,
+                    last_error=kind[:200],
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    def extend(self, row_id: int, claim_token: str, *, now: float | None = None) -> bool:
+        """Renew a lease while a row is still being worked on."""
+        now = time.time() if now is None else now
+        with self._db.session() as session:
+            result = session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row_id)
+                .where(OutboxRow.claim_token == claim_token)
+                .values(claimed_until=now + self.lease_s)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)
+
+    def release(self, row_id: int, claim_token: str) -> bool:
+        """Give a claimed row back untouched (the worker is stopping); it is due again at once."""
+        with self._db.session() as session:
+            result = session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row_id)
+                .where(OutboxRow.claim_token == claim_token)
+                .values(claim_token=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)
+
+    def release_all_claims(self) -> int:
+        """At start of the only process using a SQLite database: claims left by a killed process are dead."""
+        with self._db.session() as session:
+            result = session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.claim_token.is_not(None))
+                .values(claim_token=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount or 0)
+
+    # -- inspection and erasure -----------------------------------------------------------------------
+
+    def pending(self, tenant: str | None = None) -> int:
+        statement = select(func.count()).select_from(OutboxRow)
+        if tenant is not None:
+            statement = statement.where(OutboxRow.tenant == tenant)
+        with self._db.session() as session:
+            return int(session.execute(statement).scalar_one())
+
+    def erase_user(self, tenant: str, owner: str) -> int:
+        """UserDataEraser: drop the user's exchanges that were not written back yet."""
+        with self._db.session() as session:
+            result = session.execute(
+                delete(OutboxRow)
+                .where(OutboxRow.tenant == tenant)
+                .where(OutboxRow.owner == owner)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount or 0)
+
+    def erase_tenant(self, tenant: str) -> int:
+        with self._db.session() as session:
+            result = session.execute(
+                delete(OutboxRow)
+                .where(OutboxRow.tenant == tenant)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount or 0)

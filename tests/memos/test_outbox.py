@@ -1,0 +1,177 @@
+"""Outbox: durable, encrypted, claimed under a lease, never double-claimed, never dropped on failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from memos.crypto import MasterKey
+from memos.db import Database
+from memos.keyring import Keyring
+from memos.outbox import Outbox, OutboxRow
+
+CANARY = "zebra-canary-8841"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request, tmp_path) -> Database:
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
+    else:
+        db = Database(request.getfixturevalue("pg_url"))
+    db.create_all()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def outbox(database: Database) -> Outbox:
+    return Outbox(database, Keyring(database, MasterKey.generate()), lease_s=30.0)
+
+
+def _payload(text: str = "I live in Lyon") -> dict:
+    return {"turns": [[0, {"role": "user", "content": text}]], "assistant_text": "Noted.", "session": "s1"}
+
+
+def test_enqueue_then_claim_returns_the_payload(outbox: Outbox) -> None:
+    row_id = outbox.enqueue("acme", "alice", "req-1", _payload())
+    [record] = outbox.claim()
+    assert (record.id, record.tenant, record.owner, record.request_id) == (row_id, "acme", "alice", "req-1")
+    assert record.payload == _payload()
+    assert record.attempts == 0
+
+
+def test_payload_is_ciphertext_on_disk(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
+    db.create_all()
+    box = Outbox(db, Keyring(db, MasterKey.generate()))
+    box.enqueue("acme", "alice", "req-1", _payload(f"my secret word is {CANARY}"))
+    db.dispose()  # checkpoint the WAL into the main file
+    for path in tmp_path.iterdir():
+        assert CANARY.encode() not in path.read_bytes(), path.name
+
+
+def test_claimed_rows_are_not_claimed_again_until_the_lease_runs_out(outbox: Outbox) -> None:
+    outbox.enqueue("acme", "alice", "req-1", _payload())
+    now = time.time()
+    assert len(outbox.claim(now=now)) == 1
+    assert outbox.claim(now=now + 1) == []
+    # The claimer died: after its lease, another claimer takes the row.
+    [again] = outbox.claim(now=now + outbox.lease_s + 1)
+    assert again.request_id == "req-1"
+
+
+def test_ack_deletes_only_with_the_current_claim(outbox: Outbox) -> None:
+    outbox.enqueue("acme", "alice", "req-1", _payload())
+    now = time.time()
+    [stale] = outbox.claim(now=now)
+    [fresh] = outbox.claim(now=now + outbox.lease_s + 1)
+    assert outbox.ack(stale.id, stale.claim_token) is False  # the lease was lost: not ours to delete
+    assert outbox.pending() == 1
+    assert outbox.ack(fresh.id, fresh.claim_token) is True
+    assert outbox.pending() == 0
+
+
+def test_failure_keeps_the_row_and_backs_off(outbox: Outbox) -> None:
+    outbox.enqueue("acme", "alice", "req-1", _payload())
+    now = time.time()
+    delays = []
+    for attempt in range(6):
+        [record] = outbox.claim(now=now + 10_000 * attempt)
+        assert record.attempts == attempt
+        outbox.fail(record.id, record.claim_token, RuntimeError("vault down"), now=now + 10_000 * attempt)
+        with outbox._db.session() as session:
+            row = session.get(OutboxRow, record.id)
+            delays.append(row.next_attempt_at - (now + 10_000 * attempt))
+            assert row.last_error == "RuntimeError"
+            assert row.claim_token is None
+        # Not due again before its backoff.
+        assert outbox.claim(now=now + 10_000 * attempt + delays[-1] - 0.01) == []
+    assert delays[-1] > delays[0]
+    assert all(d <= outbox.backoff_cap_s for d in delays)
+    assert outbox.pending() == 1
+
+
+def test_release_makes_a_row_due_at_once_without_counting_an_attempt(outbox: Outbox) -> None:
+    outbox.enqueue("acme", "alice", "req-1", _payload())
+    [record] = outbox.claim()
+    assert outbox.release(record.id, record.claim_token)
+    [again] = outbox.claim()
+    assert again.attempts == 0
+
+
+def test_release_all_claims_recovers_rows_of_a_killed_process(outbox: Outbox) -> None:
+    for i in range(3):
+        outbox.enqueue("acme", "alice", f"req-{i}", _payload())
+    assert len(outbox.claim()) == 3
+    assert outbox.claim() == []
+    assert outbox.release_all_claims() == 3
+    assert len(outbox.claim()) == 3
+
+
+def test_claims_are_oldest_first_and_limited(outbox: Outbox) -> None:
+    ids = [outbox.enqueue("acme", "alice", f"req-{i}", _payload()) for i in range(5)]
+    first = outbox.claim(limit=2)
+    second = outbox.claim(limit=10)
+    assert [r.id for r in first] == ids[:2]
+    assert [r.id for r in second] == ids[2:]
+
+
+def test_erase_user_drops_only_that_users_rows(outbox: Outbox) -> None:
+    outbox.enqueue("acme", "alice", "req-1", _payload())
+    outbox.enqueue("acme", "bob", "req-2", _payload())
+    outbox.enqueue("other", "alice", "req-3", _payload())
+    assert outbox.erase_user("acme", "alice") == 1
+    assert sorted((r.tenant, r.owner) for r in outbox.claim()) == [("acme", "bob"), ("other", "alice")]
+
+
+def test_a_payload_moved_to_another_user_fails_authentication_and_is_kept(outbox: Outbox) -> None:
+    row_id = outbox.enqueue("acme", "alice", "req-1", _payload())
+    with outbox._db.session() as session:
+        session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(owner="mallory"))
+    assert outbox.claim() == []  # not readable as mallory's
+    assert outbox.pending() == 1  # but not dropped either
+    with outbox._db.session() as session:
+        assert session.get(OutboxRow, row_id).last_error == "DecryptionError"
+
+
+def test_concurrent_claimers_never_take_the_same_row(database: Database) -> None:
+    keyring = Keyring(database, MasterKey.generate())
+    producer = Outbox(database, keyring)
+    total = 60
+    for i in range(total):
+        producer.enqueue("acme", f"user-{i % 4}", f"req-{i}", _payload(f"fact {i}"))
+    # Separate Outbox objects: no shared in-process lock, as with separate processes or replicas.
+    claimers = [Outbox(database, keyring) for _ in range(4)]
+    seen: Counter[int] = Counter()
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def drain(box: Outbox) -> None:
+        try:
+            while producer.pending() > 0:
+                records = box.claim(limit=3)
+                if not records:
+                    time.sleep(0.001)  # the rest is claimed by others; wait until they are done
+                    continue
+                with lock:
+                    seen.update(r.id for r in records)
+                for record in records:
+                    assert box.ack(record.id, record.claim_token)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drain, args=(box,)) for box in claimers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert len(seen) == total
+    assert max(seen.values()) == 1
+    assert producer.pending() == 0
