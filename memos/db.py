@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel, create_engine
 # Every module that defines tables; add yours here.
 TABLE_MODULES: tuple[str, ...] = (
     "memos.keyring",
+    "memos.governance.apikeys",
     "memos.governance.audit",
     "memos.outbox",
 )

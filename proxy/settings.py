@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,16 @@ class Settings(BaseSettings):
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "info"
+    access_log: bool = False  # uvicorn's access log (method, path, status; never bodies)
+    # How long a resolved API key is trusted without asking the database again. A key revoked by
+    # another process (the CLI, another replica) stops working within this many seconds.
+    key_cache_ttl_s: float = 2.0
 
     upstream_base_url: str = "https://api.openai.com/v1"
     upstream_api_key: SecretStr | None = None
     upstream_connect_timeout_s: float = 10.0
     upstream_read_timeout_s: float = 600.0
+    upstream_max_connections: int = 512
     # Model prefixes served through the litellm adapter (providers that are not OpenAI-compatible).
     litellm_model_prefixes: list[str] = Field(
         default_factory=lambda: ["anthropic/", "gemini/", "vertex_ai/", "bedrock/", "cohere/", "ollama/"]
@@ -87,6 +93,15 @@ class Settings(BaseSettings):
     @property
     def resolved_policy_dir(self) -> Path:
         return self.policy_dir or (self.data_dir / "policies")
+
+
+def secret_from_env(name: str) -> str | None:
+    """The value of an environment variable a tenant policy names (`upstream.api_key_env`).
+
+    Policies name the variable, never the secret; this is the one place such names are looked up.
+    """
+    value = os.environ.get(name)
+    return value or None
 
 
 def _config_file_from(*sources: PydanticBaseSettingsSource) -> Path | None:

@@ -1,0 +1,73 @@
+"""The composition root: `create_app(settings)` builds the Starlette app; its lifespan builds the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from proxy.errors import ApiError, error_response
+from proxy.metrics import Metrics
+from proxy.middleware import ProxyMiddleware
+from proxy.routes import chat, health, openai, passthrough
+from proxy.services import Services, build_services
+from proxy.settings import Settings
+
+
+def routes() -> list[BaseRoute]:
+    # Order matters only for the catch-all passthrough, which goes last.
+    return [
+        *health.routes(),
+        *chat.routes(),
+        *openai.routes(),
+        # -- memory API (H2a): *memories.routes(), audit (H4): *audit.routes()
+        *passthrough.routes(),
+    ]
+
+
+def create_app(settings: Settings, *, configure: Callable[[Services], None] | None = None) -> Starlette:
+    """`configure` runs after the services are built and before they start (tests swap parts there)."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await anyio.to_thread.run_sync(build_services, settings, metrics)
+        if configure is not None:
+            configure(services)
+        app.state.services = services
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = (
+            "not_found"
+            if exc.status_code == 404
+            else "method_not_allowed"
+            if exc.status_code == 405
+            else None
+        )
+        return error_response(
+            ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=kind)
+        )
+
+    return Starlette(
+        routes=routes(),
+        middleware=[Middleware(ProxyMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)],
+        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,94 @@
+"""Errors in the OpenAI envelope: `{"error": {"message", "type", "param", "code"}}` with the right status.
+
+Routes raise `ApiError` (or its helpers); the app's exception handler turns it into a response. Messages
+name fields and headers, never echo message text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from proxy.upstream.base import UpstreamError
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_envelope(
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | int | None = None,
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def unauthorized(message: str = "Invalid or missing API key.") -> ApiError:
+    return ApiError(401, message, type="authentication_error", code="invalid_api_key")
+
+
+def forbidden(message: str, code: str | None = "permission_denied") -> ApiError:
+    return ApiError(403, message, type="permission_error", code=code)
+
+
+def not_found(message: str, param: str | None = None, code: str | None = "not_found") -> ApiError:
+    return ApiError(404, message, type="invalid_request_error", param=param, code=code)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
+
+
+def raw_json_response(
+    content: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(error.envelope(), error.status, error.headers)
+
+
+def upstream_error_response(error: UpstreamError, headers: Mapping[str, str] | None = None) -> Response:
+    """A failed upstream call as the client sees it: the upstream's own envelope and status when it
+    sent one (429 and 5xx relayed faithfully, with Retry-After and rate-limit headers), else ours."""
+    return json_response(error.envelope(), error.status, {**error.headers, **(headers or {})})
+
+
+def client_gone_response() -> Response:
+    """What a request whose client already left gets (nobody reads it; the status shows in metrics)."""
+    return json_response(error_envelope("Client closed the request.", code="client_closed_request"), 499)

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one app, in its own CollectorRegistry (never the process-global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+NO_TENANT = "-"
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "memos_http_requests",
+            "HTTP requests answered, by tenant, route and status.",
+            ["tenant", "route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "memos_http_request_duration_seconds",
+            "Time from request to the last byte of the answer, by tenant and route.",
+            ["tenant", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "memos_upstream_duration_seconds",
+            "Time until the upstream answered (first event for streams), by tenant and route.",
+            ["tenant", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "memos_upstream_errors",
+            "Failed upstream calls, by tenant, route and kind (HTTP status, unreachable, timeout).",
+            ["tenant", "route", "kind"],
+            registry=self.registry,
+        )
+
+    def observe_request(self, tenant: str, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(tenant, route, method, str(status)).inc()
+        self.latency.labels(tenant, route).observe(seconds)
+
+    def observe_upstream(self, tenant: str, route: str, seconds: float) -> None:
+        self.upstream_latency.labels(tenant, route).observe(seconds)
+
+    def upstream_error(self, tenant: str, route: str, kind: str) -> None:
+        self.upstream_errors.labels(tenant, route, kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per concept; each exposes `routes() -> list[BaseRoute]`."""

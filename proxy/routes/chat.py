@@ -1,0 +1,286 @@
+"""POST /v1/chat/completions: auth, memory around the call, the upstream call, SSE relayed as it arrives.
+
+Streaming: the first upstream event is awaited before the response starts, so an upstream that fails
+early keeps its HTTP status; then events are relayed as they come (payload bytes untouched), the
+usage chunk (`choices == []`) is sent last, memory's `complete()` runs, and only then `data: [DONE]`.
+An error after the first byte is sent as a `data: {"error": ...}` event (no [DONE]). When the client
+goes away the upstream call is cancelled (its connection closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from memos.chat import ChatContext, FinishedExchange, MemoryMode, MemorySwitch, PreparedChat
+from memos.governance.acl import AccessDenied, Operation, authorize, effective_user, is_allowed
+from memos.governance.policy import Policy
+from memos.governance.principal import Principal
+from proxy.auth import authenticate
+from proxy.disconnect import ClientDisconnected, until_disconnect
+from proxy.errors import (
+    ApiError,
+    bad_request,
+    client_gone_response,
+    error_envelope,
+    forbidden,
+    not_found,
+    raw_json_response,
+    upstream_error_response,
+)
+from proxy.services import Services
+from proxy.sse import (
+    DONE,
+    SSE_HEADERS,
+    StreamAssembler,
+    error_event_status,
+    frame,
+    frame_json,
+    is_usage_only,
+    message_of,
+)
+from proxy.targets import check_model_allowed, upstream_target
+from proxy.upstream.base import ChatCall, EventStream, Upstream, UpstreamError, UpstreamHTTPError
+from proxy.upstream.router import UnknownModel, UpstreamKind
+from proxy.wire import ChatRequest, read_json_object
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/v1/chat/completions"
+_WRITES = (MemorySwitch.ON, MemorySwitch.WRITE)
+
+
+def routes() -> list[BaseRoute]:
+    return [Route(ROUTE, chat_completions, methods=["POST"])]
+
+
+def _header_enum(
+    request: Request, name: str, enum: type[MemorySwitch] | type[MemoryMode], default: Any
+) -> Any:
+    raw = request.headers.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return enum(raw.strip().lower())
+    except ValueError:
+        allowed = " | ".join(m.value for m in enum)
+        raise bad_request(f"Invalid value for header {name}: expected {allowed}.", param=name) from None
+
+
+def memory_switch(
+    requested: MemorySwitch, principal: Principal, policy: Policy, user: str | None
+) -> MemorySwitch:
+    """What memory may do on this request: the client's wish narrowed by the policy and the ACL."""
+    if requested is MemorySwitch.OFF or user is None:
+        return MemorySwitch.OFF
+    read = (
+        requested in (MemorySwitch.ON, MemorySwitch.READ)
+        and policy.memory.inject
+        and is_allowed(principal, policy, Operation.MEMORY_READ, user)
+    )
+    write = (
+        requested in _WRITES
+        and policy.memory.write
+        and is_allowed(principal, policy, Operation.MEMORY_WRITE, user)
+    )
+    if read and write:
+        return MemorySwitch.ON
+    return MemorySwitch.READ if read else MemorySwitch.WRITE if write else MemorySwitch.OFF
+
+
+async def chat_completions(request: Request) -> Response:
+    services: Services = request.app.state.services
+    caller = await authenticate(request, services)
+    body = await read_json_object(request)
+    chat = ChatRequest(body)
+    requested_switch = _header_enum(request, "x-memos-memory", MemorySwitch, MemorySwitch.ON)
+    requested_mode = _header_enum(request, "x-memos-memory-mode", MemoryMode, MemoryMode.AUTO)
+    principal, policy = caller.principal, caller.policy
+    user = effective_user(principal, request.headers.get("x-memos-user") or chat.user)
+    try:
+        authorize(principal, policy, Operation.CHAT, user)
+    except AccessDenied as exc:
+        raise forbidden(str(exc)) from None
+    check_model_allowed(policy, chat.model)
+    try:
+        kind, upstream = services.upstreams.route(chat.model)
+    except UnknownModel as exc:
+        raise not_found(str(exc), param="model", code="model_not_found") from None
+
+    ctx = ChatContext(
+        principal=principal,
+        request_id=request.state.request_id,
+        user=user,
+        session=request.headers.get("x-memos-session"),
+        switch=memory_switch(requested_switch, principal, policy, user),
+        requested_mode=requested_mode,
+        model=chat.model,
+        local_model=kind is UpstreamKind.LOCAL,
+    )
+    # What was asked, before memory adds anything (a shallow copy: memory may edit the list in place).
+    asked = list(chat.messages) if ctx.switch in _WRITES else []
+    prepared = await services.chat_memory.prepare(ctx, body)
+    call = ChatCall(
+        upstream_target(services.settings, caller, kind, dict(request.headers)), prepared, ctx.request_id
+    )
+    memo_headers = {
+        "x-memos-memory-mode": prepared.mode.value,
+        "x-memos-memories": str(prepared.injected_count),
+    }
+    relay = _Relay(services, request, ctx, prepared, asked, memo_headers)
+    if chat.stream:
+        return await relay.stream(upstream, call)
+    return await relay.once(upstream, call)
+
+
+class _Relay:
+    def __init__(
+        self,
+        services: Services,
+        request: Request,
+        ctx: ChatContext,
+        prepared: PreparedChat,
+        asked: list[dict[str, Any]],
+        headers: dict[str, str],
+    ) -> None:
+        self.services = services
+        self.request = request
+        self.ctx = ctx
+        self.prepared = prepared
+        self.asked = asked
+        self.headers = headers
+        self.tenant = ctx.principal.tenant
+
+    def _upstream_failed(self, exc: UpstreamError) -> Response:
+        self.services.metrics.upstream_error(self.tenant, ROUTE, exc.kind)
+        return upstream_error_response(exc, self.headers)
+
+    async def _complete(self, text: str, tool_calls: list[dict[str, Any]]) -> None:
+        """Hand the finished exchange to memory; raises ApiError(503) if it cannot be recorded."""
+        if self.ctx.switch not in _WRITES:
+            return
+        exchange = FinishedExchange(request_messages=self.asked, assistant_text=text, tool_calls=tool_calls)
+        try:
+            await self.services.chat_memory.complete(self.ctx, self.prepared, exchange)
+        except Exception as exc:
+            log.exception("memory write-back failed (request %s)", self.ctx.request_id)
+            raise ApiError(
+                503,
+                "The answer could not be recorded for memory.",
+                type="server_error",
+                code="memory_unavailable",
+            ) from exc
+
+    async def once(self, upstream: Upstream, call: ChatCall) -> Response:
+        started = time.perf_counter()
+        try:
+            reply = await until_disconnect(self.request.receive, upstream.chat(call))
+        except UpstreamError as exc:
+            return self._upstream_failed(exc)
+        except ClientDisconnected:
+            return client_gone_response()
+        self.services.metrics.observe_upstream(self.tenant, ROUTE, time.perf_counter() - started)
+        if self.ctx.switch in _WRITES:
+            try:
+                text, tool_calls = message_of(reply.data)
+            except orjson.JSONDecodeError:
+                return self._upstream_failed(UpstreamHTTPError(502, reply.content))
+            await self._complete(text, tool_calls)
+        return raw_json_response(reply.content, reply.status, {**reply.headers, **self.headers})
+
+    async def stream(self, upstream: Upstream, call: ChatCall) -> Response:
+        started = time.perf_counter()
+        try:
+            events, first = await until_disconnect(self.request.receive, _open(upstream, call))
+        except UpstreamError as exc:
+            return self._upstream_failed(exc)
+        except ClientDisconnected:
+            return client_gone_response()
+        self.services.metrics.observe_upstream(self.tenant, ROUTE, time.perf_counter() - started)
+        if first is not None:
+            status = error_event_status(first[1])
+            if status is not None:
+                await _close(events)
+                return self._upstream_failed(UpstreamHTTPError(status, first[0]))
+        return StreamingResponse(
+            self._events(events, first),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **self.headers},
+        )
+
+    async def _events(
+        self, events: EventStream, first: tuple[bytes, dict[str, Any]] | None
+    ) -> AsyncIterator[bytes]:
+        assembler = StreamAssembler() if self.ctx.switch in _WRITES else None
+        usage: bytes | None = None
+        try:
+            current = first
+            while current is not None:
+                payload, chunk = current
+                if error_event_status(chunk) is not None:
+                    self.services.metrics.upstream_error(self.tenant, ROUTE, "stream_error")
+                    yield frame(payload)
+                    return
+                if is_usage_only(chunk):
+                    usage = payload  # held back: the usage chunk goes last
+                else:
+                    if assembler is not None:
+                        assembler.add(chunk)
+                    yield frame(payload)
+                current = await _next(events)
+            if usage is not None:
+                yield frame(usage)
+            if assembler is not None:
+                await self._complete(assembler.text, assembler.tool_calls)
+            yield DONE
+        except UpstreamError as exc:
+            self.services.metrics.upstream_error(self.tenant, ROUTE, exc.kind)
+            yield frame_json(exc.envelope())
+        except ApiError as exc:
+            yield frame_json(exc.envelope())
+        except Exception:
+            log.exception("stream relay failed (request %s)", self.ctx.request_id)
+            yield frame_json(error_envelope("Internal error.", type="server_error", code="internal_error"))
+        finally:
+            await _close(events)
+
+
+async def _next(events: EventStream) -> tuple[bytes, dict[str, Any]] | None:
+    try:
+        payload = await events.__anext__()
+    except StopAsyncIteration:
+        return None
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("upstream sent an event that is not JSON") from exc
+    if not isinstance(chunk, dict):
+        raise UpstreamError("upstream sent an event that is not a JSON object")
+    return payload, chunk
+
+
+async def _open(
+    upstream: Upstream, call: ChatCall
+) -> tuple[EventStream, tuple[bytes, dict[str, Any]] | None]:
+    events = await upstream.chat_stream(call)
+    try:
+        return events, await _next(events)
+    except BaseException:
+        await _close(events)
+        raise
+
+
+async def _close(events: EventStream) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await events.aclose()
+        except Exception:
+            log.debug("closing an upstream stream failed", exc_info=True)

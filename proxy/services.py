@@ -1,0 +1,170 @@
+"""The Services container: everything a request needs, built once per app (in its lifespan) or per CLI run.
+
+`open_core(settings)` opens what every command and the server share (database, master key, keyring,
+API keys, audit); `build_services(settings, metrics)` adds what serving needs (policies, upstreams,
+memory). Both are blocking and build nothing at import time. Wiring of later parts goes in the marked
+places below, one small block each.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from memos.chat import ChatMemory, NoChatMemory
+from memos.crypto import MasterKey
+from memos.db import Database
+from memos.governance.apikeys import ApiKeyStore
+from memos.governance.audit import AuditLog
+from memos.governance.policy import Policy
+from memos.governance.policy_store import PolicyStore
+from memos.keyring import Keyring
+from proxy.auth import KeyResolver
+from proxy.metrics import Metrics
+from proxy.settings import Settings
+from proxy.upstream.http import HttpUpstream
+from proxy.upstream.litellm_adapter import LiteLLMUpstream
+from proxy.upstream.router import UpstreamRouter
+
+log = logging.getLogger(__name__)
+
+
+class PolicyProvider(Protocol):
+    def get(self, tenant: str) -> Policy: ...
+
+
+class DefaultPolicies:
+    """Every tenant gets `Policy()` (used when no policy store is configured)."""
+
+    def __init__(self, policies: dict[str, Policy] | None = None) -> None:
+        self.policies = dict(policies or {})
+
+    def get(self, tenant: str) -> Policy:
+        return self.policies.get(tenant) or Policy()
+
+
+@dataclass
+class Core:
+    """What the CLI and the server share: storage, keys, audit."""
+
+    settings: Settings
+    db: Database
+    master: MasterKey
+    keyring: Keyring
+    api_keys: ApiKeyStore
+    audit: AuditLog
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def load_master_key(settings: Settings) -> MasterKey:
+    if settings.master_key is not None:
+        return MasterKey.from_b64(settings.master_key.get_secret_value())
+    return MasterKey.load_or_create(settings.data_dir / "master.key")
+
+
+def open_core(settings: Settings) -> Core:
+    """Open the database (creating tables), the master key and the stores. Blocking."""
+    db = Database(settings.resolved_database_url)
+    db.create_all()
+    master = load_master_key(settings)
+    return Core(
+        settings=settings,
+        db=db,
+        master=master,
+        keyring=Keyring(db, master),
+        api_keys=ApiKeyStore(db),
+        audit=AuditLog.from_master(db, master),
+    )
+
+
+class Background(Protocol):
+    """A background job started and stopped with the app (outbox worker, scheduler, policy reload)."""
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> Any: ...
+
+
+@dataclass
+class Services:
+    settings: Settings
+    core: Core
+    keys: KeyResolver
+    policies: PolicyProvider
+    upstreams: UpstreamRouter
+    metrics: Metrics
+    memory: Any = None  # memos.service.MemoryService (memory API); None until wired
+    chat_memory: ChatMemory = field(default_factory=NoChatMemory)
+    # Started in order with the app, stopped in reverse; start()/stop() may be sync or async.
+    background: list[Background] = field(default_factory=list)
+
+    @property
+    def db(self) -> Database:
+        return self.core.db
+
+    @property
+    def keyring(self) -> Keyring:
+        return self.core.keyring
+
+    @property
+    def api_keys(self) -> ApiKeyStore:
+        return self.core.api_keys
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.core.audit
+
+    async def start(self) -> None:
+        for job in self.background:
+            await _maybe_await(job.start())
+
+    async def stop(self) -> None:
+        for job in reversed(self.background):
+            try:
+                await _maybe_await(job.stop())
+            except Exception:
+                log.exception("stopping %s failed", type(job).__name__)
+        await self.upstreams.aclose()
+        self.core.close()
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def build_upstreams(settings: Settings) -> UpstreamRouter:
+    http = HttpUpstream(
+        settings.upstream_base_url,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
+        max_connections=settings.upstream_max_connections,
+    )
+    return UpstreamRouter(
+        http,
+        litellm=LiteLLMUpstream(timeout_s=settings.upstream_read_timeout_s),
+        litellm_prefixes=settings.litellm_model_prefixes,
+    )
+
+
+def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+    """Everything serving needs. Blocking; called from the app's lifespan in a worker thread."""
+    core = open_core(settings)
+    services = Services(
+        settings=settings,
+        core=core,
+        keys=KeyResolver(core.api_keys, settings.key_cache_ttl_s),
+        policies=(policies := PolicyStore(settings.resolved_policy_dir, audit=core.audit)),
+        upstreams=build_upstreams(settings),
+        metrics=metrics or Metrics(),
+    )
+    services.background.append(policies)  # hot reload
+    # -- memory (H2a/H2b): services.memory = MemoryService(...);
+    #    services.chat_memory = PlaintextChatMemory(...); services.background.append(<outbox worker>)
+    # -- local runtime (H5): services.upstreams.local = LocalUpstream(...); scheduler into background
+    return services

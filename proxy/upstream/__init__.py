@@ -1,0 +1,1 @@
+"""Upstream clients behind one small interface (see proxy.upstream.base)."""

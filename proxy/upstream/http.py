@@ -1,0 +1,205 @@
+"""The default upstream: any OpenAI-compatible HTTP endpoint, called through one pooled httpx client.
+
+Bodies go out as the client sent them (after memory's changes), answers come back as raw bytes, and
+streams are cut into SSE events without re-encoding their payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from proxy.upstream.base import (
+    ChatCall,
+    JsonCall,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamReply,
+    UpstreamTarget,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    relayed_headers,
+)
+
+
+class HttpUpstream:
+    def __init__(
+        self,
+        default_base_url: str,
+        *,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 600.0,
+        max_connections: int = 512,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.default_base_url = default_base_url.rstrip("/")
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=30.0,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def _url(self, target: UpstreamTarget, path: str) -> str:
+        base = (target.base_url or self.default_base_url).rstrip("/")
+        return f"{base}/{path}"
+
+    @staticmethod
+    def _headers(target: UpstreamTarget, request_id: str | None, *, json_body: bool) -> dict[str, str]:
+        headers = dict(target.headers)
+        if json_body:
+            headers["content-type"] = "application/json"
+        if target.api_key:
+            headers["authorization"] = f"Bearer {target.api_key}"
+        if request_id:
+            headers["x-request-id"] = request_id
+        return headers
+
+    async def _post_json(
+        self, path: str, target: UpstreamTarget, body: dict[str, Any], rid: str
+    ) -> UpstreamReply:
+        request = self._client.build_request(
+            "POST",
+            self._url(target, path),
+            content=orjson.dumps(body),
+            headers=self._headers(target, rid, json_body=True),
+        )
+        response = await _send(self._client, request, stream=False)
+        if response.status_code >= 400:
+            raise UpstreamHTTPError(response.status_code, response.content, response.headers)
+        return UpstreamReply(response.content, response.status_code, relayed_headers(response.headers))
+
+    async def chat(self, call: ChatCall) -> UpstreamReply:
+        return await self._post_json("chat/completions", call.target, call.body, call.request_id)
+
+    async def embeddings(self, call: JsonCall) -> UpstreamReply:
+        return await self._post_json("embeddings", call.target, call.body, call.request_id)
+
+    async def chat_stream(self, call: ChatCall) -> SSEEventStream:
+        headers = self._headers(call.target, call.request_id, json_body=True)
+        headers["accept"] = "text/event-stream"
+        headers["accept-encoding"] = "identity"  # compressed SSE tends to be buffered along the way
+        request = self._client.build_request(
+            "POST",
+            self._url(call.target, "chat/completions"),
+            content=orjson.dumps(call.body),
+            headers=headers,
+        )
+        response = await _send(self._client, request, stream=True)
+        if response.status_code >= 400:
+            try:
+                content = await response.aread()
+            except httpx.HTTPError:
+                content = b""
+            finally:
+                await response.aclose()
+            raise UpstreamHTTPError(response.status_code, content, response.headers)
+        return SSEEventStream(response)
+
+    async def models(self, target: UpstreamTarget) -> list[dict[str, Any]]:
+        request = self._client.build_request(
+            "GET", self._url(target, "models"), headers=self._headers(target, None, json_body=False)
+        )
+        response = await _send(self._client, request, stream=False)
+        if response.status_code >= 400:
+            raise UpstreamHTTPError(response.status_code, response.content, response.headers)
+        try:
+            data = orjson.loads(response.content)
+            return [m for m in data["data"] if isinstance(m, dict)]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UpstreamError("upstream answered /models with an unexpected body") from exc
+
+    async def send_raw(
+        self,
+        method: str,
+        path: str,
+        target: UpstreamTarget,
+        headers: Mapping[str, str],
+        content: bytes,
+        query: bytes = b"",
+    ) -> httpx.Response:
+        """Any other request, relayed as is (streamed answer). The caller closes the response."""
+        url = self._url(target, path.lstrip("/"))
+        if query:
+            url = f"{url}?{query.decode('latin-1')}"
+        out = dict(headers)
+        out.update(self._headers(target, None, json_body=False))
+        request = self._client.build_request(method, url, content=content or None, headers=out)
+        return await _send(self._client, request, stream=True)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request, *, stream: bool) -> httpx.Response:
+    try:
+        return await client.send(request, stream=stream)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"upstream did not answer in time ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnreachable(f"upstream unreachable ({type(exc).__name__})") from exc
+
+
+class SSEEventStream:
+    """Cuts an upstream SSE body into the data payloads of its events; ends at `[DONE]` or EOF."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._events = self._iterate()
+        content_type = response.headers.get("content-type", "")
+        self._is_json = content_type.startswith("application/json")
+
+    def __aiter__(self) -> SSEEventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._events.__anext__()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        try:
+            if self._is_json:
+                # A 200 with a JSON body where a stream was asked for: usually an error in disguise.
+                content = await self._response.aread()
+                raise UpstreamHTTPError(502, content, self._response.headers)
+            buffer = b""
+            data: list[bytes] = []
+            async for piece in self._response.aiter_bytes():
+                buffer += piece
+                while True:
+                    newline = buffer.find(b"\n")
+                    if newline < 0:
+                        break
+                    line = buffer[:newline].rstrip(b"\r")
+                    buffer = buffer[newline + 1 :]
+                    if line:
+                        if line.startswith(b"data:"):
+                            value = line[5:]
+                            data.append(value[1:] if value.startswith(b" ") else value)
+                        continue  # comments (":"), event:, id:, retry: are not relayed
+                    if data:
+                        payload = data[0] if len(data) == 1 else b"\n".join(data)
+                        data = []
+                        if payload == b"[DONE]":
+                            return
+                        yield payload
+            if data:  # a last event without its blank line
+                payload = b"\n".join(data)
+                if payload != b"[DONE]":
+                    yield payload
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"upstream stream stalled ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnreachable(f"upstream stream broke ({type(exc).__name__})") from exc
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._response.aclose()
