@@ -1,0 +1,252 @@
+"""The write-back worker: drains the outbox through reader -> operator -> vault, and audits the writes.
+
+`WriteBack.process` turns one outbox record into vault changes; it is idempotent (a row processed twice,
+say after a crash between the vault write and the acknowledgement, finds its own facts as exact
+duplicates from the same source and changes nothing). `OutboxWorker` is the background asyncio task:
+it claims batches, processes each user's rows in order (different users concurrently), acknowledges
+what succeeded and releases what failed with a backoff, so no row is ever lost. It keeps claimed rows'
+leases fresh while it works, wakes early when `notify()` says a row was committed, survives database
+outages (it retries), and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from memos.governance.policy import Policy
+from memos.operator import MemOperator, OperatorResult
+from memos.outbox import Outbox, OutboxRecord
+from memos.reader import Exchange, MemReader
+
+log = logging.getLogger(__name__)
+
+
+class PolicySource(Protocol):
+    def get(self, tenant: str) -> Policy: ...
+
+
+class AuditSink(Protocol):
+    def record(self, tenant: str, action: str, **fields: Any) -> Any: ...
+
+
+def exchange_from_record(record: OutboxRecord) -> Exchange:
+    """The reader's view of an outbox payload (written by memos.chat_memory.PlaintextChatMemory)."""
+    payload = record.payload
+    observed = payload.get("observed_at")
+    observed_at = (
+        datetime.fromisoformat(observed) if observed else datetime.fromtimestamp(record.created_at, UTC)
+    )
+    if observed_at.tzinfo is None:
+        observed_at = observed_at.replace(tzinfo=UTC)
+    turns = [(int(index), message) for index, message in payload.get("turns", [])]
+    return Exchange(
+        tenant=record.tenant,
+        owner=record.owner,
+        request_id=record.request_id,
+        session=payload.get("session"),
+        observed_at=observed_at,
+        turns=turns,
+        assistant_text=payload.get("assistant_text") or "",
+        metadata=payload.get("metadata") or {},
+    )
+
+
+class WriteBack:
+    """What happens to one outbox record: read facts, apply them to the vault, audit the result."""
+
+    def __init__(
+        self,
+        reader: MemReader,
+        operator: MemOperator,
+        policies: PolicySource,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self._reader = reader
+        self._operator = operator
+        self._policies = policies
+        self._audit = audit
+
+    async def process(self, record: OutboxRecord) -> OperatorResult:
+        policy = self._policies.get(record.tenant)
+        extractor = policy.memory.extractor
+        exchange = exchange_from_record(record)
+        facts = await self._reader.read(exchange, extractor)
+        result = await self._operator.apply(record.tenant, record.owner, facts, extractor=extractor)
+        if self._audit is not None:
+            await asyncio.to_thread(self._audit_result, record, policy, result)
+        return result
+
+    def _audit_result(self, record: OutboxRecord, policy: Policy, result: OperatorResult) -> None:
+        assert self._audit is not None
+        written = list(dict.fromkeys([*result.added, *result.merged]))
+        if written:
+            self._audit.record(
+                record.tenant,
+                "memory.write",
+                request_id=record.request_id,
+                user=record.owner,
+                memory_ids=written,
+                detail={"via": "chat", "added": len(result.added), "merged": len(result.merged)},
+                level=policy.audit_level,
+            )
+        if result.superseded:
+            self._audit.record(
+                record.tenant,
+                "memory.update",
+                request_id=record.request_id,
+                user=record.owner,
+                memory_ids=result.superseded,
+                detail={"via": "chat", "state": "superseded"},
+                level=policy.audit_level,
+            )
+
+
+Processor = Callable[[OutboxRecord], Awaitable[Any]]
+
+
+class OutboxWorker:
+    """Background task draining the outbox. `start()` / `stop()` from the application's lifespan."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        process: Processor,
+        *,
+        poll_interval_s: float = 0.2,
+        batch_size: int = 16,
+        concurrency: int = 4,
+        recover_claims: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._process = process
+        self.poll_interval_s = poll_interval_s
+        self.batch_size = batch_size
+        self._concurrency = asyncio.Semaphore(concurrency) if concurrency > 0 else None
+        self._recover_claims = recover_claims
+        self.name = name or f"outbox-worker-{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.processed = 0
+        self.failed = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def notify(self) -> None:
+        """A row was committed: look now rather than at the next poll. Safe from the event loop only."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        if self._recover_claims:
+            # The only process on this (SQLite) database: claims left by a killed predecessor are dead.
+            released = await asyncio.to_thread(self._outbox.release_all_claims)
+            if released:
+                log.info("released %d outbox claims left by a previous process", released)
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in hand (up to `timeout_s`), then stop; unfinished rows stay in the outbox."""
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                handled = await self.drain_once()
+                failures = 0
+            except Exception as exc:  # database unreachable and the like: wait, then try again
+                failures += 1
+                delay = min(30.0, self.poll_interval_s * (2 ** min(failures, 8)))
+                log.warning("outbox worker: claim failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await self._sleep(delay)
+                continue
+            if handled == 0:
+                await self._sleep(self.poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def drain_once(self) -> int:
+        """Claim one batch and process it; returns how many rows were claimed."""
+        records = await asyncio.to_thread(self._outbox.claim, self.batch_size)
+        if not records:
+            return 0
+        groups: dict[tuple[str, str], list[OutboxRecord]] = defaultdict(list)
+        for record in records:
+            groups[(record.tenant, record.owner)].append(record)
+        heartbeat = asyncio.create_task(self._keep_leases(records))
+        try:
+            await asyncio.gather(*(self._process_group(group) for group in groups.values()))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        return len(records)
+
+    async def _process_group(self, records: list[OutboxRecord]) -> None:
+        # One user's rows in commit order: a later statement must see (and may supersede) an earlier one.
+        for record in records:
+            if self._concurrency is not None:
+                async with self._concurrency:
+                    await self._process_one(record)
+            else:
+                await self._process_one(record)
+
+    async def _process_one(self, record: OutboxRecord) -> None:
+        try:
+            await self._process(record)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self._outbox.release, record.id, record.claim_token))
+            raise
+        except Exception as exc:
+            self.failed += 1
+            log.warning(
+                "outbox row %s failed (attempt %d): %s", record.id, record.attempts + 1, type(exc).__name__
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._outbox.fail, record.id, record.claim_token, exc)
+            return
+        self.processed += 1
+        try:
+            await asyncio.to_thread(self._outbox.ack, record.id, record.claim_token)
+        except Exception as exc:
+            # The memories are written; the row comes back after its lease and is a no-op the second time.
+            log.warning("outbox row %s: acknowledgement failed (%s)", record.id, type(exc).__name__)
+
+    async def _keep_leases(self, records: list[OutboxRecord]) -> None:
+        interval = max(0.5, self._outbox.lease_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            for record in records:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._outbox.extend, record.id, record.claim_token)

@@ -1,0 +1,224 @@
+"""OutboxWorker: drains in order per user, retries failures with backoff, never loses or doubles a row."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+
+from memos.crypto import MasterKey
+from memos.db import Database
+from memos.keyring import Keyring
+from memos.outbox import Outbox, OutboxRecord
+from memos.worker import OutboxWorker
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request, tmp_path) -> Database:
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
+    else:
+        db = Database(request.getfixturevalue("pg_url"))
+    db.create_all()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def keyring(database: Database) -> Keyring:
+    return Keyring(database, MasterKey.generate())
+
+
+def make_outbox(database: Database, keyring: Keyring, **kw) -> Outbox:
+    kw.setdefault("backoff_base_s", 0.01)
+    kw.setdefault("backoff_cap_s", 0.05)
+    return Outbox(database, keyring, **kw)
+
+
+async def until(predicate, deadline_s: float = 20.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.01)
+
+
+def payload(n: int) -> dict:
+    return {"turns": [[0, {"role": "user", "content": f"fact {n}"}]]}
+
+
+async def test_worker_drains_each_users_rows_in_commit_order(database: Database, keyring: Keyring) -> None:
+    outbox = make_outbox(database, keyring)
+    for i in range(12):
+        outbox.enqueue("acme", f"user-{i % 3}", f"req-{i}", payload(i))
+    seen: list[OutboxRecord] = []
+
+    async def process(record: OutboxRecord) -> None:
+        await asyncio.sleep(0.001)
+        seen.append(record)
+
+    worker = OutboxWorker(outbox, process, poll_interval_s=0.01, batch_size=5)
+    await worker.start()
+    try:
+        await until(lambda: len(seen) == 12 and outbox.pending() == 0)
+    finally:
+        await worker.stop()
+    for user in ("user-0", "user-1", "user-2"):
+        ids = [r.id for r in seen if r.owner == user]
+        assert ids == sorted(ids)
+    assert sorted(r.payload["turns"][0][1]["content"] for r in seen) == sorted(f"fact {i}" for i in range(12))
+
+
+async def test_failing_rows_are_retried_until_they_succeed(database: Database, keyring: Keyring) -> None:
+    outbox = make_outbox(database, keyring)
+    outbox.enqueue("acme", "alice", "req-1", payload(1))
+    attempts: Counter[int] = Counter()
+
+    async def flaky(record: OutboxRecord) -> None:
+        attempts[record.id] += 1
+        if attempts[record.id] < 4:
+            raise ConnectionError("vault unreachable")
+
+    worker = OutboxWorker(outbox, flaky, poll_interval_s=0.01)
+    await worker.start()
+    try:
+        await until(lambda: outbox.pending() == 0)
+    finally:
+        await worker.stop()
+    assert list(attempts.values()) == [4]
+    assert worker.failed == 3 and worker.processed == 1
+
+
+async def test_a_row_that_keeps_failing_stays_in_the_outbox(database: Database, keyring: Keyring) -> None:
+    outbox = make_outbox(database, keyring)
+    outbox.enqueue("acme", "alice", "req-1", payload(1))
+    calls = 0
+
+    async def broken(record: OutboxRecord) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("always")
+
+    worker = OutboxWorker(outbox, broken, poll_interval_s=0.01)
+    await worker.start()
+    try:
+        await until(lambda: calls >= 5)
+    finally:
+        await worker.stop()
+    assert outbox.pending() == 1
+
+
+async def test_two_workers_never_process_a_row_twice(database: Database, keyring: Keyring) -> None:
+    producer = make_outbox(database, keyring)
+    total = 40
+    for i in range(total):
+        producer.enqueue("acme", f"user-{i % 5}", f"req-{i}", payload(i))
+    processed: Counter[int] = Counter()
+
+    async def slow(record: OutboxRecord) -> None:
+        processed[record.id] += 1
+        await asyncio.sleep(0.005)
+
+    # Separate Outbox objects (no shared in-process lock), as two replicas would have.
+    workers = [
+        OutboxWorker(make_outbox(database, keyring), slow, poll_interval_s=0.005, batch_size=3)
+        for _ in range(2)
+    ]
+    for worker in workers:
+        await worker.start()
+    try:
+        await until(lambda: producer.pending() == 0)
+    finally:
+        for worker in workers:
+            await worker.stop()
+    assert len(processed) == total
+    assert max(processed.values()) == 1
+    assert all(w.processed > 0 for w in workers)  # both took part
+
+
+async def test_stop_leaves_unfinished_rows_in_the_outbox(database: Database, keyring: Keyring) -> None:
+    outbox = make_outbox(database, keyring)
+    outbox.enqueue("acme", "alice", "req-1", payload(1))
+    started = asyncio.Event()
+
+    async def hangs(record: OutboxRecord) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    worker = OutboxWorker(outbox, hangs, poll_interval_s=0.01)
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await worker.stop(timeout_s=0.1)
+    assert not worker.running
+    # Released, not failed: due again at once, with no attempt counted.
+    [record] = outbox.claim()
+    assert record.attempts == 0
+
+
+async def test_a_restarted_worker_takes_over_rows_claimed_by_a_dead_process(
+    database: Database, keyring: Keyring
+) -> None:
+    dead = make_outbox(database, keyring, lease_s=3600)
+    for i in range(3):
+        dead.enqueue("acme", "alice", f"req-{i}", payload(i))
+    assert len(dead.claim()) == 3  # claimed, then the process was killed
+    done: list[int] = []
+
+    async def process(record: OutboxRecord) -> None:
+        done.append(record.id)
+
+    worker = OutboxWorker(make_outbox(database, keyring), process, poll_interval_s=0.01, recover_claims=True)
+    await worker.start()
+    try:
+        await until(lambda: len(done) == 3 and dead.pending() == 0)
+    finally:
+        await worker.stop()
+
+
+async def test_notify_wakes_an_idle_worker(database: Database, keyring: Keyring) -> None:
+    outbox = make_outbox(database, keyring)
+    done = asyncio.Event()
+
+    async def process(record: OutboxRecord) -> None:
+        done.set()
+
+    worker = OutboxWorker(outbox, process, poll_interval_s=3600)
+    await worker.start()
+    try:
+        await asyncio.sleep(0.05)  # the worker found nothing and sleeps for an hour
+        outbox.enqueue("acme", "alice", "req-1", payload(1))
+        worker.notify()
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        await worker.stop()
+
+
+async def test_the_worker_survives_a_database_outage(tmp_path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
+    db.create_all()
+    keyring = Keyring(db, MasterKey.generate())
+    outbox = make_outbox(db, keyring)
+    outbox.enqueue("acme", "alice", "req-1", payload(1))
+    real_claim = outbox.claim
+    outage = {"left": 3}
+
+    def claim(*args, **kwargs):
+        if outage["left"]:
+            outage["left"] -= 1
+            raise ConnectionError("database unreachable")
+        return real_claim(*args, **kwargs)
+
+    outbox.claim = claim  # type: ignore[method-assign]
+    done: list[int] = []
+
+    async def process(record: OutboxRecord) -> None:
+        done.append(record.id)
+
+    worker = OutboxWorker(outbox, process, poll_interval_s=0.005)
+    await worker.start()
+    try:
+        await until(lambda: done)
+    finally:
+        await worker.stop()
+    assert outage["left"] == 0
