@@ -81,7 +81,13 @@ class MasterKey:
     def load_or_create(cls, path: Path) -> MasterKey:
         """The embedded default: a key file made at first start, readable by its owner only."""
         if path.exists():
-            return cls.from_b64(path.read_text())
+            # The first key line is the active key; later lines are previous keys kept after a rotation
+            # (memos.governance.masterkeys), comments start with '#'.
+            for line in path.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    return cls.from_b64(line)
+            raise ValueError(f"{path} holds no master key")
         path.parent.mkdir(parents=True, exist_ok=True)
         key = cls.generate()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,0 +1,81 @@
+"""`GET /v1/audit`: the caller's tenant's audit trail, oldest first, with a cursor; never any text.
+
+`GET /v1/audit?limit=100&cursor=<seq>` answers `{"object": "list", "data": [entries], "next_cursor"}`;
+`GET /v1/audit/verify` checks the tenant's hash chain (`{"ok", "entries", "first_bad", "reason"}`).
+Both need the `audit.read` operation (admin by default; a policy may grant it to another role).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from memos.governance.acl import AccessDenied, Operation, authorize
+from proxy.auth import authenticate
+from proxy.errors import bad_request, forbidden, json_response
+
+if TYPE_CHECKING:
+    from proxy.services import Services
+
+_MAX_LIMIT = 1000
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/audit", list_audit, methods=["GET"]),
+        Route("/v1/audit/verify", verify_audit, methods=["GET"]),
+    ]
+
+
+async def _caller(request: Request):  # type: ignore[no-untyped-def]
+    services: Services = request.app.state.services
+    caller = await authenticate(request, services)
+    try:
+        authorize(caller.principal, caller.policy, Operation.AUDIT_READ, None)
+    except AccessDenied as exc:
+        raise forbidden(str(exc)) from None
+    return services, caller
+
+
+async def list_audit(request: Request) -> Response:
+    services, caller = await _caller(request)
+    raw_limit = request.query_params.get("limit", "100")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise bad_request("`limit` must be an integer.", param="limit") from None
+    if not 1 <= limit <= _MAX_LIMIT:
+        raise bad_request(f"`limit` must be between 1 and {_MAX_LIMIT}.", param="limit")
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and not cursor.isdigit():
+        raise bad_request("`cursor` is not a cursor this endpoint returned.", param="cursor")
+    entries, next_cursor = await anyio.to_thread.run_sync(
+        services.audit.list, caller.principal.tenant, limit, cursor
+    )
+    return json_response(
+        {
+            "object": "list",
+            "data": [e.to_dict() for e in entries],
+            "next_cursor": next_cursor,
+            "has_more": next_cursor is not None,
+        }
+    )
+
+
+async def verify_audit(request: Request) -> Response:
+    services, caller = await _caller(request)
+    result = await anyio.to_thread.run_sync(services.audit.verify, caller.principal.tenant)
+    return json_response(
+        {
+            "tenant": result.tenant,
+            "ok": result.ok,
+            "entries": result.entries,
+            "first_bad": result.first_bad,
+            "reason": result.reason,
+            "head_mac": result.head_mac,
+        }
+    )
