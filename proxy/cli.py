@@ -27,6 +27,7 @@ from proxy.settings import Settings
 COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.serve",
     "proxy.commands.keys",
+    "proxy.commands.governance",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], "int | None"]

@@ -18,6 +18,8 @@ from memos.crypto import MasterKey
 from memos.db import Database
 from memos.governance.apikeys import ApiKeyStore
 from memos.governance.audit import AuditLog
+from memos.governance.masterkeys import MasterKeySource, MasterKeyWatcher
+from memos.governance.masterkeys import connect as connect_master_keys
 from memos.governance.policy import Policy
 from memos.governance.policy_store import PolicyStore
 from memos.keyring import Keyring
@@ -55,29 +57,40 @@ class Core:
     keyring: Keyring
     api_keys: ApiKeyStore
     audit: AuditLog
+    master_keys: MasterKeySource | None = None  # re-read on rotation (keys rotate-master)
 
     def close(self) -> None:
         self.db.dispose()
 
 
+def load_master_keys(settings: Settings) -> MasterKeySource:
+    """MEMOS_MASTER_KEY (`NEW[,OLD...]`) or the key file; see memos.governance.masterkeys (rotation)."""
+    env = settings.master_key.get_secret_value() if settings.master_key is not None else None
+    return MasterKeySource.from_settings(env, settings.data_dir)
+
+
 def load_master_key(settings: Settings) -> MasterKey:
-    if settings.master_key is not None:
-        return MasterKey.from_b64(settings.master_key.get_secret_value())
-    return MasterKey.load_or_create(settings.data_dir / "master.key")
+    return load_master_keys(settings).current().active
 
 
 def open_core(settings: Settings) -> Core:
-    """Open the database (creating tables), the master key and the stores. Blocking."""
+    """Open the database (creating tables), the master keys and the stores. Blocking."""
     db = Database(settings.resolved_database_url)
     db.create_all()
-    master = load_master_key(settings)
+    source = load_master_keys(settings)
+    keys = source.current()
+    # revalidate_s: a tenant deleted by another process (key destroyed) stops being readable here soon.
+    keyring = Keyring(db, keys.active, keys.previous, refresh=source.refresh, revalidate_s=5.0)
+    audit = AuditLog.from_master(db, keys.active, keys.previous)
+    connect_master_keys(source, keyring, audit)
     return Core(
         settings=settings,
         db=db,
-        master=master,
-        keyring=Keyring(db, master),
+        master=keys.active,
+        keyring=keyring,
         api_keys=ApiKeyStore(db),
-        audit=AuditLog.from_master(db, master),
+        audit=audit,
+        master_keys=source,
     )
 
 
@@ -164,6 +177,8 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         metrics=metrics or Metrics(),
     )
     services.background.append(policies)  # hot reload
+    if core.master_keys is not None:
+        services.background.append(MasterKeyWatcher(core.master_keys))  # adopt a rotated master key
     # -- memory (H2a/H2b): services.memory = MemoryService(...);
     #    services.chat_memory = PlaintextChatMemory(...); services.background.append(<outbox worker>)
     # -- local runtime (H5): services.upstreams.local = LocalUpstream(...); scheduler into background
