@@ -1,0 +1,1 @@
+"""Shared test helpers: a real fake upstream on loopback, and ways to run the proxy."""
