@@ -66,7 +66,9 @@ def _exec(db, sql, **params):
         conn.execute(text(sql), params)
 
 
-def test_altered_entry_is_named(db, audit):
+def test_altered_entry_is_named(any_db):
+    db = any_db
+    audit = AuditLog(db, b"a" * 32)
     _fill(audit)
     _exec(db, "UPDATE audit_entries SET memory_ids = :m WHERE tenant='t' AND seq=3", m=json.dumps(["evil"]))
     result = audit.verify("t")
@@ -126,7 +128,8 @@ def test_previous_keys_keep_old_entries_verifiable(db, audit):
     assert rotated.verify("t").entries == 6
 
 
-def test_threads_do_not_fork_the_chain(db):
+def test_threads_do_not_fork_the_chain(any_db):
+    db = any_db
     logs = [AuditLog(db, b"a" * 32) for _ in range(3)]  # several AuditLogs: like several processes
 
     def work(log, i):
@@ -150,8 +153,10 @@ def _proc(url, i):
     db.dispose()
 
 
-def test_processes_do_not_fork_the_chain(db, audit):
-    ctx = mp.get_context("spawn")
+def test_processes_do_not_fork_the_chain(any_db):
+    db = any_db
+    audit = AuditLog(db, b"a" * 32)
+    ctx = mp.get_context("fork")  # the child makes its own engine
     procs = [ctx.Process(target=_proc, args=(db.url, i)) for i in range(4)]
     for p in procs:
         p.start()
