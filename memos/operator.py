@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from memos.embeddings import normalise
 from memos.item import Kind, MemoryItem, Source, State
 from memos.reader import Fact, Slot, TextCompleter, slots_of
 
@@ -111,7 +112,10 @@ class MemOperator:
     async def _apply_one(
         self, tenant: str, owner: str, fact: Fact, result: OperatorResult, model: str | None
     ) -> None:
-        neighbours = await asyncio.to_thread(self._vault.nearest, tenant, owner, fact.text, self.neighbours)
+        # Embed once: the same vector finds the neighbours and is stored with a new memory.
+        vector = await asyncio.to_thread(self._embed, fact.text)
+        probe = fact.text if vector is None else vector
+        neighbours = await asyncio.to_thread(self._vault.nearest, tenant, owner, probe, self.neighbours)
         active = [(item, cos) for item, cos in neighbours if _is_live(item)]
 
         conflicting: list[MemoryItem] | None = None
@@ -152,6 +156,7 @@ class MemOperator:
             valid_from=fact.valid_from,
             importance=fact.importance,
             kind=Kind.PLAINTEXT,
+            **({"vector": vector} if vector is not None else {}),
         )
         result.added.append(item.id)
         for old in older:
@@ -176,6 +181,12 @@ class MemOperator:
                 reason=f"superseded by {newer[0].id}",
             )
             result.superseded.append(item.id)
+
+    def _embed(self, text: str) -> Any:
+        embedder = getattr(self._vault, "embedder", None)
+        if embedder is None:
+            return None
+        return normalise(embedder.embed([text]))[0]
 
     async def _merge(self, tenant: str, existing: MemoryItem, fact: Fact, result: OperatorResult) -> None:
         sources = merge_sources(list(existing.sources), fact.source)
