@@ -45,6 +45,7 @@ class HttpUpstream:
             ),
             follow_redirects=False,
             trust_env=False,
+            headers={"user-agent": "memos-proxy"},
         )
 
     def _url(self, target: UpstreamTarget, path: str) -> str:
