@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +33,8 @@ _ROLE_MARKERS = re.compile(
     r"\[/?(?:INST|SYS|SYSTEM|ASSISTANT|USER)\]|\b(?:system|assistant|developer|user|human|ai)\s*:",
     re.IGNORECASE,
 )
-_HEADINGS = re.compile(r"#{2,}")  # markdown headings ("### System") in a one-line memory
+_HEADINGS = re.compile(r"#{2,}")
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs"})  # markdown headings ("### System") in a one-line memory
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,13 @@ class RenderedMemory:
 
 def escape(text: str) -> str:
     """Neutralise a memory's text: one line, no markup, no fence or role markers."""
-    text = " ".join(text.split())  # newlines, tabs and runs of spaces fold to one space
+    # Compatibility forms first, so look-alikes become what they look like and are escaped below
+    # (fullwidth '＜' -> '<', '：' -> ':', ligatures, ...).
+    text = unicodedata.normalize("NFKC", text)
+    text = " ".join(text.split())  # newlines, tabs, line separators and runs of spaces fold to one space
+    # Invisible characters (zero-width spaces and joiners, bidi overrides, other controls) could hide a
+    # marker from the checks below ("sys\u200btem:") or reorder what a reader sees: drop them.
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("`", "'")
     text = _HEADINGS.sub("#", text)
