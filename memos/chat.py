@@ -14,6 +14,10 @@ from typing import Any, Protocol
 from memos.governance.principal import Principal
 
 
+class MemoryUnavailable(Exception):
+    """Memory could not be reached and the tenant's policy fails closed: the proxy answers 503."""
+
+
 class MemorySwitch(StrEnum):
     ON = "on"
     OFF = "off"

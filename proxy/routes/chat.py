@@ -20,7 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from memos.chat import ChatContext, FinishedExchange, MemoryMode, MemorySwitch, PreparedChat
+from memos.chat import (
+    ChatContext,
+    FinishedExchange,
+    MemoryMode,
+    MemorySwitch,
+    MemoryUnavailable,
+    PreparedChat,
+)
 from memos.governance.acl import AccessDenied, Operation, authorize, effective_user, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
@@ -127,7 +134,10 @@ async def chat_completions(request: Request) -> Response:
     )
     # What was asked, before memory adds anything (a shallow copy: memory may edit the list in place).
     asked = list(chat.messages) if ctx.switch in _WRITES else []
-    prepared = await services.chat_memory.prepare(ctx, body)
+    try:
+        prepared = await services.chat_memory.prepare(ctx, body)
+    except MemoryUnavailable as exc:  # the vault is unreachable and the tenant's policy fails closed
+        raise ApiError(503, str(exc), type="server_error", code="memory_unavailable") from exc
     call = ChatCall(
         upstream_target(services.settings, caller, kind, dict(request.headers)), prepared, ctx.request_id
     )

@@ -1,0 +1,294 @@
+"""PlaintextChatMemory over the real vault, retriever, outbox, worker pipeline and audit log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from memos.chat import (
+    ChatContext,
+    FinishedExchange,
+    MemoryMode,
+    MemorySwitch,
+    MemoryUnavailable,
+    PreparedChat,
+)
+from memos.chat_memory import PlaintextChatMemory, RetrieverRecall, new_turns, query_of
+from memos.governance.audit import AuditLog
+from memos.governance.policy import FailMode, Policy
+from memos.governance.principal import Principal, Role
+from memos.item import State
+from memos.operator import MemOperator
+from memos.outbox import Outbox
+from memos.reader import MemReader
+from memos.retrieval import Retriever
+from memos.worker import WriteBack
+from tests.memos.vault_support import VaultEnv, db_url, env  # noqa: F401
+
+APP = Principal(tenant="acme", key_id="k1", role=Role.APP)
+
+
+class Policies:
+    def __init__(self) -> None:
+        self.policy = Policy()
+
+    def get(self, tenant: str) -> Policy:
+        return self.policy
+
+    def set(self, **memory) -> None:
+        self.policy = self.policy.model_copy(update={"memory": self.policy.memory.model_copy(update=memory)})
+
+
+@dataclass
+class Stack:
+    env: VaultEnv
+    memory: PlaintextChatMemory
+    outbox: Outbox
+    writeback: WriteBack
+    policies: Policies
+    audit: AuditLog
+
+    async def drain(self) -> int:
+        count = 0
+        while records := self.outbox.claim():
+            for record in records:
+                await self.writeback.process(record)
+                assert self.outbox.ack(record.id, record.claim_token)
+                count += 1
+        return count
+
+    async def chat(
+        self, user: str, text: str, *, switch=MemorySwitch.ON, session="s1", **body
+    ) -> PreparedChat:
+        """One exchange: prepare, (the upstream answers), complete."""
+        ctx = context(user, switch=switch, session=session)
+        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **body}
+        prepared = await self.memory.prepare(ctx, request)
+        await self.memory.complete(ctx, prepared, FinishedExchange(list(request["messages"]), "Noted."))
+        return prepared
+
+    async def ask(self, user: str, text: str, **kw) -> PreparedChat:
+        ctx = context(user, **kw)
+        return await self.memory.prepare(ctx, {"model": "m", "messages": [{"role": "user", "content": text}]})
+
+
+def context(
+    user: str | None, *, switch=MemorySwitch.ON, session: str | None = "s1", rid="req-1"
+) -> ChatContext:
+    return ChatContext(
+        principal=APP, request_id=rid, user=user, session=session, switch=switch, model="gpt-4o-mini"
+    )
+
+
+async def embed_with(vault_env: VaultEnv):
+    async def embed_one(text: str):
+        return vault_env.embedder.embed([text])[0]
+
+    return embed_one
+
+
+@pytest.fixture
+async def stack(env: VaultEnv) -> Stack:
+    policies = Policies()
+    audit = AuditLog.from_master(env.db, env.master)
+    outbox = Outbox(env.db, env.keyring)
+    recall = RetrieverRecall(Retriever(env.vault), await embed_with(env))
+    memory = PlaintextChatMemory(recall=recall, outbox=outbox, policies=policies, audit=audit)
+    writeback = WriteBack(MemReader(), MemOperator(env.vault), policies, audit)
+    return Stack(env, memory, outbox, writeback, policies, audit)
+
+
+def system_block(prepared: PreparedChat) -> str:
+    first = prepared.body["messages"][0]
+    assert first["role"] == "system"
+    return first["content"]
+
+
+async def test_a_fact_told_once_is_injected_first_in_a_later_chat(stack: Stack) -> None:
+    await stack.chat("alice", "I live in Lyon and my dog is called Rex.")
+    assert await stack.drain() == 1
+    prepared = await stack.ask("alice", "Where does my dog Rex live?")
+    assert prepared.mode is MemoryMode.PLAINTEXT
+    block = system_block(prepared)
+    assert "my dog is called Rex" in block and "reference data" in block
+    assert prepared.body["messages"][1] == {"role": "user", "content": "Where does my dog Rex live?"}
+    assert len(prepared.injected_ids) >= 1
+    # The injection is audited with the ids, never the text.
+    entries, _ = stack.audit.list("acme", 50, None)
+    [inject] = [e for e in entries if e.action == "memory.inject"]
+    assert sorted(inject.memory_ids) == sorted(prepared.injected_ids)
+    assert "Rex" not in str(inject.to_dict())
+
+
+async def test_another_users_memories_are_never_injected(stack: Stack) -> None:
+    await stack.chat("alice", "My secret project is called Bluebird.")
+    await stack.drain()
+    prepared = await stack.ask("bob", "What is my secret project called Bluebird?")
+    assert prepared.injected_ids == []
+    assert all("Bluebird" not in m["content"] for m in prepared.body["messages"][:-1])
+
+
+async def test_the_block_is_byte_stable_across_turns(stack: Stack) -> None:
+    await stack.chat("alice", "I play the cello in an orchestra.")
+    await stack.drain()
+    first = await stack.ask("alice", "Which instrument do I play, cello?", rid="r1")
+    second = await stack.ask("alice", "Remind me: cello or violin?", rid="r2")
+    assert first.injected_ids == second.injected_ids
+    assert system_block(first).encode() == system_block(second).encode()
+
+
+async def test_switches_and_policy(stack: Stack) -> None:
+    await stack.chat("alice", "I collect vintage typewriters.")
+    await stack.drain()
+    question = "Do I collect vintage typewriters?"
+    assert (await stack.ask("alice", question)).injected_ids
+    for switch in (MemorySwitch.OFF, MemorySwitch.WRITE):
+        prepared = await stack.ask("alice", question, switch=switch)
+        assert prepared.injected_ids == [] and prepared.mode is MemoryMode.OFF
+        assert prepared.body["messages"] == [{"role": "user", "content": question}]
+    # read: injects, but the exchange is not written back.
+    prepared = await stack.chat("alice", "I also collect fountain pens.", switch=MemorySwitch.READ)
+    assert prepared.injected_ids
+    assert stack.outbox.pending() == 0
+    # off writes nothing either; write writes.
+    await stack.chat("alice", "I also collect stamps.", switch=MemorySwitch.OFF)
+    assert stack.outbox.pending() == 0
+    await stack.chat("alice", "I also collect coins.", switch=MemorySwitch.WRITE)
+    assert stack.outbox.pending() == 1
+    # The policy can turn either side off.
+    stack.policies.set(inject=False)
+    assert (await stack.ask("alice", question)).injected_ids == []
+    stack.policies.set(inject=True, write=False)
+    await stack.chat("alice", "I also collect shells.")
+    assert stack.outbox.pending() == 1
+
+
+async def test_no_user_means_no_memory(stack: Stack) -> None:
+    ctx = context(None)
+    body = {"messages": [{"role": "user", "content": "I live in Oslo."}]}
+    prepared = await stack.memory.prepare(ctx, body)
+    assert prepared.body is body
+    await stack.memory.complete(ctx, prepared, FinishedExchange(body["messages"], "ok"))
+    assert stack.outbox.pending() == 0
+
+
+async def test_the_token_budget_is_respected(stack: Stack) -> None:
+    for i in range(30):
+        await stack.chat("alice", f"I visited museum number {i} in Vienna and liked painting {i} a lot.")
+    await stack.drain()
+    stack.policies.set(token_budget=150, top_k=50)
+    prepared = await stack.ask("alice", "Which museums in Vienna did I visit?")
+    assert 0 < len(prepared.injected_ids) < 30
+    assert len(system_block(prepared)) / 4 <= 150
+
+
+async def test_superseded_memories_are_not_injected(stack: Stack) -> None:
+    await stack.chat("alice", "I live in Paris.")
+    await stack.drain()
+    await stack.chat("alice", "I moved to Lyon.")
+    await stack.drain()
+    prepared = await stack.ask("alice", "Where do I live: Paris or Lyon?")
+    block = system_block(prepared)
+    assert "Lyon" in block and "Paris" not in block
+    items, _ = stack.env.vault.list("acme", "alice", limit=10, states=list(State))
+    paris = [i for i in items if "Paris" in i.text]
+    assert paris and all(i.state == State.SUPERSEDED and i.invalid_at is not None for i in paris)
+
+
+async def test_write_back_is_redacted_before_anything_is_stored(stack: Stack, tmp_path: Path) -> None:
+    await stack.chat("alice", "My email is carol.canary@example.com and I like sailing.")
+    [record] = stack.outbox.claim()
+    assert "carol.canary@example.com" not in str(record.payload)
+    assert "[EMAIL]" in record.payload["turns"][0][1]["content"]
+    await stack.writeback.process(record)
+    items, _ = stack.env.vault.list("acme", "alice", limit=10)
+    assert [i.text for i in items] == ["My email is [EMAIL] and I like sailing."]
+
+
+async def test_caller_metadata_and_session_become_provenance(stack: Stack) -> None:
+    await stack.chat("alice", "I run a bakery in Porto.", session="sess-9", metadata={"app": "crm", "n": "x"})
+    await stack.drain()
+    items, _ = stack.env.vault.list("acme", "alice", limit=10)
+    [source] = items[0].sources
+    assert (source.request_id, source.message_index, source.session) == ("req-1", 0, "sess-9")
+    assert source.metadata == {"app": "crm", "n": "x"}
+
+
+class BrokenRecall:
+    async def recall(self, *args, **kwargs):
+        raise ConnectionError("vault unreachable")
+
+
+async def test_fail_open_answers_without_memory(stack: Stack) -> None:
+    memory = replace_recall(stack, BrokenRecall())
+    body = {"messages": [{"role": "user", "content": "hello there, I like tea"}]}
+    prepared = await memory.prepare(context("alice"), body)
+    assert prepared.body is body and prepared.mode is MemoryMode.OFF
+
+
+async def test_fail_closed_raises_memory_unavailable(stack: Stack) -> None:
+    stack.policies.set(fail_mode=FailMode.CLOSED)
+    memory = replace_recall(stack, BrokenRecall())
+    with pytest.raises(MemoryUnavailable):
+        await memory.prepare(context("alice"), {"messages": [{"role": "user", "content": "I like tea"}]})
+
+
+async def test_an_outbox_failure_fails_closed_or_open_by_policy(stack: Stack) -> None:
+    ctx = context("alice")
+    body = {"messages": [{"role": "user", "content": "I like tea"}]}
+    prepared = PreparedChat(body=body)
+    stack.env.db.dispose()
+    broken = Outbox(type(stack.env.db)("sqlite:////nonexistent-dir/x/y.db"), stack.env.keyring)
+    memory = PlaintextChatMemory(recall=BrokenRecall(), outbox=broken, policies=stack.policies)
+    await memory.complete(ctx, prepared, FinishedExchange(body["messages"], "ok"))  # open: swallowed
+    stack.policies.set(fail_mode=FailMode.CLOSED)
+    with pytest.raises(MemoryUnavailable):
+        await memory.complete(ctx, prepared, FinishedExchange(body["messages"], "ok"))
+
+
+def replace_recall(stack: Stack, recall) -> PlaintextChatMemory:
+    return PlaintextChatMemory(recall=recall, outbox=stack.outbox, policies=stack.policies, audit=stack.audit)
+
+
+async def test_only_the_new_turns_are_written_back(stack: Stack) -> None:
+    ctx = context("alice")
+    messages = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "I live in Oslo."},
+        {"role": "assistant", "content": "Nice! What do you do there?"},
+        {"role": "user", "content": "I teach chemistry."},
+    ]
+    await stack.memory.complete(
+        ctx, PreparedChat(body={"messages": messages}), FinishedExchange(messages, "Cool.")
+    )
+    [record] = stack.outbox.claim()
+    assert record.payload["turns"] == [
+        [2, {"role": "assistant", "content": "Nice! What do you do there?"}],
+        [3, {"role": "user", "content": "I teach chemistry."}],
+    ]
+    assert record.payload["assistant_text"] == "Cool."
+
+
+def test_query_and_turn_helpers() -> None:
+    messages = [
+        {"role": "user", "content": "I have a cat."},
+        {"role": "assistant", "content": "Nice."},
+        {"role": "user", "content": [{"type": "text", "text": "Her name?"}]},
+    ]
+    assert query_of(messages) == "I have a cat. Her name?"
+    assert [i for i, _ in new_turns(messages)] == [1, 2]
+    assert query_of([{"role": "system", "content": "x"}]) == ""
+
+
+def test_dates_in_the_block_are_when_memories_were_recorded() -> None:
+    from memos.chat_memory import rendered
+    from memos.item import MemoryItem
+
+    item = MemoryItem(id="m", tenant="t", owner="o", text="x", observed_at=datetime(2025, 5, 1, tzinfo=UTC))
+    assert rendered(item).when == datetime(2025, 5, 1, tzinfo=UTC)
+    assert (
+        rendered(replace(item, observed_at=None, created_at=datetime(2025, 6, 1, tzinfo=UTC))).when.month == 6
+    )
