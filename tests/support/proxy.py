@@ -33,6 +33,7 @@ import uvicorn
 from proxy.app import create_app
 from proxy.services import Services
 from proxy.settings import Settings
+from tests.support.upstream import FakeUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / ".venv" / "bin" / "memos-proxy"
@@ -201,7 +202,19 @@ class ProxyProcess:
     def __enter__(self) -> ProxyProcess:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *rest: object) -> None:
         self.stop()
-        if sys.exc_info()[0] is not None:
+        if exc_type is not None:
             print(self.log(), file=sys.stderr)
+
+
+@contextmanager
+def proxy_stack(
+    data_dir: Path, configure: Callable[[Services], None] | None = None, **overrides: Any
+) -> Iterator[tuple[FakeUpstream, RunningProxy]]:
+    """A FakeUpstream and a proxy in front of it (for module-scoped fixtures)."""
+    with (
+        FakeUpstream() as upstream,
+        run_proxy(proxy_settings(data_dir, upstream.base_url, **overrides), configure) as proxy,
+    ):
+        yield upstream, proxy
