@@ -21,6 +21,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "memos.governance.apikeys",
     "memos.governance.audit",
     "memos.outbox",
+    "memos.vault_tables",
 )
 
 
@@ -77,4 +78,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Deleted rows are overwritten with zeros, not left in free pages or free space inside pages: erasure
+    # (a user's memories, a tenant) must not leave even ciphertext behind. The WAL is truncated by the
+    # erasing code (wal_checkpoint(TRUNCATE)) so no earlier page image survives there either.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()

