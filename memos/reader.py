@@ -142,28 +142,30 @@ def is_small_talk(sentence: str) -> bool:
 
 
 def is_contentless_question(sentence: str) -> bool:
-    """A question that tells nothing about the user ("what is the capital of France?")."""
+    """A question that tells nothing about the user ("what is the capital of France?", "what is my
+    favourite colour?"). In "I just moved, can you suggest a bakery near my flat?" the clause before
+    the question discloses a fact, so the sentence is kept."""
     stripped = sentence.strip()
     is_question = stripped.endswith("?") or bool(_QUESTION_START.match(stripped))
     if not is_question:
         return False
-    return not slots_of(stripped) and not _discloses(stripped)
+    statements = [c for c in _CLAUSE.split(stripped) if c.strip() and not _QUESTION_START.match(c.strip())]
+    return not any(slots_of(c) or _discloses(c) for c in statements)
 
 
-def _discloses(sentence: str) -> bool:
-    # A question such as "I just moved, can you suggest a bakery near my flat in Lyon?" carries a fact;
-    # "Can you tell me what time it is?" does not: the pronoun must come with a stative verb or a noun.
-    if not _DISCLOSURE.search(sentence):
-        return False
-    return bool(
-        re.search(
-            r"\b(i am|i'm|i’m|i have|i've|i’ve|i had|i live|i work|i moved|i just|i recently|i used to|"
-            r"i was|i got|i love|i like|i hate|i prefer|i enjoy|i need|i want|i plan|i'm planning|"
-            r"my \w+|our \w+|we have|we live|we moved|we are|we're)\b",
-            sentence,
-            re.IGNORECASE,
-        )
-    )
+_CLAUSE = re.compile(r"[,;:]|\s+-\s+")
+_STATEMENT = re.compile(
+    r"\b(i am|i'm|i’m|i have|i've|i’ve|i had|i live|i work|i moved|i just|i recently|i used to|"
+    r"i was|i got|i love|i like|i hate|i prefer|i enjoy|i need|i want|i plan|i'm planning|"
+    r"my \w+(?: \w+)? (?:is|are|was|were|has|have)|we have|we live|we moved|we are|we're)\b",
+    re.IGNORECASE,
+)
+
+
+def _discloses(clause: str) -> bool:
+    # The pronoun must come with a stative verb or a possession ("my flat is", "I live"), not just be
+    # mentioned ("can you tell me the time").
+    return bool(_DISCLOSURE.search(clause)) and bool(_STATEMENT.search(clause))
 
 
 # ---------------------------------------------------------------------------------------------- slots
