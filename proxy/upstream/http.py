@@ -190,6 +190,9 @@ class SSEEventStream:
                         if payload == b"[DONE]":
                             return
                         yield payload
+            last = buffer.rstrip(b"\r")
+            if last.startswith(b"data:"):  # a last line without its newline
+                data.append(last[6:] if last.startswith(b"data: ") else last[5:])
             if data:  # a last event without its blank line
                 payload = b"\n".join(data)
                 if payload != b"[DONE]":

@@ -48,6 +48,7 @@ class LiteLLMUpstream:
     def _kwargs(self, target: UpstreamTarget, body: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(body)
         kwargs.setdefault("timeout", self._timeout_s)
+        kwargs.setdefault("max_retries", 0)  # the client retries (it sees 429/5xx faithfully); we do not
         if target.api_key:
             kwargs["api_key"] = target.api_key
         if target.base_url:
