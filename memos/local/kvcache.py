@@ -1,0 +1,256 @@
+"""Activation memory: a memory block's KV cache, built once by prefill, stored encrypted, reused by copy.
+
+On disk a cache is a safetensors file (per-layer `layers.<i>.keys` / `layers.<i>.values` tensors;
+metadata: token ids, model fingerprint, adapter id, memory ids) sealed with the tenant's data key
+(AES-256-GCM, the associated data binding it to tenant, user, model and adapter). Nothing is pickled.
+Files live under `<data_dir>/kv/<tenant hash>/<user blind id>/<model fingerprint>-<adapter>.kv`.
+
+A `KVBlock` is immutable by convention: generation never receives its tensors, only a new
+`DynamicCache` built from them (`new_cache`), whose first update concatenates into fresh tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memos.keyring import Keyring
+    from memos.local.lora import AdapterHandle
+    from memos.local.model_registry import LoadedModel
+
+_FORMAT = "memos-kv-v1"
+BASE_ADAPTER = "base"
+
+
+@dataclass(frozen=True, eq=False)
+class KVBlock:
+    token_ids: tuple[int, ...]
+    model_fingerprint: str
+    adapter_id: str  # BASE_ADAPTER when built without a LoRA adapter
+    keys: tuple[Any, ...]  # per layer: tensor [batch=1, kv_heads, seq, head_dim]
+    values: tuple[Any, ...]
+    memory_ids: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def new_cache(self, model_config: Any) -> Any:
+        """A fresh DynamicCache holding copies of this block's keys and values."""
+        from transformers import DynamicCache
+
+        return DynamicCache(
+            ddp_cache_data=list(zip(self.keys, self.values, strict=True)), config=model_config
+        )
+
+    def prefix(self, length: int) -> KVBlock:
+        """The cache of the first `length` tokens (views; still never mutated)."""
+        return KVBlock(
+            self.token_ids[:length],
+            self.model_fingerprint,
+            self.adapter_id,
+            tuple(k[:, :, :length] for k in self.keys),
+            tuple(v[:, :, :length] for v in self.values),
+        )
+
+    def to_safetensors(self) -> bytes:
+        from safetensors.torch import save
+
+        tensors = {}
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            tensors[f"layers.{i}.keys"] = k.detach().to("cpu").contiguous()
+            tensors[f"layers.{i}.values"] = v.detach().to("cpu").contiguous()
+        metadata = {
+            "format": _FORMAT,
+            "token_ids": json.dumps(list(self.token_ids)),
+            "model_fingerprint": self.model_fingerprint,
+            "adapter_id": self.adapter_id,
+            "memory_ids": json.dumps(list(self.memory_ids)),
+            "layers": str(len(self.keys)),
+        }
+        return save(tensors, metadata=metadata)
+
+    @classmethod
+    def from_safetensors(cls, data: bytes, device: str = "cpu") -> KVBlock:
+        from safetensors.torch import load
+
+        metadata = safetensors_metadata(data)
+        if metadata.get("format") != _FORMAT:
+            raise ValueError("not a memos KV cache")
+        tensors = load(data)
+        layers = int(metadata["layers"])
+        return cls(
+            token_ids=tuple(json.loads(metadata["token_ids"])),
+            model_fingerprint=metadata["model_fingerprint"],
+            adapter_id=metadata["adapter_id"],
+            keys=tuple(tensors[f"layers.{i}.keys"].to(device) for i in range(layers)),
+            values=tuple(tensors[f"layers.{i}.values"].to(device) for i in range(layers)),
+            memory_ids=tuple(json.loads(metadata.get("memory_ids", "[]"))),
+        )
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    return dict(header.get("__metadata__") or {})
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def prefill(
+    loaded: LoadedModel,
+    token_ids: Sequence[int],
+    *,
+    adapter: AdapterHandle | None = None,
+    reuse: KVBlock | None = None,
+    memory_ids: Sequence[str] = (),
+) -> KVBlock:
+    """Blocking: the KV cache of `token_ids`. With `reuse` (an older cache of the same model and
+    adapter), the longest common token prefix is kept and only the tokens after it are computed."""
+    import torch
+    from transformers import DynamicCache
+
+    from memos.local.lora import select_adapter
+
+    ids = tuple(token_ids)
+    adapter_id = adapter.adapter_id if adapter is not None else BASE_ADAPTER
+    if not ids:
+        raise ValueError("an empty memory block has no KV cache")
+    keep = 0
+    if reuse is not None and reuse.model_fingerprint == loaded.fingerprint and reuse.adapter_id == adapter_id:
+        keep = common_prefix(reuse.token_ids, ids)
+    if keep == len(ids) and reuse is not None:
+        base = reuse.prefix(keep)
+        return KVBlock(ids, loaded.fingerprint, adapter_id, base.keys, base.values, tuple(memory_ids))
+    model = loaded.model
+    with loaded.lock, torch.inference_mode():
+        select_adapter(loaded, adapter)
+        cache = (
+            reuse.prefix(keep).new_cache(model.config)
+            if keep and reuse
+            else DynamicCache(config=model.config)
+        )
+        feed = torch.tensor([ids[keep:]], device=loaded.device)
+        model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        keys = tuple(layer.keys for layer in cache.layers)
+        values = tuple(layer.values for layer in cache.layers)
+    return KVBlock(ids, loaded.fingerprint, adapter_id, keys, values, tuple(memory_ids))
+
+
+@dataclass(frozen=True)
+class KVKey:
+    tenant: str
+    user: str
+    model_fingerprint: str
+    adapter_id: str = BASE_ADAPTER
+
+    def aad(self) -> bytes:
+        return "\0".join(
+            ("memos-kv", self.tenant, self.user, self.model_fingerprint, self.adapter_id)
+        ).encode()
+
+
+def tenant_dir_name(tenant: str) -> str:
+    return hashlib.sha256(b"memos-tenant-dir:" + tenant.encode()).hexdigest()[:24]
+
+
+def user_dir(root: Path, keyring: Keyring, tenant: str, user: str) -> Path:
+    """A user's directory: names are hashes (the user's a keyed one), so paths reveal no identities."""
+    return root / tenant_dir_name(tenant) / keyring.cipher(tenant).blind("user:" + user)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class KVCacheStore:
+    """Encrypted KV caches on disk, one per (tenant, user, model, adapter), with a small in-memory LRU.
+
+    Blocking: call off the event loop."""
+
+    def __init__(self, root: Path, keyring: Keyring, *, memory_entries: int = 16) -> None:
+        self.root = Path(root)
+        self._keyring = keyring
+        self._lru: OrderedDict[KVKey, KVBlock] = OrderedDict()
+        self._max = memory_entries
+        self._lock = threading.Lock()
+
+    def path(self, key: KVKey) -> Path:
+        return user_dir(self.root, self._keyring, key.tenant, key.user) / (
+            f"{key.model_fingerprint}-{key.adapter_id}.kv"
+        )
+
+    def save(self, key: KVKey, block: KVBlock) -> Path:
+        if block.model_fingerprint != key.model_fingerprint or block.adapter_id != key.adapter_id:
+            raise ValueError("the block does not belong under this key")
+        sealed = self._keyring.cipher(key.tenant).encrypt(block.to_safetensors(), key.aad())
+        path = self.path(key)
+        write_atomic(path, sealed)
+        self._remember(key, block)
+        return path
+
+    def load(self, key: KVKey, device: str = "cpu") -> KVBlock | None:
+        with self._lock:
+            block = self._lru.get(key)
+            if block is not None:
+                self._lru.move_to_end(key)
+                return block
+        path = self.path(key)
+        if not path.exists():
+            return None
+        data = self._keyring.cipher(key.tenant).decrypt(path.read_bytes(), key.aad())
+        block = KVBlock.from_safetensors(data, device)
+        self._remember(key, block)
+        return block
+
+    def peek(self, key: KVKey) -> KVBlock | None:
+        """The cached block if it is in memory (no disk access, never blocks long)."""
+        with self._lock:
+            return self._lru.get(key)
+
+    def delete(self, key: KVKey) -> None:
+        with self._lock:
+            self._lru.pop(key, None)
+        self.path(key).unlink(missing_ok=True)
+
+    def erase_user(self, tenant: str, owner: str) -> int:
+        """UserDataEraser: every cache of the user, on disk and in memory. Returns files removed."""
+        with self._lock:
+            for key in [k for k in self._lru if k.tenant == tenant and k.user == owner]:
+                del self._lru[key]
+        directory = user_dir(self.root, self._keyring, tenant, owner)
+        count = sum(1 for _ in directory.glob("*.kv")) if directory.exists() else 0
+        shutil.rmtree(directory, ignore_errors=True)
+        return count
+
+    def _remember(self, key: KVKey, block: KVBlock) -> None:
+        with self._lock:
+            self._lru[key] = block
+            self._lru.move_to_end(key)
+            while len(self._lru) > self._max:
+                self._lru.popitem(last=False)

@@ -1,0 +1,164 @@
+"""The local runtime as an upstream: `local/<name>` models answered in the OpenAI wire format.
+
+The memory the scheduler chose arrives in `call.prepared.local_memory` (a memos.local.runtime.LocalMemory):
+its block goes first (prefilled now in plaintext mode, taken from its KV cache in activation mode) and
+its adapter, if any, is active for the call (parametric mode). Without it the conversation is served
+as it came. Generation runs on the runtime's threads; streamed answers keep the upstream contract
+(chunk JSON payloads, usage last when `stream_options.include_usage`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from memos.chat import MemoryMode
+from proxy.upstream.base import (
+    ChatCall,
+    JsonCall,
+    UpstreamError,
+    UpstreamReply,
+    UpstreamTarget,
+)
+from proxy.upstream.router import LOCAL_PREFIX
+
+OWNER = "memos-local"
+
+
+class LocalRequestError(UpstreamError):
+    error_type = "invalid_request_error"
+
+
+class LocalUpstream:
+    def __init__(self, registry: Any, runtime: Any | None = None) -> None:
+        from memos.local.runtime import LocalRuntime  # no torch import: runtime imports it lazily
+
+        self.registry = registry
+        self.runtime = runtime or LocalRuntime()
+
+    async def _prepare(self, call: ChatCall) -> tuple[Any, Any, Any, dict[str, Any]]:
+        from memos.local.runtime import LocalMemory, SamplingParams, build_prompt
+
+        body = call.body
+        model = str(body.get("model", ""))
+        name = self.registry.resolve(model)
+        if name is None:
+            raise LocalRequestError(f"The model `{model}` does not exist", status=404, code="model_not_found")
+        if body.get("tools") or body.get("functions"):
+            raise LocalRequestError("Local models do not support tools.", status=400, code="unsupported")
+        if int(body.get("n") or 1) != 1:
+            raise LocalRequestError("Local models answer with one choice.", status=400, code="unsupported")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise LocalRequestError(
+                "`messages` must be a non-empty list.", status=400, code="invalid_messages"
+            )
+        loaded = await self.registry.get(name)
+        prepared = call.prepared
+        memory = prepared.local_memory
+        kv = adapter = block = None
+        if isinstance(memory, LocalMemory):
+            block = memory.block
+            adapter = memory.adapter if memory.mode is MemoryMode.PARAMETRIC else None
+            kv = memory.kv if memory.mode is MemoryMode.ACTIVATION else None
+        elif (
+            prepared.mode is MemoryMode.PLAINTEXT
+            and prepared.injected_ids
+            and messages[0].get("role") == "system"
+        ):
+            # Plaintext injection put the memory block first (memos.injection.inject): tokenize it as
+            # the block, so that the ids are exactly those an activation request has.
+            block, messages = messages[0].get("content"), messages[1:]
+        prompt = await self.runtime.run(build_prompt, loaded.tokenizer, messages, block)
+        options = {"kv": kv, "adapter": adapter}
+        return loaded, prompt, SamplingParams.from_body(body), options
+
+    async def chat(self, call: ChatCall) -> UpstreamReply:
+        loaded, prompt, params, options = await self._prepare(call)
+        result = await self.runtime.complete(loaded, prompt, params, **options)
+        return UpstreamReply.from_data(
+            {
+                "id": _completion_id(call),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": call.body.get("model"),
+                "system_fingerprint": f"{OWNER}-{loaded.fingerprint[:12]}",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": result.text},
+                        "finish_reason": result.finish_reason,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(result),
+            }
+        )
+
+    async def chat_stream(self, call: ChatCall) -> AsyncIterator[bytes]:
+        loaded, prompt, params, options = await self._prepare(call)
+        return _stream(self.runtime, call, loaded, prompt, params, options)
+
+    async def embeddings(self, call: JsonCall) -> UpstreamReply:
+        raise LocalRequestError("Local models do not serve embeddings.", status=400, code="unsupported")
+
+    async def models(self, target: UpstreamTarget) -> list[dict[str, Any]]:
+        return [
+            {"id": LOCAL_PREFIX + name, "object": "model", "created": 0, "owned_by": OWNER}
+            for name in self.registry.names()
+        ]
+
+    async def aclose(self) -> None:
+        self.runtime.close()
+
+
+def _completion_id(call: ChatCall) -> str:
+    return f"chatcmpl-{call.request_id}"
+
+
+def _usage(result: Any) -> dict[str, Any]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+    }
+
+
+async def _stream(
+    runtime: Any, call: ChatCall, loaded: Any, prompt: Any, params: Any, options: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    import orjson
+
+    from memos.local.runtime import GenerationResult
+
+    base = {
+        "id": _completion_id(call),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": call.body.get("model"),
+        "system_fingerprint": f"{OWNER}-{loaded.fingerprint[:12]}",
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return orjson.dumps({**base, "choices": [choice]})
+
+    include_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+    events = runtime.stream(loaded, prompt, params, **options)
+    started = False
+    try:
+        async for item in events:
+            if not started:
+                # Sent once the first token exists, so a failure before it keeps its HTTP status.
+                started = True
+                yield chunk({"role": "assistant", "content": ""})
+            if isinstance(item, GenerationResult):
+                yield chunk({}, item.finish_reason)
+                if include_usage:
+                    yield orjson.dumps({**base, "choices": [], "usage": _usage(item)})
+            elif item:
+                yield chunk({"content": item})
+    finally:
+        await events.aclose()
