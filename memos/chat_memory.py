@@ -65,9 +65,12 @@ class RetrieverRecall:
     """Recall over memos.retrieval.Retriever: the query embedded through the (micro-batched) embedder,
     the search run off the event loop; neighbouring turns a hit brings as context follow it."""
 
-    def __init__(self, retriever: Any, embed_one: Callable[[str], Awaitable[Any]]) -> None:
+    def __init__(
+        self, retriever: Any, embed_one: Callable[[str], Awaitable[Any]], *, neighbours: int = 0
+    ) -> None:
         self._retriever = retriever
         self._embed_one = embed_one
+        self.neighbours = neighbours
 
     async def recall(
         self, tenant: str, owner: str, query: str, policy: Policy, *, session: str | None
@@ -75,7 +78,7 @@ class RetrieverRecall:
         from memos.retrieval import RetrievalParams
 
         vector = await self._embed_one(query)
-        params = RetrievalParams.from_policy(policy)
+        params = RetrievalParams.from_policy(policy, neighbours=self.neighbours)
         hits = await asyncio.to_thread(self._retriever.search, tenant, owner, query, vector, params)
         items: list[MemoryItem] = []
         for hit in hits:

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -91,7 +91,7 @@ class MemOperator:
         *,
         near_threshold: float = 0.9,
         neighbours: int = 16,
-        llm_min_cosine: float = 0.3,
+        llm_min_cosine: float = 0.0,
     ) -> None:
         self._vault = vault
         self._completer = completer
@@ -100,17 +100,31 @@ class MemOperator:
         self.llm_min_cosine = llm_min_cosine
 
     async def apply(
-        self, tenant: str, owner: str, facts: list[Fact], *, extractor: str = "heuristic"
+        self,
+        tenant: str,
+        owner: str,
+        facts: list[Fact],
+        *,
+        extractor: str = "heuristic",
+        retention_days: int | None = None,
     ) -> OperatorResult:
-        """Apply facts in order (later facts see earlier ones). Vault calls run off the event loop."""
+        """Apply facts in order (later facts see earlier ones). Vault calls run off the event loop.
+        With `retention_days`, new memories expire that many days after they were observed."""
         result = OperatorResult()
         model = extractor.removeprefix("llm:").strip() if extractor.startswith("llm:") else None
+        retention = timedelta(days=retention_days) if retention_days else None
         for fact in facts:
-            await self._apply_one(tenant, owner, fact, result, model)
+            await self._apply_one(tenant, owner, fact, result, model, retention)
         return result
 
     async def _apply_one(
-        self, tenant: str, owner: str, fact: Fact, result: OperatorResult, model: str | None
+        self,
+        tenant: str,
+        owner: str,
+        fact: Fact,
+        result: OperatorResult,
+        model: str | None,
+        retention: timedelta | None,
     ) -> None:
         # Embed once: the same vector finds the neighbours and is stored with a new memory.
         vector = await asyncio.to_thread(self._embed, fact.text)
@@ -156,6 +170,7 @@ class MemOperator:
             valid_from=fact.valid_from,
             importance=fact.importance,
             kind=Kind.PLAINTEXT,
+            expires_at=fact.observed_at + retention if retention is not None else None,
             **({"vector": vector} if vector is not None else {}),
         )
         result.added.append(item.id)

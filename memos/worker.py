@@ -78,7 +78,13 @@ class WriteBack:
         extractor = policy.memory.extractor
         exchange = exchange_from_record(record)
         facts = await self._reader.read(exchange, extractor)
-        result = await self._operator.apply(record.tenant, record.owner, facts, extractor=extractor)
+        result = await self._operator.apply(
+            record.tenant,
+            record.owner,
+            facts,
+            extractor=extractor,
+            retention_days=policy.memory.retention_days,
+        )
         if self._audit is not None:
             await asyncio.to_thread(self._audit_result, record, policy, result)
         return result

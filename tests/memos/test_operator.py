@@ -153,3 +153,11 @@ async def test_llm_mode_falls_back_to_slots_when_the_model_fails(env: VaultEnv) 
 def test_parse_judgement_is_tolerant() -> None:
     assert parse_judgement('Sure! {"contradicted": ["2", 9, 1], "duplicate": 2}', 3) == ([0, 1], None)
     assert parse_judgement('{"contradicts": 3, "duplicate": "1"}', 3) == ([2], 0)
+
+
+async def test_retention_sets_an_expiry_on_new_memories(env: VaultEnv) -> None:
+    result = await MemOperator(env.vault).apply(
+        "acme", "alice", [fact("I have two cats.", T1)], retention_days=30
+    )
+    item = env.vault.get("acme", result.added[0])
+    assert item.expires_at == datetime(2026, 2, 9, tzinfo=UTC)
