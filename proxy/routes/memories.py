@@ -1,0 +1,764 @@
+"""The memory REST API (ARCHITECTURE.md) and its OpenAPI document at `/openapi.json`.
+
+- `POST /v1/memories` `{"user", "memories": [{"messages" | "text", "metadata", "observed_at"}], "infer"}`
+- `GET /v1/memories?user=&limit=&cursor=`
+- `POST /v1/memories/search` `{"user", "query", "top_k"}`
+- `GET | PATCH | DELETE /v1/memories/{id}` (PATCH: text, metadata, importance, state, expires_at,
+  invalid_at, valid_from, observed_at, or rollback_to alone)
+- `GET /v1/memories/{id}/history`
+- `DELETE /v1/memories?user=` erases every memory of the user, everywhere
+
+`user` may also come from `X-Memos-User` (or the key's bound user); `X-Memos-Session` tags added memories
+with a session (neighbouring turns). Bad input answers 400 in the OpenAI error envelope naming the field.
+The handlers only translate between the wire and memos.service.MemoryService.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from memos.governance.acl import AccessDenied
+from memos.item import MemoryItem, State
+from memos.retrieval import Hit
+from memos.service import Entry, InvalidRequest, MemoryNotFound, Patch
+from proxy.auth import Caller, authenticate
+from proxy.errors import ApiError, bad_request, forbidden, json_response, not_found
+from proxy.wire import read_json_object
+
+if TYPE_CHECKING:
+    from memos.service import MemoryService
+    from proxy.services import Services
+
+MAX_LIMIT = 1000
+MAX_TOP_K = 200
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/memories", add_memories, methods=["POST"]),
+        Route("/v1/memories", list_memories, methods=["GET"]),
+        Route("/v1/memories", erase_user, methods=["DELETE"]),
+        Route("/v1/memories/search", search_memories, methods=["POST"]),
+        Route("/v1/memories/{memory_id}", get_memory, methods=["GET"]),
+        Route("/v1/memories/{memory_id}", patch_memory, methods=["PATCH"]),
+        Route("/v1/memories/{memory_id}", delete_memory, methods=["DELETE"]),
+        Route("/v1/memories/{memory_id}/history", memory_history, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- wire
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def item_json(item: MemoryItem) -> dict[str, Any]:
+    sources = [
+        {
+            "request_id": s.request_id,
+            "message_index": s.message_index,
+            "session": s.session,
+            "metadata": s.metadata or {},
+        }
+        for s in item.sources
+    ]
+    return {
+        "id": item.id,
+        "object": "memory",
+        "user": item.owner,
+        "memory": item.text,
+        "metadata": sources[0]["metadata"] if sources else {},
+        "sources": sources,
+        "scope": str(item.scope),
+        "kind": str(item.kind),
+        "state": str(item.state),
+        "version": item.version,
+        "importance": item.importance,
+        "observed_at": _iso(item.observed_at),
+        "valid_from": _iso(item.valid_from),
+        "invalid_at": _iso(item.invalid_at),
+        "expires_at": _iso(item.expires_at),
+        "created_at": _iso(item.created_at),
+        "updated_at": _iso(item.updated_at),
+        "hits": item.hits,
+        "last_hit_at": _iso(item.last_hit_at),
+    }
+
+
+def hit_json(hit: Hit) -> dict[str, Any]:
+    out = item_json(hit.item)
+    out["score"] = round(float(hit.score), 6)
+    out["context"] = [
+        {
+            "id": c.id,
+            "memory": c.text,
+            "observed_at": _iso(c.observed_at),
+            "sources": [{"metadata": s.metadata or {}, "session": s.session} for s in c.sources],
+        }
+        for c in hit.context
+    ]
+    return out
+
+
+def _parse_time(value: Any, param: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise bad_request(f"'{param}' must be an ISO 8601 date-time or a Unix timestamp.", param=param)
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            raise bad_request(f"'{param}' is not a valid Unix timestamp.", param=param) from None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise bad_request(
+                f"'{param}' must be an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z).", param=param
+            ) from None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    raise bad_request(f"'{param}' must be an ISO 8601 date-time or a Unix timestamp.", param=param)
+
+
+def _int_param(raw: Any, name: str, low: int, high: int, default: int | None) -> int | None:
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
+    try:
+        value = int(raw)
+        if isinstance(raw, float) and raw != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type") from None
+    if not low <= value <= high:
+        raise bad_request(f"'{name}' must be between {low} and {high}.", param=name, code="invalid_value")
+    return value
+
+
+def _user_from(request: Request, body: dict[str, Any] | None = None) -> str | None:
+    value: Any = None
+    if body is not None and "user" in body:
+        value = body.get("user")
+        if value is not None and (not isinstance(value, str) or not value):
+            raise bad_request("'user' must be a non-empty string.", param="user", code="invalid_type")
+    if value is None:
+        value = request.query_params.get("user") or request.headers.get("x-memos-user") or None
+    return value
+
+
+def _entries(body: dict[str, Any]) -> list[Entry]:
+    memories = body.get("memories")
+    if memories is None:
+        raise bad_request(
+            "Missing required parameter: 'memories'.", param="memories", code="missing_required_parameter"
+        )
+    if not isinstance(memories, list) or not memories:
+        raise bad_request("'memories' must be a non-empty array.", param="memories", code="invalid_type")
+    out: list[Entry] = []
+    for i, raw in enumerate(memories):
+        where = f"memories[{i}]"
+        if isinstance(raw, str):
+            raw = {"text": raw}
+        if not isinstance(raw, dict):
+            raise bad_request(f"'{where}' must be an object.", param=where, code="invalid_type")
+        text, messages = raw.get("text"), raw.get("messages")
+        if text is None and messages is None:
+            raise bad_request(
+                f"'{where}' needs 'text' or 'messages'.", param=where, code="missing_required_parameter"
+            )
+        if text is not None and messages is not None:
+            raise bad_request(f"'{where}' takes 'text' or 'messages', not both.", param=where)
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise bad_request(
+                f"'{where}.text' must be a non-empty string.", param=f"{where}.text", code="invalid_type"
+            )
+        if messages is not None:
+            if not isinstance(messages, list) or not messages:
+                raise bad_request(
+                    f"'{where}.messages' must be a non-empty array.",
+                    param=f"{where}.messages",
+                    code="invalid_type",
+                )
+            for j, m in enumerate(messages):
+                mp = f"{where}.messages[{j}]"
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                    raise bad_request(
+                        f"'{mp}' must be an object with a 'role'.", param=mp, code="invalid_type"
+                    )
+                content = m.get("content")
+                if not isinstance(content, str | list):
+                    raise bad_request(
+                        f"'{mp}.content' must be a string or an array of parts.",
+                        param=f"{mp}.content",
+                        code="invalid_type",
+                    )
+        metadata = raw.get("metadata")
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise bad_request(
+                f"'{where}.metadata' must be an object.", param=f"{where}.metadata", code="invalid_type"
+            )
+        out.append(
+            Entry(
+                text=text,
+                messages=messages,
+                metadata=metadata,
+                observed_at=_parse_time(raw.get("observed_at"), f"{where}.observed_at"),
+            )
+        )
+    return out
+
+
+async def _context(request: Request) -> tuple[MemoryService, Caller, str]:
+    services: Services = request.app.state.services
+    caller = await authenticate(request, services)
+    if services.memory is None:
+        raise ApiError(
+            503,
+            "The memory API is not available on this server.",
+            type="server_error",
+            code="memory_unavailable",
+        )
+    return services.memory, caller, request.state.request_id
+
+
+def _translate(exc: Exception, memory_id: str | None = None) -> ApiError:
+    if isinstance(exc, MemoryNotFound):
+        return not_found(f"No memory found with id '{memory_id or exc}'.", param="id")
+    if isinstance(exc, AccessDenied):
+        return forbidden(str(exc))
+    if isinstance(exc, InvalidRequest):
+        return bad_request(exc.message, param=exc.param)
+    raise exc
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+
+async def add_memories(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    body = await read_json_object(request)
+    infer = body.get("infer", False)
+    if not isinstance(infer, bool):
+        raise bad_request("'infer' must be a boolean.", param="infer", code="invalid_type")
+    entries = _entries(body)
+    try:
+        items = await memory.add(
+            caller.principal,
+            caller.policy,
+            _user_from(request, body),
+            entries,
+            infer=infer,
+            request_id=request_id,
+            session=request.headers.get("x-memos-session") or None,
+        )
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc) from None
+    return json_response({"object": "list", "data": [item_json(i) for i in items]})
+
+
+async def list_memories(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    limit = _int_param(request.query_params.get("limit"), "limit", 1, MAX_LIMIT, 50)
+    cursor = request.query_params.get("cursor") or None
+    try:
+        items, next_cursor = await memory.list(
+            caller.principal, caller.policy, _user_from(request), limit or 50, cursor, request_id
+        )
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc) from None
+    return json_response(
+        {
+            "object": "list",
+            "data": [item_json(i) for i in items],
+            "next_cursor": next_cursor,
+            "has_more": next_cursor is not None,
+        }
+    )
+
+
+async def search_memories(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    body = await read_json_object(request)
+    query = body.get("query")
+    if query is None:
+        raise bad_request(
+            "Missing required parameter: 'query'.", param="query", code="missing_required_parameter"
+        )
+    if not isinstance(query, str) or not query.strip():
+        raise bad_request("'query' must be a non-empty string.", param="query", code="invalid_type")
+    top_k = _int_param(body.get("top_k"), "top_k", 1, MAX_TOP_K, None)
+    try:
+        hits = await memory.search(
+            caller.principal, caller.policy, _user_from(request, body), query, top_k, request_id
+        )
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc) from None
+    return json_response({"object": "list", "data": [hit_json(h) for h in hits]})
+
+
+async def get_memory(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    memory_id = request.path_params["memory_id"]
+    try:
+        item = await memory.get(caller.principal, caller.policy, memory_id, request_id)
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc, memory_id) from None
+    return json_response(item_json(item))
+
+
+_PATCH_FIELDS = {
+    "text",
+    "metadata",
+    "importance",
+    "state",
+    "expires_at",
+    "invalid_at",
+    "valid_from",
+    "observed_at",
+    "rollback_to",
+}
+_PATCH_STATES = {State.ACTIVE.value, State.ARCHIVED.value, State.SUPERSEDED.value}
+
+
+def _patch(body: dict[str, Any]) -> Patch:
+    unknown = sorted(set(body) - _PATCH_FIELDS - {"user"})
+    if unknown:
+        raise bad_request(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
+    if not set(body) & _PATCH_FIELDS:
+        raise bad_request(
+            "Nothing to change: give at least one of " + ", ".join(sorted(_PATCH_FIELDS)) + ".", param=None
+        )
+    patch = Patch()
+    if "text" in body:
+        if not isinstance(body["text"], str) or not body["text"].strip():
+            raise bad_request("'text' must be a non-empty string.", param="text", code="invalid_type")
+        patch.text = body["text"]
+    if "metadata" in body:
+        if not isinstance(body["metadata"], dict):
+            raise bad_request("'metadata' must be an object.", param="metadata", code="invalid_type")
+        patch.metadata = body["metadata"]
+    if "importance" in body:
+        value = body["importance"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+            raise bad_request("'importance' must be a number between 0 and 1.", param="importance")
+        patch.importance = float(value)
+    if "state" in body:
+        if body["state"] not in _PATCH_STATES:
+            raise bad_request(
+                "'state' must be one of " + ", ".join(sorted(_PATCH_STATES)) + " (use DELETE to delete).",
+                param="state",
+            )
+        patch.state = State(body["state"])
+    clear: list[str] = []
+    for name in ("expires_at", "invalid_at", "valid_from", "observed_at"):
+        if name in body:
+            if body[name] is None:
+                if name == "observed_at":
+                    raise bad_request("'observed_at' cannot be cleared.", param=name)
+                clear.append(name)
+            else:
+                setattr(patch, name, _parse_time(body[name], name))
+    patch.clear = tuple(clear)
+    if "rollback_to" in body:
+        patch.rollback_to = _int_param(body["rollback_to"], "rollback_to", 1, 10**9, None)
+        if len(set(body) & _PATCH_FIELDS) > 1:
+            raise bad_request("'rollback_to' cannot be combined with other changes.", param="rollback_to")
+    return patch
+
+
+async def patch_memory(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    memory_id = request.path_params["memory_id"]
+    patch = _patch(await read_json_object(request))
+    try:
+        item = await memory.patch(caller.principal, caller.policy, memory_id, patch, request_id)
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc, memory_id) from None
+    return json_response(item_json(item))
+
+
+async def delete_memory(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    memory_id = request.path_params["memory_id"]
+    try:
+        await memory.delete(caller.principal, caller.policy, memory_id, request_id)
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc, memory_id) from None
+    return json_response({"id": memory_id, "object": "memory.deleted", "deleted": True})
+
+
+async def memory_history(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    memory_id = request.path_params["memory_id"]
+    try:
+        versions = await memory.history(caller.principal, caller.policy, memory_id, request_id)
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc, memory_id) from None
+    return json_response({"object": "list", "data": [item_json(v) for v in versions]})
+
+
+async def erase_user(request: Request) -> Response:
+    memory, caller, request_id = await _context(request)
+    user = request.query_params.get("user")
+    if not user:
+        raise bad_request(
+            "Missing required parameter: 'user' (DELETE /v1/memories?user=U erases every memory of U).",
+            param="user",
+            code="missing_required_parameter",
+        )
+    try:
+        counts = await memory.erase_user(caller.principal, caller.policy, user, request_id)
+    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
+        raise _translate(exc) from None
+    return json_response({"object": "memory.erased", "user": user, "deleted": True, "counts": counts})
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+
+
+async def openapi_json(request: Request) -> Response:
+    return json_response(openapi_document())
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": {
+        "description": "Bad input; `error.param` names the field.",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    },
+    "401": {
+        "description": "Missing or unknown API key.",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    },
+    "403": {
+        "description": "The key may not do this (role or user binding).",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    },
+}
+_NOT_FOUND = {
+    "404": {
+        "description": "No such memory in the caller's tenant.",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+}
+
+_ID = {"name": "memory_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_USER_Q = {
+    "name": "user",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "The user (owner) inside the tenant; or X-Memos-User, or the key's bound user.",
+}
+_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The memory API as OpenAPI 3.1 (hand-written, kept next to the handlers it documents)."""
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "param": {"type": ["string", "null"]},
+                        "code": {"type": ["string", "null"]},
+                    },
+                    "required": ["message", "type"],
+                }
+            },
+        },
+        "Source": {
+            "type": "object",
+            "properties": {
+                "request_id": {"type": ["string", "null"]},
+                "message_index": {"type": ["integer", "null"]},
+                "session": {"type": ["string", "null"]},
+                "metadata": {"type": "object", "additionalProperties": True},
+            },
+        },
+        "Memory": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "memory"},
+                "user": {"type": "string"},
+                "memory": {"type": "string", "description": "The memory's text."},
+                "metadata": {"type": "object", "description": "The first source's caller metadata."},
+                "sources": {"type": "array", "items": _ref("Source")},
+                "scope": {"enum": ["user", "agent", "tenant"]},
+                "kind": {"enum": ["plaintext", "activation", "parametric"]},
+                "state": {"enum": ["active", "superseded", "archived", "deleted"]},
+                "version": {"type": "integer"},
+                "importance": {"type": "number"},
+                "observed_at": _TIME,
+                "valid_from": _TIME,
+                "invalid_at": _TIME,
+                "expires_at": _TIME,
+                "created_at": _TIME,
+                "updated_at": _TIME,
+                "hits": {"type": "integer"},
+                "last_hit_at": _TIME,
+            },
+            "required": ["id", "object", "user", "memory", "sources", "state", "version"],
+        },
+        "SearchHit": {
+            "allOf": [
+                _ref("Memory"),
+                {
+                    "type": "object",
+                    "properties": {
+                        "score": {"type": "number"},
+                        "context": {
+                            "type": "array",
+                            "description": "Neighbouring turns of the same session.",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "memory": {"type": "string"},
+                                    "observed_at": _TIME,
+                                    "sources": {"type": "array", "items": {"type": "object"}},
+                                },
+                            },
+                        },
+                    },
+                    "required": ["score"],
+                },
+            ]
+        },
+        "Message": {
+            "type": "object",
+            "properties": {
+                "role": {"type": "string"},
+                "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+            },
+            "required": ["role", "content"],
+        },
+        "MemoryEntry": {
+            "type": "object",
+            "properties": {
+                "text": {"type": "string"},
+                "messages": {"type": "array", "items": _ref("Message")},
+                "metadata": {"type": "object", "additionalProperties": True},
+                "observed_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+            },
+            "description": "Exactly one of `text` or `messages`.",
+        },
+        "AddMemories": {
+            "type": "object",
+            "properties": {
+                "user": {"type": "string"},
+                "memories": {"type": "array", "items": _ref("MemoryEntry"), "minItems": 1, "maxItems": 500},
+                "infer": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "false: each entry becomes a memory as given; "
+                    "true: the MemReader extracts facts and the MemOperator merges/supersedes.",
+                },
+            },
+            "required": ["memories"],
+        },
+        "SearchMemories": {
+            "type": "object",
+            "properties": {
+                "user": {"type": "string"},
+                "query": {"type": "string"},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+            },
+            "required": ["query"],
+        },
+        "PatchMemory": {
+            "type": "object",
+            "properties": {
+                "text": {"type": "string"},
+                "metadata": {"type": "object", "description": "Merged into the first source's metadata."},
+                "importance": {"type": "number", "minimum": 0, "maximum": 1},
+                "state": {"enum": sorted(_PATCH_STATES)},
+                "expires_at": _TIME,
+                "invalid_at": _TIME,
+                "valid_from": _TIME,
+                "observed_at": {"type": "string", "format": "date-time"},
+                "rollback_to": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Make a new version equal to this earlier version (alone).",
+                },
+            },
+        },
+        "MemoryList": {
+            "type": "object",
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _ref("Memory")},
+                "next_cursor": {"type": ["string", "null"]},
+                "has_more": {"type": "boolean"},
+            },
+        },
+    }
+    list_of = lambda name: {  # noqa: E731
+        "type": "object",
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref(name)}},
+    }
+    paths: dict[str, Any] = {
+        "/v1/memories": {
+            "post": {
+                "summary": "Add memories (batch)",
+                "operationId": "addMemories",
+                "requestBody": _json_body(_ref("AddMemories")),
+                "responses": {"200": _ok(list_of("Memory")), **_ERRORS},
+            },
+            "get": {
+                "summary": "List a user's active memories, newest first",
+                "operationId": "listMemories",
+                "parameters": [
+                    _USER_Q,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _ok(_ref("MemoryList")), **_ERRORS},
+            },
+            "delete": {
+                "summary": "Erase every memory of a user from every store",
+                "operationId": "eraseUser",
+                "parameters": [{**_USER_Q, "required": True}],
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "object": {"const": "memory.erased"},
+                                "user": {"type": "string"},
+                                "deleted": {"type": "boolean"},
+                                "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                            },
+                        }
+                    ),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/v1/memories/search": {
+            "post": {
+                "summary": "Search a user's memories (hybrid dense + keyword), best first",
+                "operationId": "searchMemories",
+                "requestBody": _json_body(_ref("SearchMemories")),
+                "responses": {"200": _ok(list_of("SearchHit")), **_ERRORS},
+            }
+        },
+        "/v1/memories/{memory_id}": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "Get one memory",
+                "operationId": "getMemory",
+                "responses": {"200": _ok(_ref("Memory")), **_ERRORS, **_NOT_FOUND},
+            },
+            "patch": {
+                "summary": "Change a memory (a new version) or roll it back to an earlier version",
+                "operationId": "patchMemory",
+                "requestBody": _json_body(_ref("PatchMemory")),
+                "responses": {"200": _ok(_ref("Memory")), **_ERRORS, **_NOT_FOUND},
+            },
+            "delete": {
+                "summary": "Delete a memory (its text leaves every version and index)",
+                "operationId": "deleteMemory",
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"const": "memory.deleted"},
+                                "deleted": {"type": "boolean"},
+                            },
+                        }
+                    ),
+                    **_ERRORS,
+                    **_NOT_FOUND,
+                },
+            },
+        },
+        "/v1/memories/{memory_id}/history": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "Every version of a memory, oldest first",
+                "operationId": "memoryHistory",
+                "responses": {"200": _ok(list_of("Memory")), **_ERRORS, **_NOT_FOUND},
+            },
+        },
+    }
+
+    def header(name: str, text: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": text,
+        }
+
+    for ops in paths.values():
+        for method, op in ops.items():
+            if method == "parameters":
+                continue
+            op.setdefault("parameters", [])
+            op["parameters"] += [
+                header("X-Memos-User", "The user, when not in the body or query."),
+                *(
+                    [header("X-Memos-Session", "A session id for the memories added.")]
+                    if method == "post"
+                    else []
+                ),
+            ]
+            op["tags"] = ["memories"]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "memos-proxy memory API",
+            "version": "1",
+            "description": "Long-term memory for any OpenAI-compatible chat endpoint. Authenticate with "
+            "`Authorization: Bearer <tenant key>`; `user` names the owner inside the tenant.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
