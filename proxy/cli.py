@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.serve",
     "proxy.commands.keys",
     "proxy.commands.governance",
+    "proxy.commands.local_memory",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], "int | None"]

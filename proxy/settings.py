@@ -55,6 +55,11 @@ class Settings(BaseSettings):
 
     # name -> local Hugging Face model directory, served as model "local/<name>".
     local_models: dict[str, Path] = Field(default_factory=dict)
+    # Local runtime: "auto" is cuda when available, else cpu; dtype "auto" is bf16 on GPU, fp32 on CPU.
+    local_device: str = "auto"
+    local_dtype: str = "auto"
+    # The MemScheduler's background pass (promote/demote/archive, KV rebuilds, LoRA training).
+    scheduler_interval_s: float = 60.0
 
     # Outbox worker.
     worker_enabled: bool = True

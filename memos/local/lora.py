@@ -267,7 +267,8 @@ class AdapterStore:
         self._keyring = keyring
         self._lock = threading.Lock()
         self._weights: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._latest: dict[tuple[str, str, str], AdapterMeta | None] = {}
+        # (tenant, user, fingerprint) -> (the pointer file's (mtime, size), its meta)
+        self._latest: dict[tuple[str, str, str], tuple[tuple[int, int] | None, AdapterMeta | None]] = {}
 
     def _dir(self, tenant: str, user: str, fingerprint: str) -> Path:
         return user_dir(self.root, self._keyring, tenant, user) / fingerprint
@@ -309,30 +310,33 @@ class AdapterStore:
         write_atomic(
             directory / "latest", cipher.encrypt(latest, self._aad(tenant, user, fingerprint, "latest"))
         )
-        with self._lock:
-            self._latest[(tenant, user, fingerprint)] = meta
         for old in directory.glob("*.lora"):
             if old.stem != adapter_id:
                 old.unlink(missing_ok=True)
         return meta
 
     def latest(self, tenant: str, user: str, fingerprint: str) -> AdapterMeta | None:
+        """The adapter to serve, re-read when its pointer file changed (e.g. `memory train` ran in
+        another process)."""
         key = (tenant, user, fingerprint)
-        with self._lock:
-            if key in self._latest:
-                return self._latest[key]
         path = self._dir(tenant, user, fingerprint) / "latest"
+        try:
+            st = path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            cached = self._latest.get(key)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
         meta = None
-        if path.exists():
-            data = json.loads(
-                self._keyring.cipher(tenant).decrypt(
-                    path.read_bytes(), self._aad(tenant, user, fingerprint, "latest")
-                )
-            )
+        if stamp is not None:
+            aad = self._aad(tenant, user, fingerprint, "latest")
+            data = json.loads(self._keyring.cipher(tenant).decrypt(path.read_bytes(), aad))
             data["memory_ids"] = tuple(data["memory_ids"])
             meta = AdapterMeta(**data)
         with self._lock:
-            self._latest[key] = meta
+            self._latest[key] = (stamp, meta)
         return meta
 
     def handle(self, tenant: str, user: str, fingerprint: str) -> AdapterHandle | None:

@@ -85,17 +85,10 @@ def train_tokenizer(vocab_size: int = 512, extra_text: str = ""):  # type: ignor
     return fast
 
 
-def build_model_dir(
-    path: Path, shape: ModelShape = TINY, *, seed: int = 0, dtype: str = "float32", tokenizer_vocab: int = 512
-) -> Path:
-    """Write a random Qwen2-shaped model and a trained tokenizer to `path`; returns `path`."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def qwen2_config(shape: ModelShape, tokenizer, dtype: str = "float32"):  # type: ignore[no-untyped-def]
+    from transformers import Qwen2Config
 
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(min(tokenizer_vocab, shape.vocab_size))
-    tokenizer.save_pretrained(path)
-    config = Qwen2Config(
+    return Qwen2Config(
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_hidden_layers,
@@ -111,9 +104,41 @@ def build_model_dir(
         initializer_range=shape.initializer_range,
         dtype=dtype,
     )
+
+
+def build_model_dir(
+    path: Path, shape: ModelShape = TINY, *, seed: int = 0, dtype: str = "float32", tokenizer_vocab: int = 512
+) -> Path:
+    """Write a random Qwen2-shaped model and a trained tokenizer to `path`; returns `path`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(min(tokenizer_vocab, shape.vocab_size))
+    tokenizer.save_pretrained(path)
+    config = qwen2_config(shape, tokenizer, dtype)
     torch.manual_seed(seed)
     with torch.device("cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.generation_config.eos_token_id = config.eos_token_id
     model.save_pretrained(path)
     return path
+
+
+def random_loaded_model(shape: ModelShape, *, device: str = "cpu", dtype: str = "float32", seed: int = 0):  # type: ignore[no-untyped-def]
+    """A LoadedModel with random weights built straight on `device` (no disk round trip): benchmarks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from memos.local.model_registry import LoadedModel
+
+    tokenizer = train_tokenizer(min(512, shape.vocab_size))
+    config = qwen2_config(shape, tokenizer, dtype)
+    torch_dtype = getattr(torch, dtype)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    model.eval()
+    model.requires_grad_(False)
+    fingerprint = f"random-{shape.hidden_size}x{shape.num_hidden_layers}-{dtype}-{seed}"
+    return LoadedModel("bench", Path("."), model, tokenizer, fingerprint, device, torch_dtype)

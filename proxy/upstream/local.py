@@ -162,3 +162,31 @@ async def _stream(
                 yield chunk({"content": item})
     finally:
         await events.aclose()
+
+
+def build_local_memory(
+    settings: Any, keyring: Any, vault: Any, audit: Any
+) -> tuple[Any, LocalUpstream | None]:
+    """The MemScheduler and, when local models are configured, the local upstream (blocking, cheap:
+    nothing is loaded and torch is not imported until a local model is first used)."""
+    from memos.local.kvcache import KVCacheStore
+    from memos.local.lora import AdapterStore
+    from memos.local.model_registry import LocalModelRegistry
+    from memos.scheduler import MemScheduler, SchedulerConfig
+
+    registry = upstream = None
+    if settings.local_models:
+        registry = LocalModelRegistry(
+            settings.local_models, device=settings.local_device, dtype=settings.local_dtype
+        )
+        upstream = LocalUpstream(registry)
+    scheduler = MemScheduler(
+        vault=vault,
+        audit=audit,
+        registry=registry,
+        runtime=upstream.runtime if upstream is not None else None,
+        kv_store=KVCacheStore(settings.data_dir / "kv", keyring),
+        adapter_store=AdapterStore(settings.data_dir / "adapters", keyring),
+        config=SchedulerConfig(interval_s=settings.scheduler_interval_s),
+    )
+    return scheduler, upstream

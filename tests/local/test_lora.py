@@ -40,13 +40,13 @@ def test_training_lowers_the_loss_on_the_memories(trained) -> None:  # type: ign
 
 def test_adapter_is_ciphertext_on_disk(loaded, keyring, tmp_path, trained) -> None:  # type: ignore[no-untyped-def]
     store = AdapterStore(tmp_path / "adapters", keyring)
-    meta = store.save("acme", "alice", loaded.fingerprint, trained, ["m1"])
+    meta = store.save("acme", "alice", loaded.fingerprint, trained, ["mem_0123456789abcdef"])
     files = list((tmp_path / "adapters").rglob("*"))
     blobs = [f.read_bytes() for f in files if f.is_file()]
     assert blobs and all(b[:1] == b"\x01" for b in blobs)
     some_weights = next(iter(trained.state_dict.values())).numpy().tobytes()[:64]
     for blob in blobs:
-        for needle in (b"lora_A", b"__metadata__", b"memos-lora", b"q_proj", some_weights, b"m1"):
+        for needle in (b"lora_A", b"__metadata__", b"memos-lora", b"q_proj", some_weights, b"mem_0123456789abcdef"):
             assert needle not in blob
     weights, config = AdapterStore(tmp_path / "adapters", keyring).load_weights(
         "acme", "alice", loaded.fingerprint, meta.adapter_id
