@@ -136,6 +136,11 @@ class MemoryService:
         self.erasers: list[UserDataEraser] = [vault, *erasers]
         self.neighbours = neighbours
 
+    def use_reader(self, reader: Any, operator: Any) -> None:
+        """The MemReader and MemOperator behind `infer: true` (the composition root shares the write-back's,
+        so the API's inference uses the tenant's extractor model too)."""
+        self._reader, self._operator = reader, operator
+
     def register_eraser(self, eraser: UserDataEraser) -> None:
         if eraser not in self.erasers:
             self.erasers.append(eraser)

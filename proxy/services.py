@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from memos.chat import ChatMemory, NoChatMemory
@@ -199,7 +200,37 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         batch_window_ms=settings.embedding_batch_window_ms,
     )
     services.background.append(EmbedderWarmup(embedder))
-    # -- memory (H2b): services.memory = MemoryService(...);
-    #    services.chat_memory = PlaintextChatMemory(...); services.background.append(<outbox worker>)
+    # -- write-back and injection (H2b): the outbox, its worker (reader -> operator -> vault), the chat
+    #    memory around every chat call; the memory API's `infer: true` shares the reader and operator.
+    from memos.chat_memory import PlaintextChatMemory, RetrieverRecall
+    from memos.operator import MemOperator
+    from memos.outbox import Outbox
+    from memos.reader import MemReader
+    from memos.worker import OutboxWorker, WriteBack
+    from proxy.upstream.completer import UpstreamCompleter
+
+    memory = services.memory
+    # Policies read through `services.policies` at call time (tests and reloads may replace the store).
+    live_policies = SimpleNamespace(get=lambda tenant: services.policies.get(tenant))
+    completer = UpstreamCompleter(services.upstreams, default_target(upstream_key))
+    reader, operator = MemReader(completer), MemOperator(memory.vault, completer)
+    memory.use_reader(reader, operator)
+    outbox = Outbox(core.db, core.keyring)
+    memory.register_eraser(outbox)
+    worker = OutboxWorker(
+        outbox,
+        WriteBack(reader, operator, live_policies, core.audit).process,
+        poll_interval_s=settings.worker_poll_interval_s,
+        recover_claims=core.db.is_sqlite,  # SQLite: this process alone serves the data dir
+    )
+    services.chat_memory = PlaintextChatMemory(
+        recall=RetrieverRecall(memory.retriever, memory.embedder.embed_one, neighbours=memory.neighbours),
+        outbox=outbox,
+        policies=live_policies,
+        audit=core.audit,
+        on_enqueued=worker.notify,
+    )
+    if settings.worker_enabled:
+        services.background.append(worker)
     # -- local runtime (H5): services.upstreams.local = LocalUpstream(...); scheduler into background
     return services
