@@ -33,8 +33,9 @@ _ROLE_MARKERS = re.compile(
     r"\[/?(?:INST|SYS|SYSTEM|ASSISTANT|USER)\]|\b(?:system|assistant|developer|user|human|ai)\s*:",
     re.IGNORECASE,
 )
-_HEADINGS = re.compile(r"#{2,}")
-_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs"})  # markdown headings ("### System") in a one-line memory
+_HEADINGS = re.compile(r"#{2,}")  # markdown headings ("### System") in a one-line memory
+# Unicode categories dropped from memory text: controls, format (zero-width, bidi), private use, surrogates.
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs"})
 
 
 @dataclass(frozen=True)

@@ -232,5 +232,6 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     )
     if settings.worker_enabled:
         services.background.append(worker)
-    # -- local runtime (H5): services.upstreams.local = LocalUpstream(...); scheduler into background
+    # -- local runtime (H5): services.upstreams.local = LocalUpstream(...); scheduler into background;
+    #    services.chat_memory.local = <MemScheduler> (prepare() asks its plan_local for local models)
     return services
