@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -51,6 +52,15 @@ class OutboxRow(SQLModel, table=True):
     claimed_until: float | None = None
     # The kind of the last failure (an exception class name, never message text).
     last_error: str | None = Field(default=None, max_length=200)
+    # The user was erased while a worker held this row: its payload is gone, and the worker must erase
+    # again whatever it wrote (see Outbox.erase_user).
+    erased: bool = False
+
+
+class Ack(StrEnum):
+    DONE = "done"
+    LOST = "lost"
+    ERASED = "erased"
 
 
 @dataclass(frozen=True)
@@ -139,12 +149,17 @@ class Outbox:
                 OutboxRow.created_at,
                 OutboxRow.attempts,
                 OutboxRow.payload,
+                OutboxRow.erased,
             )
             .execution_options(synchronize_session=False)
         )
         rows = self._run_claim(statement)
         records: list[OutboxRecord] = []
         for row in sorted(rows, key=lambda r: r.id):
+            if row.erased:
+                # Its user was erased while a worker (now gone) held it: nothing left to write back.
+                self.ack(row.id, token)
+                continue
             try:
                 plain = self._keyring.cipher(row.tenant).decrypt(
                     row.payload, _aad(row.tenant, row.owner, row.request_id)
@@ -186,16 +201,25 @@ class Outbox:
                 time.sleep(0.01 * (attempt + 1))
         return []
 
-    def ack(self, row_id: int, claim_token: str) -> bool:
-        """The row's memories are in the vault: delete it. False when the claim was lost meanwhile."""
+    def ack(self, row_id: int, claim_token: str) -> Ack:
+        """The row's memories are in the vault: delete it. LOST when the claim was lost meanwhile (another
+        claimer has it); ERASED when its user was erased while it was being processed, so what was
+        written from it must be erased again."""
         with self._db.session() as session:
-            result = session.execute(
+            erased = session.execute(
+                select(OutboxRow.erased)
+                .where(OutboxRow.id == row_id)
+                .where(OutboxRow.claim_token == claim_token)
+            ).scalar_one_or_none()
+            if erased is None:
+                return Ack.LOST
+            session.execute(
                 delete(OutboxRow)
                 .where(OutboxRow.id == row_id)
                 .where(OutboxRow.claim_token == claim_token)
                 .execution_options(synchronize_session=False)
             )
-            return bool(result.rowcount)
+            return Ack.ERASED if erased else Ack.DONE
 
     def fail(
         self, row_id: int, claim_token: str, error: BaseException | str, *, now: float | None = None
@@ -273,15 +297,26 @@ class Outbox:
             return int(session.execute(statement).scalar_one())
 
     def erase_user(self, tenant: str, owner: str) -> int:
-        """UserDataEraser: drop the user's exchanges that were not written back yet."""
+        """UserDataEraser: drop the user's exchanges not written back yet. A row a worker holds right now
+        loses its payload and is marked erased, so that worker erases its own writes again when it
+        acknowledges (this eraser must run before the vault's; see the composition root)."""
         with self._db.session() as session:
-            result = session.execute(
+            dropped = session.execute(
                 delete(OutboxRow)
                 .where(OutboxRow.tenant == tenant)
                 .where(OutboxRow.owner == owner)
+                .where(OutboxRow.claim_token.is_(None))
                 .execution_options(synchronize_session=False)
             )
-            return int(result.rowcount or 0)
+            held = session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.tenant == tenant)
+                .where(OutboxRow.owner == owner)
+                .where(OutboxRow.claim_token.is_not(None))
+                .values(erased=True, payload=b"")
+                .execution_options(synchronize_session=False)
+            )
+            return int(dropped.rowcount or 0) + int(held.rowcount or 0)
 
     def erase_tenant(self, tenant: str) -> int:
         with self._db.session() as session:

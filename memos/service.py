@@ -141,9 +141,14 @@ class MemoryService:
         so the API's inference uses the tenant's extractor model too)."""
         self._reader, self._operator = reader, operator
 
-    def register_eraser(self, eraser: UserDataEraser) -> None:
+    def register_eraser(self, eraser: UserDataEraser, *, first: bool = False) -> None:
+        """`first`: erase there before the vault (the outbox must mark rows in flight before the vault
+        forgets, so a worker holding one erases its own writes again)."""
         if eraser not in self.erasers:
-            self.erasers.append(eraser)
+            if first:
+                self.erasers.insert(0, eraser)
+            else:
+                self.erasers.append(eraser)
 
     # ------------------------------------------------------------------ helpers
 

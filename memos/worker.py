@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from memos.governance.policy import Policy
 from memos.operator import MemOperator, OperatorResult
-from memos.outbox import Outbox, OutboxRecord
+from memos.outbox import Ack, Outbox, OutboxRecord
 from memos.reader import Exchange, MemReader
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,14 @@ class OutboxWorker:
         batch_size: int = 16,
         concurrency: int = 4,
         recover_claims: bool = False,
+        on_erased: Callable[[str, str], Any] | None = None,
         name: str | None = None,
     ) -> None:
         self._outbox = outbox
         self._process = process
+        # Called (blocking, in a thread) with (tenant, owner) when a row's user was erased while it was
+        # being processed: what the row wrote must go too (the vault's erase_user).
+        self._on_erased = on_erased
         self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
         self._concurrency = asyncio.Semaphore(concurrency) if concurrency > 0 else None
@@ -244,10 +248,17 @@ class OutboxWorker:
             return
         self.processed += 1
         try:
-            await asyncio.to_thread(self._outbox.ack, record.id, record.claim_token)
+            ack = await asyncio.to_thread(self._outbox.ack, record.id, record.claim_token)
         except Exception as exc:
             # The memories are written; the row comes back after its lease and is a no-op the second time.
             log.warning("outbox row %s: acknowledgement failed (%s)", record.id, type(exc).__name__)
+            return
+        if ack is Ack.ERASED and self._on_erased is not None:
+            log.info("outbox row %s: its user was erased meanwhile; erasing its writes again", record.id)
+            try:
+                await asyncio.to_thread(self._on_erased, record.tenant, record.owner)
+            except Exception:
+                log.exception("outbox row %s: erasing again failed", record.id)
 
     async def _keep_leases(self, records: list[OutboxRecord]) -> None:
         interval = max(0.5, self._outbox.lease_s / 3)

@@ -216,12 +216,13 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     reader, operator = MemReader(completer), MemOperator(memory.vault, completer)
     memory.use_reader(reader, operator)
     outbox = Outbox(core.db, core.keyring)
-    memory.register_eraser(outbox)
+    memory.register_eraser(outbox, first=True)  # before the vault: rows in flight are marked erased
     worker = OutboxWorker(
         outbox,
         WriteBack(reader, operator, live_policies, core.audit).process,
         poll_interval_s=settings.worker_poll_interval_s,
         recover_claims=core.db.is_sqlite,  # SQLite: this process alone serves the data dir
+        on_erased=memory.vault.erase_user,  # a row's user was erased mid-write: erase what it wrote
     )
     services.chat_memory = PlaintextChatMemory(
         recall=RetrieverRecall(memory.retriever, memory.embedder.embed_one, neighbours=memory.neighbours),

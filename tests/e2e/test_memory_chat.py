@@ -277,3 +277,23 @@ def test_llm_extractor_mode(tmp_path: Path) -> None:
             say(client, "gus", "what should I do this weekend?")
             block = memory_block(last_sent(upstream)) or ""
             assert "[2026-" in block and "The user relocated to Oslo." in block and "Bergen" not in block
+
+
+def test_erasing_a_user_right_after_a_chat_leaves_nothing_behind(
+    client: openai.OpenAI, upstream: FakeUpstream, running: RunningProxy, key: str
+) -> None:
+    """The exchange may still be in the outbox, or being written, when the erasure comes."""
+    user = "hana"
+    for n in range(3):
+        say(client, user, f"My storage unit code is zebra-{n}-quartz.", stream=n == 1)
+    erased = httpx.delete(
+        f"{running.base_url}/memories",
+        params={"user": user},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert erased.status_code in (200, 204), erased.text
+    # Rows of one user are written in order: once a later fact is searchable, the earlier ones were done.
+    say(client, user, "I fly a red kite on Sundays.")
+    remembered(running, key, user, "I fly a red kite on Sundays.")
+    assert not any("quartz" in m for m in search(running, key, user, "storage unit code zebra quartz"))

@@ -22,7 +22,7 @@ from memos.governance.policy import FailMode, Policy
 from memos.governance.principal import Principal, Role
 from memos.item import State
 from memos.operator import MemOperator
-from memos.outbox import Outbox
+from memos.outbox import Ack, Outbox
 from memos.reader import MemReader
 from memos.retrieval import Retriever
 from memos.worker import WriteBack
@@ -56,7 +56,7 @@ class Stack:
         while records := self.outbox.claim():
             for record in records:
                 await self.writeback.process(record)
-                assert self.outbox.ack(record.id, record.claim_token)
+                assert self.outbox.ack(record.id, record.claim_token) is Ack.DONE
                 count += 1
         return count
 

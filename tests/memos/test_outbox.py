@@ -13,7 +13,7 @@ from sqlalchemy import update
 from memos.crypto import MasterKey
 from memos.db import Database
 from memos.keyring import Keyring
-from memos.outbox import Outbox, OutboxRow
+from memos.outbox import Ack, Outbox, OutboxRow
 
 CANARY = "zebra-canary-8841"
 
@@ -71,9 +71,9 @@ def test_ack_deletes_only_with_the_current_claim(outbox: Outbox) -> None:
     now = time.time()
     [stale] = outbox.claim(now=now)
     [fresh] = outbox.claim(now=now + outbox.lease_s + 1)
-    assert outbox.ack(stale.id, stale.claim_token) is False  # the lease was lost: not ours to delete
+    assert outbox.ack(stale.id, stale.claim_token) is Ack.LOST  # the lease was lost: not ours to delete
     assert outbox.pending() == 1
-    assert outbox.ack(fresh.id, fresh.claim_token) is True
+    assert outbox.ack(fresh.id, fresh.claim_token) is Ack.DONE
     assert outbox.pending() == 0
 
 
@@ -130,6 +130,27 @@ def test_erase_user_drops_only_that_users_rows(outbox: Outbox) -> None:
     assert sorted((r.tenant, r.owner) for r in outbox.claim()) == [("acme", "bob"), ("other", "alice")]
 
 
+def test_erasing_a_user_whose_row_is_being_processed(outbox: Outbox) -> None:
+    outbox.enqueue("acme", "alice", "req-1", _payload(CANARY))
+    [held] = outbox.claim()
+    assert outbox.erase_user("acme", "alice") == 1
+    with outbox._db.session() as session:
+        row = session.get(OutboxRow, held.id)
+        assert row.erased and row.payload == b""  # the text is gone at once
+    # The worker finishing it learns that its writes must be erased again.
+    assert outbox.ack(held.id, held.claim_token) is Ack.ERASED
+    assert outbox.pending() == 0
+
+
+def test_an_erased_row_left_by_a_dead_worker_is_dropped_when_claimed(outbox: Outbox) -> None:
+    outbox.enqueue("acme", "alice", "req-1", _payload())
+    now = time.time()
+    outbox.claim(now=now)  # the claimer dies
+    outbox.erase_user("acme", "alice")
+    assert outbox.claim(now=now + outbox.lease_s + 1) == []
+    assert outbox.pending() == 0
+
+
 def test_a_payload_moved_to_another_user_fails_authentication_and_is_kept(outbox: Outbox) -> None:
     row_id = outbox.enqueue("acme", "alice", "req-1", _payload())
     with outbox._db.session() as session:
@@ -162,7 +183,7 @@ def test_concurrent_claimers_never_take_the_same_row(database: Database) -> None
                 with lock:
                     seen.update(r.id for r in records)
                 for record in records:
-                    assert box.ack(record.id, record.claim_token)
+                    assert box.ack(record.id, record.claim_token) is Ack.DONE
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

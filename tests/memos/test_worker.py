@@ -222,3 +222,30 @@ async def test_the_worker_survives_a_database_outage(tmp_path) -> None:
     finally:
         await worker.stop()
     assert outage["left"] == 0
+
+
+async def test_a_user_erased_mid_processing_is_erased_again(database: Database, keyring: Keyring) -> None:
+    outbox = make_outbox(database, keyring)
+    outbox.enqueue("acme", "alice", "req-1", payload(1))
+    processing, erased = asyncio.Event(), asyncio.Event()
+    written: list[str] = []
+    erased_again: list[tuple[str, str]] = []
+
+    async def process(record: OutboxRecord) -> None:
+        processing.set()
+        await erased.wait()  # the user is erased while this exchange is being written
+        written.append(record.payload["turns"][0][1]["content"])
+
+    worker = OutboxWorker(
+        outbox, process, poll_interval_s=0.01, on_erased=lambda *who: erased_again.append(who)
+    )
+    await worker.start()
+    try:
+        await asyncio.wait_for(processing.wait(), 10)
+        await asyncio.to_thread(outbox.erase_user, "acme", "alice")
+        erased.set()
+        await until(lambda: erased_again)
+    finally:
+        await worker.stop()
+    assert written == ["fact 1"] and erased_again == [("acme", "alice")]
+    assert outbox.pending() == 0
