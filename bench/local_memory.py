@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -111,6 +112,7 @@ def run(
     from memos.local.runtime import LocalRuntime, SamplingParams, build_prompt
     from memos.local.synthetic import random_loaded_model
 
+    load_before = os.getloadavg()
     started = time.perf_counter()
     loaded = random_loaded_model(shape, device=device, dtype=dtype)
     print(f"model ready in {time.perf_counter() - started:.1f}s: {shape.describe()} on {device} ({dtype})")
@@ -218,6 +220,10 @@ def run(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        # The machine is shared: its load average before and after the run, for reading the numbers.
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
         "blocks": rows,
         "lora": lora,
     }
@@ -227,7 +233,9 @@ def print_table(result: dict[str, Any]) -> None:
     print()
     print(
         f"{result['label']}: {result['model']['describe']}, {result['device']} {result['dtype']}, "
-        f"{result['torch_threads']} threads, median of {result['repeats']}"
+        f"{result['torch_threads']} threads, median of {result['repeats']}; load average "
+        f"{result['loadavg_before'][0]:.1f} before, {result['loadavg_after'][0]:.1f} after "
+        f"on {result['cpu_count']} CPUs"
     )
     columns = [
         ("block tok", 9, lambda r: f"{r['block_tokens']}"),

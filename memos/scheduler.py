@@ -489,20 +489,23 @@ class MemScheduler:
 
     # --------------------------------------------------------------------------- erasure
 
-    def erase_user(self, tenant: str, owner: str) -> None:
-        """UserDataEraser: the user's KV caches and adapters, on disk and in loaded models."""
+    def erase_user(self, tenant: str, owner: str) -> int:
+        """UserDataEraser: the user's KV caches and adapters, on disk and in loaded models.
+        Returns how many files were removed."""
         self._seen.pop((tenant, owner), None)
+        removed = 0
         if self.kv_store is not None:
-            self.kv_store.erase_user(tenant, owner)
+            removed += self.kv_store.erase_user(tenant, owner)
         if self.adapter_store is not None:
             adapter_ids = self.adapter_store.adapter_ids(tenant, owner)
-            self.adapter_store.erase_user(tenant, owner)
+            removed += self.adapter_store.erase_user(tenant, owner)
             if self.registry is not None and adapter_ids:
                 from memos.local.lora import unload_adapters
 
                 for name in self.registry.names():
                     if self.registry.is_loaded(name):
                         unload_adapters(self.registry.load(name), adapter_ids)
+        return removed
 
 
 async def _to_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -113,6 +113,7 @@ class Services:
     metrics: Metrics
     memory: Any = None  # memos.service.MemoryService (memory API); None until wired
     chat_memory: ChatMemory = field(default_factory=NoChatMemory)
+    scheduler: Any = None  # memos.scheduler.MemScheduler (memory modes, tier lifecycle)
     # Started in order with the app, stopped in reverse; start()/stop() may be sync or async.
     background: list[Background] = field(default_factory=list)
 
@@ -233,6 +234,16 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     )
     if settings.worker_enabled:
         services.background.append(worker)
-    # -- local runtime (H5): services.upstreams.local = LocalUpstream(...); scheduler into background;
-    #    services.chat_memory.local = <MemScheduler> (prepare() asks its plan_local for local models)
+    # -- local runtime and MemScheduler (H5): `local/<name>` models (nothing loaded until first used),
+    #    activation/parametric memory chosen per request by the scheduler, its background pass, and
+    #    the erasure of a user's KV caches and adapters.
+    from proxy.upstream.local import build_local_memory
+
+    scheduler, local = build_local_memory(settings, core.keyring, memory.vault, core.audit)
+    services.scheduler = scheduler
+    services.chat_memory.local = scheduler
+    memory.register_eraser(scheduler)
+    if local is not None:
+        services.upstreams.local = local
+    services.background.append(scheduler)
     return services

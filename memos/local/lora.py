@@ -225,12 +225,13 @@ def select_adapter(loaded: LoadedModel, adapter: AdapterHandle | None) -> None:
     model.enable_adapters()
     set_adapter(model, name, inference_mode=True)  # inference_mode: its weights stay frozen
     while len(loaded.loaded_adapters) > MAX_LOADED:
-        model.delete_adapter(loaded.loaded_adapters.pop(0))
+        model.delete_adapter(loaded.loaded_adapters.pop(0))  # least recently used; never the active one
 
 
 def unload_adapters(loaded: LoadedModel, adapter_ids: Sequence[str]) -> None:
     """Remove these adapters' weights from a loaded model (after the user's erasure)."""
-    with loaded.lock:
+    with loaded.lock, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
         for name in adapter_ids:
             if name in loaded.loaded_adapters:
                 loaded.loaded_adapters.remove(name)

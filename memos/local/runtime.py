@@ -171,7 +171,10 @@ def _next_token(logits: Any, params: SamplingParams, generator: Any) -> int:
 
 
 class _Detokenizer:
-    """Incremental text of the completion, holding back what could still be the start of a stop string."""
+    """Incremental text of the completion, holding back what could still be the start of a stop string.
+
+    Only a short window of ids is decoded per token (the usual prefix/read offsets), so the cost per
+    token does not grow with the length of the answer."""
 
     def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
@@ -181,16 +184,26 @@ class _Detokenizer:
         self.text = ""
         self.emitted = 0
         self.stopped = False
+        self._prefix = 0  # ids[_prefix:_read] decode to the end of `text`
+        self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            return ""
-        self.text = text
-        hits = [at for stop in self.stops if (at := text.find(stop, max(0, self.emitted - len(stop)))) != -1]
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence (or nothing visible yet): wait for more ids
+        searched = len(self.text)
+        self.text += after[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        hits = [
+            at for stop in self.stops if (at := self.text.find(stop, max(0, searched - len(stop) + 1))) != -1
+        ]
         if hits:
-            self.text = text[: min(hits)]
+            self.text = self.text[: min(hits)]
             self.stopped = True
         limit = len(self.text) if self.stopped else max(self.emitted, len(self.text) - self.holdback)
         return self._take(limit)

@@ -1,0 +1,239 @@
+"""Local models through the proxy, end to end (openai SDK -> proxy -> local runtime), on a tiny random
+Qwen2-shaped model with a tokenizer trained in the test (nothing downloaded):
+
+- with five memories, plaintext and activation modes answer through /v1/chat/completions, the
+  x-memos-memory-mode header names the mode, and with the same memory block their greedy outputs are
+  token-identical (fp32); two identical activation requests answer identically;
+- after `memos-proxy memory train`, parametric mode answers and says so, and the adapter lowers the
+  model's loss on the user's memories compared with the base model;
+- KV caches and adapters are ciphertext on disk, and erasing the user deletes them;
+- /v1/models lists the local model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from memos.local.kvcache import KVKey
+from tests.support.local_models import FIVE_MEMORIES
+from tests.support.proxy import RunningProxy, proxy_env, proxy_settings, run_cli, run_proxy
+from tests.support.upstream import FakeUpstream
+
+MODEL = "local/tiny"
+QUESTION = [{"role": "user", "content": "Where do I live and what do I drink?"}]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from memos.local.synthetic import build_model_dir
+
+    torch.set_num_threads(2)
+    return build_model_dir(tmp_path_factory.mktemp("local-model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path
+) -> Iterator[tuple[FakeUpstream, RunningProxy]]:
+    data_dir = tmp_path_factory.mktemp("local-e2e")
+    with FakeUpstream() as upstream:
+        settings = proxy_settings(
+            data_dir,
+            upstream.base_url,
+            key_cache_ttl_s=0,
+            embedding_model="hash",
+            local_models={"tiny": model_dir},
+            local_device="cpu",
+        )
+        with run_proxy(settings) as proxy:
+            yield upstream, proxy
+
+
+@pytest.fixture(scope="module")
+def running(stack: tuple[FakeUpstream, RunningProxy]) -> RunningProxy:
+    return stack[1]
+
+
+@pytest.fixture(scope="module")
+def key(running: RunningProxy) -> str:
+    return running.create_key("acme", "app")
+
+
+@pytest.fixture
+def client(running: RunningProxy, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def generations(running: RunningProxy, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every GenerationResult of the local runtime (token ids included), in order."""
+    runtime = running.services.upstreams.local.runtime
+    seen: list[Any] = []
+    original = runtime.generate
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(runtime, "generate", recording)
+    return seen
+
+
+def add_memories(running: RunningProxy, key: str, user: str, texts: list[str]) -> list[str]:
+    response = httpx.post(
+        f"{running.base_url}/memories",
+        json={"user": user, "memories": [{"text": t} for t in texts], "infer": False},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["data"]]
+
+
+def ask(
+    client: openai.OpenAI, user: str, mode: str, *, stream: bool = False, max_tokens: int = 24
+) -> tuple[str, httpx.Headers]:
+    headers = {"X-Memos-User": user, "X-Memos-Memory-Mode": mode, "X-Memos-Memory": "read"}
+    if not stream:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=QUESTION, temperature=0, max_tokens=max_tokens, extra_headers=headers
+        )
+        return raw.parse().choices[0].message.content or "", raw.headers
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers=headers,
+    ) as response:
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        return text, response.headers
+
+
+def test_models_lists_the_local_model(client: openai.OpenAI) -> None:
+    assert MODEL in {m.id for m in client.models.list().data}
+
+
+def test_plaintext_and_activation_are_token_identical(
+    running: RunningProxy, key: str, client: openai.OpenAI, generations: list[Any]
+) -> None:
+    ids = add_memories(running, key, "alice", FIVE_MEMORIES)
+    # Put the five into the activation block, as the background pass does for hot, stable memories.
+    running.services.scheduler.promote("acme", "alice", ids)
+
+    plain_text, plain_headers = ask(client, "alice", "plaintext")
+    act_text, act_headers = ask(client, "alice", "activation")
+    again_text, again_headers = ask(client, "alice", "activation")
+    plain, act, again = generations[-3:]
+
+    assert plain_headers["x-memos-memory-mode"] == "plaintext"
+    assert act_headers["x-memos-memory-mode"] == again_headers["x-memos-memory-mode"] == "activation"
+    assert plain_headers["x-memos-memories"] == act_headers["x-memos-memories"] == "5"
+    assert plain.cached_tokens == 0 and act.cached_tokens > 0  # the block came from the KV cache
+    assert plain.prompt_tokens == act.prompt_tokens  # the same ids: block + conversation
+    assert len(plain.token_ids) == 24 and len(set(plain.token_ids)) > 5
+    assert act.token_ids == plain.token_ids and act_text == plain_text
+    assert again.token_ids == act.token_ids and again_text == act_text  # the stored cache is unchanged
+
+    # The memory matters: without it the answer differs; auto now picks the ready cache; streaming
+    # gives the same text.
+    _, off_headers = ask(client, "alice", "off")
+    assert off_headers["x-memos-memory-mode"] == "off" and generations[-1].token_ids != plain.token_ids
+    auto_text, auto_headers = ask(client, "alice", "auto")
+    assert auto_headers["x-memos-memory-mode"] == "activation" and auto_text == act_text
+    streamed, stream_headers = ask(client, "alice", "activation", stream=True)
+    assert stream_headers["x-memos-memory-mode"] == "activation" and streamed == act_text
+
+
+def test_memory_train_then_parametric_mode(
+    stack: tuple[FakeUpstream, RunningProxy], key: str, client: openai.OpenAI, generations: list[Any]
+) -> None:
+    upstream, running = stack
+    add_memories(running, key, "bob", FIVE_MEMORIES)
+    # No adapter yet: parametric is not possible, the scheduler falls back (and says so).
+    _, headers = ask(client, "bob", "parametric")
+    assert headers["x-memos-memory-mode"] != "parametric"
+
+    settings = running.settings
+    env = proxy_env(
+        settings.data_dir,
+        upstream.base_url,
+        MEMOS_LOCAL_MODELS=json.dumps({"tiny": str(settings.local_models["tiny"])}),
+        MEMOS_LOCAL_DEVICE="cpu",
+        MEMOS_EMBEDDING_MODEL="hash",
+    )
+    result = run_cli(
+        "memory", "train", "--tenant", "acme", "--user", "bob", "--model", MODEL, "--steps", "40", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trained adapter" in result.stdout and "5 memories" in result.stdout
+
+    ask(client, "bob", "off")
+    base = generations[-1]
+    text, headers = ask(client, "bob", "parametric")
+    assert headers["x-memos-memory-mode"] == "parametric"
+    assert text and generations[-1].token_ids != base.token_ids
+
+    # The adapter lowers the model's loss on bob's memories, measured on the served model itself.
+    from memos.local.lora import memory_loss, select_adapter
+
+    scheduler = running.services.scheduler
+    loaded = scheduler.registry.load("tiny")
+    handle = scheduler.adapter_store.handle("acme", "bob", loaded.fingerprint)
+    with loaded.lock:
+        select_adapter(loaded, handle)
+        adapter_loss = memory_loss(loaded.model, loaded.tokenizer, FIVE_MEMORIES)
+        select_adapter(loaded, None)
+        base_loss = memory_loss(loaded.model, loaded.tokenizer, FIVE_MEMORIES)
+    assert adapter_loss < 0.7 * base_loss
+
+
+def test_caches_and_adapters_are_ciphertext_and_erased_with_the_user(
+    running: RunningProxy, key: str, client: openai.OpenAI
+) -> None:
+    ids = add_memories(running, key, "carol", FIVE_MEMORIES)
+    scheduler = running.services.scheduler
+    scheduler.promote("acme", "carol", ids)
+    assert ask(client, "carol", "activation")[1]["x-memos-memory-mode"] == "activation"
+    scheduler.train("acme", "carol", "tiny", min_age_s=0)
+    assert ask(client, "carol", "parametric")[1]["x-memos-memory-mode"] == "parametric"
+
+    data_dir = running.settings.data_dir
+    files = [p for sub in ("kv", "adapters") for p in (data_dir / sub).rglob("*") if p.is_file()]
+    assert any(p.suffix == ".kv" for p in files) and any(p.suffix == ".lora" for p in files)
+    secrets = [t.encode() for t in FIVE_MEMORIES] + [b"carol", b"__metadata__", b"token_ids", b"lora_A"]
+    for path in files:
+        blob = path.read_bytes()
+        assert blob[:1] == b"\x01", path  # memos ciphertext format, not a safetensors header
+        for secret in secrets:
+            assert secret not in blob, (path, secret)
+
+    before = set(files)
+    response = httpx.delete(
+        f"{running.base_url}/memories",
+        params={"user": "carol"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert response.status_code in (200, 204), response.text
+    after = {p for sub in ("kv", "adapters") for p in (data_dir / sub).rglob("*") if p.is_file()}
+    fingerprint = scheduler.registry.fingerprint("tiny")
+    assert not scheduler.kv_store.path(KVKey("acme", "carol", fingerprint)).exists()
+    assert scheduler.adapter_store.adapter_ids("acme", "carol") == []
+    assert scheduler.adapter_store.latest("acme", "carol", fingerprint) is None
+    assert after < before
+    # Nothing of carol's is served any more.
+    assert ask(client, "carol", "activation")[1]["x-memos-memory-mode"] == "plaintext"
+    assert ask(client, "carol", "parametric")[1]["x-memos-memory-mode"] == "plaintext"
