@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -231,20 +231,32 @@ class _Relay:
     ) -> AsyncIterator[bytes]:
         assembler = StreamAssembler() if self.ctx.switch in _WRITES else None
         usage: bytes | None = None
+        # Events that arrived together go out in one write (an optional method of the stream).
+        drain: Callable[[], list[bytes]] | None = getattr(events, "drain", None)
+        out: list[bytes] = []  # frames not yet written
         try:
             current = first
             while current is not None:
-                payload, chunk = current
-                if error_event_status(chunk) is not None:
-                    self.services.metrics.upstream_error(self.tenant, ROUTE, "stream_error")
-                    yield frame(payload)
-                    return
-                if is_usage_only(chunk):
-                    usage = payload  # held back: the usage chunk goes last
-                else:
-                    if assembler is not None:
-                        assembler.add(chunk)
-                    yield frame(payload)
+                burst = drain() if drain is not None else []
+                item: tuple[bytes, dict[str, Any]] | None = current
+                while item is not None:
+                    payload, chunk = item
+                    if error_event_status(chunk) is not None:
+                        self.services.metrics.upstream_error(self.tenant, ROUTE, "stream_error")
+                        out.append(frame(payload))
+                        yield b"".join(out)
+                        return
+                    if is_usage_only(chunk):
+                        usage = payload  # held back: the usage chunk goes last
+                    else:
+                        if assembler is not None:
+                            assembler.add(chunk)
+                        out.append(frame(payload))
+                    item = _parsed(burst.pop(0)) if burst else None
+                if out:
+                    data = b"".join(out)
+                    out.clear()
+                    yield data
                 current = await _next(events)
             if usage is not None:
                 yield frame(usage)
@@ -253,21 +265,18 @@ class _Relay:
             yield DONE
         except UpstreamError as exc:
             self.services.metrics.upstream_error(self.tenant, ROUTE, exc.kind)
-            yield frame_json(exc.envelope())
+            yield b"".join(out) + frame_json(exc.envelope())
         except ApiError as exc:
-            yield frame_json(exc.envelope())
+            yield b"".join(out) + frame_json(exc.envelope())
         except Exception:
             log.exception("stream relay failed (request %s)", self.ctx.request_id)
-            yield frame_json(error_envelope("Internal error.", type="server_error", code="internal_error"))
+            envelope = error_envelope("Internal error.", type="server_error", code="internal_error")
+            yield b"".join(out) + frame_json(envelope)
         finally:
             await _close(events)
 
 
-async def _next(events: EventStream) -> tuple[bytes, dict[str, Any]] | None:
-    try:
-        payload = await events.__anext__()
-    except StopAsyncIteration:
-        return None
+def _parsed(payload: bytes) -> tuple[bytes, dict[str, Any]]:
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -275,6 +284,14 @@ async def _next(events: EventStream) -> tuple[bytes, dict[str, Any]] | None:
     if not isinstance(chunk, dict):
         raise UpstreamError("upstream sent an event that is not a JSON object")
     return payload, chunk
+
+
+async def _next(events: EventStream) -> tuple[bytes, dict[str, Any]] | None:
+    try:
+        payload = await events.__anext__()
+    except StopAsyncIteration:
+        return None
+    return _parsed(payload)
 
 
 async def _open(

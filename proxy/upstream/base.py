@@ -4,7 +4,9 @@ An upstream answers OpenAI-shaped calls and knows nothing of the client's HTTP r
 
 - `chat(call)` -> `UpstreamReply` (the JSON body of a non-streamed completion, raw bytes kept);
 - `chat_stream(call)` -> `EventStream`: an async iterator over the `data:` payloads of the upstream's
-  SSE events (JSON bytes of each `chat.completion.chunk`, `[DONE]` not included; it simply ends);
+  SSE events (JSON bytes of each `chat.completion.chunk`, `[DONE]` not included; it simply ends).
+  It may also offer `drain() -> list[bytes]`: payloads already received, returned without waiting,
+  which the relay then forwards together with the current one in a single write;
 - `embeddings(call)` -> `UpstreamReply`; `models(target)` -> list of model objects;
 - `aclose()` releases pooled connections.
 

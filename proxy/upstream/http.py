@@ -6,9 +6,11 @@ streams are cut into SSE events without re-encoding their payloads.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 
@@ -149,61 +151,84 @@ async def _send(client: httpx.AsyncClient, request: httpx.Request, *, stream: bo
 
 
 class SSEEventStream:
-    """Cuts an upstream SSE body into the data payloads of its events; ends at `[DONE]` or EOF."""
+    """Cuts an upstream SSE body into the data payloads of its events; ends at `[DONE]` or EOF.
+
+    Events that arrived together are kept ready: `drain()` hands them over without waiting, so the
+    relay can forward a burst in one write. After `[DONE]` the rest of the body (normally nothing)
+    is read briefly so the pooled connection can be reused.
+    """
+
+    _DRAIN_AFTER_DONE_S = 0.1
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        self._events = self._iterate()
-        content_type = response.headers.get("content-type", "")
-        self._is_json = content_type.startswith("application/json")
+        self._pieces = response.aiter_bytes()
+        self._ready: deque[bytes] = deque()
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._done = False  # [DONE] seen or body ended
+        self._is_json = response.headers.get("content-type", "").startswith("application/json")
 
     def __aiter__(self) -> SSEEventStream:
         return self
 
     async def __anext__(self) -> bytes:
-        return await self._events.__anext__()
+        while not self._ready:
+            if self._done:
+                raise StopAsyncIteration
+            await self._read()
+        return self._ready.popleft()
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    def drain(self) -> list[bytes]:
+        """The payloads already received and cut, without waiting for more."""
+        ready = list(self._ready)
+        self._ready.clear()
+        return ready
+
+    async def _read(self) -> None:
         try:
             if self._is_json:
                 # A 200 with a JSON body where a stream was asked for: usually an error in disguise.
-                content = await self._response.aread()
-                raise UpstreamHTTPError(502, content, self._response.headers)
-            buffer = b""
-            data: list[bytes] = []
-            async for piece in self._response.aiter_bytes():
-                buffer += piece
-                while True:
-                    newline = buffer.find(b"\n")
-                    if newline < 0:
-                        break
-                    line = buffer[:newline].rstrip(b"\r")
-                    buffer = buffer[newline + 1 :]
-                    if line:
-                        if line.startswith(b"data:"):
-                            value = line[5:]
-                            data.append(value[1:] if value.startswith(b" ") else value)
-                        continue  # comments (":"), event:, id:, retry: are not relayed
-                    if data:
-                        payload = data[0] if len(data) == 1 else b"\n".join(data)
-                        data = []
-                        if payload == b"[DONE]":
-                            return
-                        yield payload
-            last = buffer.rstrip(b"\r")
-            if last.startswith(b"data:"):  # a last line without its newline
-                data.append(last[6:] if last.startswith(b"data: ") else last[5:])
-            if data:  # a last event without its blank line
-                payload = b"\n".join(data)
-                if payload != b"[DONE]":
-                    yield payload
+                raise UpstreamHTTPError(502, await self._response.aread(), self._response.headers)
+            try:
+                piece = await self._pieces.__anext__()
+            except StopAsyncIteration:
+                self._feed(b"\n\n")  # a last line or event without its terminator
+                self._done = True
+                return
+            self._feed(piece)
+            if self._done:
+                await self._finish_body()
         except httpx.TimeoutException as exc:
+            await self.aclose()
             raise UpstreamTimeout(f"upstream stream stalled ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
+            await self.aclose()
             raise UpstreamUnreachable(f"upstream stream broke ({type(exc).__name__})") from exc
-        finally:
-            await self._response.aclose()
+
+    def _feed(self, piece: bytes) -> None:
+        lines = (self._buffer + piece).split(b"\n")
+        self._buffer = lines.pop()  # an incomplete last line waits for the next piece
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if line:
+                if line.startswith(b"data:"):
+                    self._data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+                continue  # comments (":"), event:, id:, retry: are not relayed
+            if self._data:
+                payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                self._data = []
+                if payload == b"[DONE]":
+                    self._done = True
+                    return
+                self._ready.append(payload)
+
+    async def _finish_body(self) -> None:
+        with anyio.move_on_after(self._DRAIN_AFTER_DONE_S):
+            async for _ in self._pieces:
+                pass
+        await self._response.aclose()
 
     async def aclose(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
+        self._done = True
         await self._response.aclose()

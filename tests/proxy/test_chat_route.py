@@ -347,6 +347,7 @@ class ScriptedUpstream:
         self.chunks = chunks
         self.closed = False
         self.calls: list[ChatCall] = []
+        self.burst = False  # offer everything after the first chunk through drain(), as one burst
 
     async def chat(self, call: ChatCall) -> UpstreamReply:
         self.calls.append(call)
@@ -368,6 +369,20 @@ class ScriptedUpstream:
 
             def __aiter__(self) -> Stream:
                 return self
+
+            def drain(self) -> list[bytes]:
+                if not owner.burst:
+                    return []
+                rest: list[bytes] = []
+                for chunk in owner.chunks[1:]:
+                    rest.append(chunk if isinstance(chunk, bytes) else orjson.dumps(chunk))
+                owner.chunks = owner.chunks[:1]
+                self._it = self._gen_empty()
+                return rest
+
+            async def _gen_empty(self) -> AsyncIterator[bytes]:
+                for _ in ():
+                    yield b""
 
             async def __anext__(self) -> bytes:
                 return await self._it.__anext__()
@@ -423,3 +438,12 @@ def test_prepared_chat_reaches_the_upstream(api: Api, local: ScriptedUpstream, r
     assert call.prepared.mode is MemoryMode.PLAINTEXT and memory.contexts[0].local_model
     assert call.target.api_key is None
     assert [m["id"] for m in api.get("/models").json()["data"]][-1] == "local/tiny"
+
+
+def test_a_burst_is_relayed_in_order_up_to_a_bad_event(api: Api, local: ScriptedUpstream) -> None:
+    local.burst = True
+    local.chunks = [_chunk("a"), _chunk(usage=True), _chunk("b"), b"not json", _chunk("c")]
+    _, lines = api.stream_lines(body(model="local/tiny", stream=True))
+    contents = [orjson.loads(line.removeprefix("data: ")) for line in lines]
+    assert [c["choices"][0]["delta"]["content"] for c in contents[:2]] == ["a", "b"]
+    assert "error" in contents[2] and len(contents) == 3
