@@ -308,6 +308,13 @@ def test_stream_error_status_before_first_byte(api: Api, upstream: FakeUpstream,
     assert r.json()["error"]["message"] == f"scripted failure {status}"
 
 
+def test_streams_reuse_the_upstream_connection(api: Api, upstream: FakeUpstream) -> None:
+    for _ in range(3):
+        _, lines = api.stream_lines(body(stream=True))
+        assert lines[-1] == "data: [DONE]"
+    assert len({r.client for r in upstream.requests}) == 1
+
+
 def test_error_as_first_event_keeps_an_http_status(api: Api, upstream: FakeUpstream) -> None:
     upstream.stream_error(after_chunks=0)
     r, _ = api.stream_lines(body(stream=True))

@@ -30,7 +30,8 @@ Scripted failures (FIFO, each consumed by the next matching request; `path`/`mod
 - `upstream.behave_for_model(model, behaviour)`: a standing behaviour for every request naming that
   model (behaviour: a `Behaviour(kind=..., ...)`).
 
-Observations: `requests` (every request: method, path, headers (lower-case names), body bytes, json),
+Observations: `requests` (every request: method, path, headers (lower-case names), body bytes, json,
+client address),
 `chat_requests` (only chat bodies), `disconnects` (paths of requests whose client went away before
 the answer was complete: what a cancelled upstream call looks like from here), `wait_for(pred)`.
 `reset()` clears scripts and observations. Thread-safe for the simple uses above.
@@ -77,6 +78,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    client: tuple[str, int] | None = None  # the caller's address: equal ports mean a reused connection
 
     @property
     def json(self) -> Any:
@@ -254,7 +256,8 @@ class FakeUpstream:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
         with self._lock:
-            self.requests.append(RecordedRequest(scope["method"], path, headers, body))
+            client = tuple(scope["client"]) if scope.get("client") else None
+            self.requests.append(RecordedRequest(scope["method"], path, headers, body, client))  # type: ignore[arg-type]
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             await _json(
                 send,
