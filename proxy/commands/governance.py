@@ -188,12 +188,9 @@ def _tenants_delete(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _erasers(settings: Settings, core: object) -> list[object]:
-    """Stores that can drop a whole tenant's rows (`erase_tenant(tenant)`), when the build provides them."""
-    try:
-        from proxy.services import tenant_erasers  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    return list(tenant_erasers(settings, core))
+    from memos.governance.tenants import default_erasers
+
+    return list(default_erasers(settings, core))
 
 
 # ---------------------------------------------------------------- policy files

@@ -156,6 +156,11 @@ def test_deleting_the_tenant_destroys_its_key(running: RunningProxy, upstream):
         json={"user": "u", "memories": [{"text": "x"}]},
     )
     assert beta.status_code == 200
+    # Its rows, vectors and files are gone too (defence in depth: they were unreadable already).
+    with running.services.db.session() as session:
+        assert not session.exec(select(MemoryRow).where(MemoryRow.tenant == "acme")).all()
+    leftover = scan(data_dir, {f"acme payload {i}": blob[13:45] for i, (blob, _) in enumerate(blobs)})
+    assert not leftover, describe(leftover)
     # Nothing of what it left can be decrypted by anyone holding the master keys now.
     db, ring = fresh_keyring()
     for blob, aad in blobs:

@@ -42,3 +42,36 @@ def test_delete_tenant_shreds_and_revokes(db, audit):
     actions = [e.action for e in audit.list("acme")[0]]
     assert actions[-2:] == ["key.revoke", "tenant.delete"]
     assert audit.verify("acme").ok
+
+
+def test_default_erasers_remove_rows_vectors_and_files(tmp_path, db, audit):
+    from memos.governance.tenants import FileTenantEraser, SqlTenantEraser
+    from memos.local.kvcache import tenant_dir_name
+    from memos.outbox import Outbox
+
+    master = MasterKey.generate()
+    ring = Keyring(db, master)
+    outbox = Outbox(db, ring)
+    outbox.enqueue("acme", "u1", "r1", {"x": 1})
+    outbox.enqueue("beta", "u1", "r2", {"x": 2})
+    audit.record("acme", "memory.write")
+    kv = tmp_path / "data" / "kv" / tenant_dir_name("acme") / "user"
+    kv.mkdir(parents=True)
+    (kv / "a.kv").write_bytes(b"ciphertext")
+    other = tmp_path / "data" / "kv" / tenant_dir_name("beta")
+    other.mkdir(parents=True)
+
+    assert SqlTenantEraser(db).erase_tenant("acme") >= 1
+    assert FileTenantEraser(tmp_path / "data").erase_tenant("acme") == 1
+    assert not kv.exists() and other.exists()
+    assert [r.tenant for r in _outbox_rows(db)] == ["beta"]
+    assert audit.verify("acme").ok and audit.count("acme") == 1  # the trail is kept
+
+
+def _outbox_rows(db):
+    from sqlmodel import select
+
+    from memos.outbox import OutboxRow
+
+    with db.session() as session:
+        return session.exec(select(OutboxRow)).all()
