@@ -70,6 +70,9 @@ class SchedulerConfig:
     train_min_memories: int = 20
     train_min_new: int = 10
     interval_s: float = 60.0
+    # A user's block is recomputed per request only when the vault changed for them; at the latest
+    # after this many seconds (hits reorder what fits the budget).
+    view_ttl_s: float = 60.0
     lora: LoraTraining | None = None  # None: memos.local.lora.LoraTraining() defaults
 
 
@@ -126,6 +129,19 @@ class Transition:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _BlockView:
+    """A user's activation block as last computed, and what it was computed from."""
+
+    changes: int | None  # the vault's change counter for the user
+    computed_at: datetime
+    valid_until: datetime | None  # the first expiry among the user's live memories
+    text: str
+    memory_ids: tuple[str, ...]
+    ids: tuple[int, ...]  # the block's token ids (its chat-template rendering)
+    live_ids: frozenset[str]
+
+
 @dataclass
 class _UserState:
     models: set[str] = field(default_factory=set)
@@ -167,6 +183,7 @@ class MemScheduler:
         self._build_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
         self._training: set[tuple[str, str, str]] = set()
+        self._views: dict[tuple[str, str, str], _BlockView] = {}
 
     # ----------------------------------------------------------------------------- vault reads
 
@@ -236,7 +253,7 @@ class MemScheduler:
         the memory the runtime runs with. For plaintext the caller retrieves and renders the block
         itself, as for remote models."""
         from memos.local.kvcache import KVKey
-        from memos.local.runtime import LocalMemory, block_ids
+        from memos.local.runtime import LocalMemory
 
         assert self.registry is not None and self.kv_store is not None and self.adapter_store is not None
         model_name = self.registry.name_of(model_name)
@@ -246,16 +263,15 @@ class MemScheduler:
             return MemoryMode.OFF, None
         loaded = await self.registry.get(model_name)
 
-        def inspect() -> tuple[str, list[MemoryItem], tuple[int, ...], KVBlock | None, Any]:
-            items = self.memories(tenant, user)
-            block_items = self.block_memories(items)
-            text = self.render_block(block_items)
-            ids = block_ids(loaded.tokenizer, text) if text else ()
-            kv = self.kv_store.load(KVKey(tenant, user, loaded.fingerprint), loaded.device) if ids else None
-            adapter = self._current_adapter(tenant, user, loaded.fingerprint, items)
-            return text, block_items, ids, kv, adapter
+        def inspect() -> tuple[_BlockView, KVBlock | None, Any]:
+            view = self._block_view(tenant, user, loaded)
+            kv = None
+            if view.ids:
+                kv = self.kv_store.load(KVKey(tenant, user, loaded.fingerprint), loaded.device)
+            return view, kv, self._current_adapter(tenant, user, loaded.fingerprint, view.live_ids)
 
-        text, block_items, ids, kv, adapter = await asyncio.to_thread(inspect)
+        view, kv, adapter = await asyncio.to_thread(inspect)
+        text, ids, memory_ids = view.text, view.ids, view.memory_ids
         ready = kv is not None and kv.token_ids == ids
         mode = choose_mode(
             requested,
@@ -265,7 +281,6 @@ class MemScheduler:
             activation_ready=ready,
             parametric_ready=adapter is not None,
         )
-        memory_ids = tuple(i.id for i in block_items)
         if mode is MemoryMode.ACTIVATION:
             if not ready:
                 kv = await self.build_cache(tenant, user, loaded, ids, memory_ids, previous=kv)
@@ -275,15 +290,56 @@ class MemScheduler:
             return mode, LocalMemory(mode, adapter=adapter, memory_ids=meta.memory_ids if meta else ())
         return mode, None
 
-    def _current_adapter(self, tenant: str, user: str, fingerprint: str, items: Sequence[MemoryItem]) -> Any:
+    def _block_view(self, tenant: str, user: str, loaded: LoadedModel) -> _BlockView:
+        """Blocking: the user's activation block for this model. Recomputed when the vault's change
+        counter for the user moved (added, edited, deleted memories), after this scheduler's own
+        transitions, when one of the user's memories expires, and at the latest after `view_ttl_s`
+        (what no counter shows: a kind restored by rollback, another replica's transitions)."""
+        from memos.local.runtime import block_ids
+
+        key = (tenant, user, loaded.fingerprint)
+        now = self.clock()
+        changes = self._changes(tenant, user)
+        view = self._views.get(key)
+        if (
+            view is not None
+            and changes is not None
+            and view.changes == changes
+            and (view.valid_until is None or now < view.valid_until)
+            and (now - view.computed_at).total_seconds() < self.config.view_ttl_s
+        ):
+            return view
+        items = self.memories(tenant, user)
+        live = self._live(items)
+        block_items = self.block_memories(items)
+        text = self.render_block(block_items)
+        ends = [t for i in live for t in (_aware(i.expires_at), _aware(i.invalid_at)) if t is not None]
+        view = _BlockView(
+            changes=changes,
+            computed_at=now,
+            valid_until=min(ends, default=None),
+            text=text,
+            memory_ids=tuple(i.id for i in block_items),
+            ids=block_ids(loaded.tokenizer, text) if text else (),
+            live_ids=frozenset(i.id for i in live),
+        )
+        self._views[key] = view
+        return view
+
+    def _forget_views(self, tenant: str, user: str) -> None:
+        for key in [k for k in self._views if k[:2] == (tenant, user)]:
+            self._views.pop(key, None)
+
+    def _changes(self, tenant: str, user: str) -> int | None:
+        stats = getattr(self.vault, "stats", None)
+        return stats(tenant, user).changes if stats is not None else None
+
+    def _current_adapter(self, tenant: str, user: str, fingerprint: str, live_ids: frozenset[str]) -> Any:
         """The user's adapter, if every memory it learned is still live (an edited or deleted memory
         must not keep answering from the weights)."""
         assert self.adapter_store is not None
         meta = self.adapter_store.latest(tenant, user, fingerprint)
-        if meta is None:
-            return None
-        live = {i.id: i for i in self._live(items)}
-        if not all(mid in live for mid in meta.memory_ids):
+        if meta is None or not set(meta.memory_ids) <= live_ids:
             return None
         return self.adapter_store.handle(tenant, user, fingerprint)
 
@@ -350,6 +406,8 @@ class MemScheduler:
                         item.id, "memory.demote", {"from": "activation", "to": "plaintext", "hits": item.hits}
                     )
                 )
+        if transitions:
+            self._forget_views(tenant, user)
         for t in transitions:
             self._audit(tenant, t.action, user=user, memory_ids=[t.memory_id], detail=t.detail)
         return transitions
@@ -366,6 +424,8 @@ class MemScheduler:
                 t = Transition(item.id, "memory.promote", {"from": str(item.kind), "to": "activation"})
                 self._audit(tenant, t.action, user=user, memory_ids=[item.id], detail=t.detail)
                 transitions.append(t)
+        if transitions:
+            self._forget_views(tenant, user)
         return transitions
 
     def _audit(self, tenant: str, action: str, **kwargs: Any) -> None:
@@ -443,24 +503,19 @@ class MemScheduler:
     async def _refresh_model(self, tenant: str, user: str, model_name: str) -> None:
         """Rebuild the user's KV cache if the block changed; train an adapter if due."""
         from memos.local.kvcache import KVKey
-        from memos.local.runtime import block_ids
 
         if self.registry is None or self.kv_store is None or model_name not in self.registry.names():
             return
         loaded = await self.registry.get(model_name)
-        items = await asyncio.to_thread(self.memories, tenant, user)
-        block_items = self.block_memories(items)
-        text = self.render_block(block_items)
+        view = await asyncio.to_thread(self._block_view, tenant, user, loaded)
         key = KVKey(tenant, user, loaded.fingerprint)
-        if text:
-            ids = block_ids(loaded.tokenizer, text)
+        if view.ids:
             current = await asyncio.to_thread(self.kv_store.load, key, loaded.device)
-            if current is None or current.token_ids != ids:
-                await self.build_cache(
-                    tenant, user, loaded, ids, tuple(i.id for i in block_items), previous=current
-                )
+            if current is None or current.token_ids != view.ids:
+                await self.build_cache(tenant, user, loaded, view.ids, view.memory_ids, previous=current)
         else:
             await asyncio.to_thread(self.kv_store.delete, key)
+        items = await asyncio.to_thread(self.memories, tenant, user)
         job = (tenant, user, model_name)
         if job not in self._training and self._wants_training(tenant, user, model_name, items):
             self._training.add(job)
@@ -493,6 +548,7 @@ class MemScheduler:
         """UserDataEraser: the user's KV caches and adapters, on disk and in loaded models.
         Returns how many files were removed."""
         self._seen.pop((tenant, owner), None)
+        self._forget_views(tenant, owner)
         removed = 0
         if self.kv_store is not None:
             removed += self.kv_store.erase_user(tenant, owner)
