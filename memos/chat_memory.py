@@ -35,6 +35,7 @@ from memos.governance.redaction import Redactor
 from memos.item import MemoryItem
 from memos.outbox import Outbox
 from memos.reader import message_text
+from memos.worker import AuditSink, PolicySource
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ log = logging.getLogger(__name__)
 QUERY_CHARS = 1000
 # The assistant turn before the user's new turns is kept (cut) as context for the LLM extractor.
 CONTEXT_CHARS = 2000
-
-
-class PolicySource(Protocol):
-    def get(self, tenant: str) -> Policy: ...
-
-
-class AuditSink(Protocol):
-    def record(self, tenant: str, action: str, **fields: Any) -> Any: ...
 
 
 class Recall(Protocol):
