@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import httpx
 import openai
-import pytest
 
 from tests.governance.bytescan import describe, files_under, scan
 from tests.support.proxy import ProxyProcess, proxy_env
@@ -64,7 +63,9 @@ def test_canaries_never_reach_the_disk_in_the_clear(tmp_path):
                 "/memories",
                 json={
                     "user": "u1",
-                    "memories": [{"text": f"My locker password word is {api_canary}.", "metadata": {"k": api_canary}}],
+                    "memories": [
+                        {"text": f"My locker password word is {api_canary}.", "metadata": {"k": api_canary}}
+                    ],
                     "infer": False,
                 },
             )
@@ -73,7 +74,9 @@ def test_canaries_never_reach_the_disk_in_the_clear(tmp_path):
             # 2. Through chat write-back (streamed, so the SSE tee path is covered too).
             stream = client.chat.completions.create(
                 model=MODEL,
-                messages=[{"role": "user", "content": f"Remember that my project codename is {chat_canary}."}],
+                messages=[
+                    {"role": "user", "content": f"Remember that my project codename is {chat_canary}."}
+                ],
                 stream=True,
                 extra_headers={"X-Memos-User": "u1"},
             )
