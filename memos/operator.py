@@ -9,6 +9,8 @@ For every fact, the user's nearest active memories are fetched once (vault.neare
    model is asked which neighbours the fact contradicts (the heuristic answers when it fails).
 2. exact duplicate (same normalised text): collapses into the existing memory, sources merged.
 3. near duplicate (cosine >= `near_threshold`): merges into the existing memory, sources merged.
+   (With all-MiniLM-L6-v2 a paraphrase scores ~0.99 and distinct facts of one shape stay below ~0.87:
+   "teaches violin" / "teaches piano" 0.86, "two cats" / "two dogs" 0.74.)
 4. otherwise the fact is added.
 
 A fact older than the memory it conflicts with (a backlog drained late, an import out of order) does
@@ -89,7 +91,7 @@ class MemOperator:
         vault: VaultOps,
         completer: TextCompleter | None = None,
         *,
-        near_threshold: float = 0.9,
+        near_threshold: float = 0.93,
         neighbours: int = 16,
         llm_min_cosine: float = 0.0,
     ) -> None:
