@@ -105,8 +105,21 @@ def doc_terms(tokens: Iterable[str], blind) -> DocTerms:  # type: ignore[no-unty
 
 @dataclass(frozen=True)
 class Bm25:
+    """BM25 in SQL, with a bounded amount of work per query (MaxScore-style term splitting).
+
+    Terms are taken rarest first into an "essential" set while their postings fit `max_postings`; the
+    essential terms are scored exactly in SQL and give the candidates; the remaining (common, low-idf)
+    terms only add their contributions to those candidates. So a query's cost is bounded by
+    `max_postings` rows however large the owner's collection, and documents that match nothing but
+    very common terms may be missed (their score is bounded by the common terms' small idf). When
+    even the rarest term is too common, its postings are read in impact order (tf desc, dl asc) up to
+    the bound. Queries whose postings fit the bound are exact.
+    """
+
     k1: float = 1.2
     b: float = 0.75
+    max_postings: int = 20_000
+    candidates_factor: int = 4
 
     def search(
         self,
@@ -131,27 +144,80 @@ class Bm25:
         ).all()
         if not df_rows:
             return []
-        idf = {term: math.log(1.0 + (doc_count - df + 0.5) / (df + 0.5)) for term, df in df_rows}
+        df = {term: int(n) for term, n in df_rows}
+        idf = {term: math.log(1.0 + (doc_count - n + 0.5) / (n + 0.5)) for term, n in df.items()}
         avgdl = max(total_len / doc_count, 1.0)
-        # The idf of each term is a bound parameter; the statement text only depends on how many terms.
-        cases = " ".join(f"WHEN :t{i} THEN :w{i}" for i in range(len(idf)))
-        params: dict[str, object] = {
+        by_rarity = sorted(df, key=lambda t: (df[t], t))
+        essential: list[str] = []
+        total = 0
+        for term in by_rarity:
+            if essential and total + df[term] > self.max_postings:
+                break
+            essential.append(term)
+            total += df[term]
+        common = [t for t in by_rarity if t not in set(essential)]
+        base = {
             "tenant": tenant,
             "owner": owner,
-            "terms": list(idf),
             "k1": self.k1,
             "k1b": self.k1 * (1.0 - self.b),
             "k1bavg": self.k1 * self.b / avgdl,
-            "limit": limit,
         }
-        for i, (term, weight) in enumerate(idf.items()):
+        if not common:
+            return self._scored(session, base, idf, essential, limit, None)
+        pool = max(limit * self.candidates_factor, 100)
+        if len(essential) == 1 and df[essential[0]] > self.max_postings:
+            scores = self._impact_ordered(session, base, essential[0], idf[essential[0]])
+        else:
+            scores = dict(self._scored(session, base, idf, essential, pool, None))
+        if not scores:
+            return []
+        ids = sorted(scores, key=lambda m: (-scores[m], m))[:pool]
+        for mid, extra in self._scored(session, base, idf, common, len(ids), ids):
+            scores[mid] = scores.get(mid, 0.0) + extra
+        ranked = sorted(ids, key=lambda m: (-scores[m], m))[:limit]
+        return [(m, scores[m]) for m in ranked]
+
+    def _scored(
+        self,
+        session: Session,
+        base: dict[str, object],
+        idf: dict[str, float],
+        terms: Sequence[str],
+        limit: int,
+        within: Sequence[str] | None,
+    ) -> list[tuple[str, float]]:
+        # The idf of each term is a bound parameter; the statement text only depends on how many terms.
+        cases = " ".join(f"WHEN :t{i} THEN :w{i}" for i in range(len(terms)))
+        params: dict[str, object] = {**base, "terms": list(terms), "limit": limit}
+        for i, term in enumerate(terms):
             params[f"t{i}"] = term
-            params[f"w{i}"] = weight
+            params[f"w{i}"] = idf[term]
+        restrict = " AND memory_id IN :ids" if within is not None else ""
+        if within is not None:
+            params["ids"] = list(within)
         statement = text(
             "SELECT memory_id, SUM((CASE term "
             + cases
             + " ELSE 0.0 END) * (tf * (:k1 + 1.0)) / (tf + :k1b + :k1bavg * dl)) AS score "
-            "FROM memory_postings WHERE tenant = :tenant AND owner = :owner AND term IN :terms "
-            "GROUP BY memory_id ORDER BY score DESC, memory_id LIMIT :limit"
+            "FROM memory_postings WHERE tenant = :tenant AND owner = :owner AND term IN :terms"
+            + restrict
+            + " GROUP BY memory_id ORDER BY score DESC, memory_id LIMIT :limit"
         ).bindparams(bindparam("terms", expanding=True))
+        if within is not None:
+            statement = statement.bindparams(bindparam("ids", expanding=True))
         return [(row[0], float(row[1])) for row in session.execute(statement, params).all()]
+
+    def _impact_ordered(
+        self, session: Session, base: dict[str, object], term: str, weight: float
+    ) -> dict[str, float]:
+        rows = session.execute(
+            text(
+                "SELECT memory_id, tf, dl FROM memory_postings "
+                "WHERE tenant = :tenant AND owner = :owner AND term = :term "
+                "ORDER BY tf DESC, dl ASC, memory_id LIMIT :cap"
+            ),
+            {"tenant": base["tenant"], "owner": base["owner"], "term": term, "cap": self.max_postings},
+        ).all()
+        k1, k1b, k1bavg = float(base["k1"]), float(base["k1b"]), float(base["k1bavg"])  # type: ignore[arg-type]
+        return {mid: weight * tf * (k1 + 1.0) / (tf + k1b + k1bavg * dl) for mid, tf, dl in rows}

@@ -110,23 +110,21 @@ class Retriever:
             around = self.vault.neighbours(tenant, owner, [stored[h.item.id] for h in hits], p.neighbours)
             for hit in hits:
                 for n in around.get(hit.item.id, []):
-                    if n.item.id in chosen or _expired(n, now):
+                    if n.id in chosen or _expired(n, now):
                         continue
                     cost = len(n.item.text)
                     if p.char_budget is not None and used + cost > p.char_budget:
                         continue
                     used += cost
-                    chosen.add(n.item.id)
+                    chosen.add(n.id)
                     hit.context.append(n.item)
         return hits
 
 
 def _expired(s: StoredMemory, now: datetime) -> bool:
-    exp = s.item.expires_at
-    if exp is not None and exp <= now:
+    if s.expires_at is not None and s.expires_at <= now:
         return True
-    inv = s.item.invalid_at
-    return inv is not None and inv <= now
+    return s.invalid_at is not None and s.invalid_at <= now
 
 
 def _candidates(
@@ -141,10 +139,10 @@ def _candidates(
         s = stored[mid]
         return out.get(mid) or Candidate(
             id=mid,
-            observed_at=s.item.observed_at,
-            created_at=s.item.created_at,
-            importance=s.item.importance,
-            hits=s.item.hits,
+            observed_at=s.observed_at,
+            created_at=s.created_at,
+            importance=s.importance,
+            hits=s.hits,
             seq=s.seq,
         )
 

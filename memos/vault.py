@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from memos.db import Database
 from memos.embeddings import Embedder, normalise
@@ -112,15 +112,48 @@ class NewMemory:
     session: str | None = None  # defaults to the first source's session
 
 
-@dataclass
 class StoredMemory:
-    """An item with the vault-side facts retrieval needs (sequence number, session key, vector id)."""
+    """A row with the vault-side facts retrieval needs (sequence number, session key, vector id) and
+    its scalar fields; the text is decrypted only when `item` is first read (ranking needs no text)."""
 
-    item: MemoryItem
-    seq: int
-    session_key: str | None
-    vector_id: str | None
-    doc_len: int
+    __slots__ = (
+        "_item",
+        "_vault",
+        "created_at",
+        "doc_len",
+        "expires_at",
+        "hits",
+        "id",
+        "importance",
+        "invalid_at",
+        "observed_at",
+        "row",
+        "seq",
+        "session_key",
+        "vector_id",
+    )
+
+    def __init__(self, vault: MemVault, row: MemoryRow) -> None:
+        self._vault = vault
+        self._item: MemoryItem | None = None
+        self.row = row
+        self.id = row.id
+        self.seq = row.seq
+        self.session_key = row.session_key
+        self.vector_id = row.vector_id
+        self.doc_len = row.doc_len
+        self.importance = row.importance
+        self.hits = row.hits
+        self.observed_at = _aware(row.observed_at)
+        self.created_at = _aware(row.created_at)
+        self.expires_at = _aware(row.expires_at)
+        self.invalid_at = _aware(row.invalid_at)
+
+    @property
+    def item(self) -> MemoryItem:
+        if self._item is None:
+            self._item = self._vault._to_item(self.row)
+        return self._item
 
 
 @dataclass(frozen=True)
@@ -207,7 +240,7 @@ class MemVault:
         )
 
     def _stored(self, row: MemoryRow) -> StoredMemory:
-        return StoredMemory(self._to_item(row), row.seq, row.session_key, row.vector_id, row.doc_len)
+        return StoredMemory(self, row)
 
     def _snapshot(self, item: MemoryItem) -> dict[str, Any]:
         return {
@@ -434,18 +467,20 @@ class MemVault:
                     session.add(row)
                     session.add(self._version_row(row, item, "create"))
                 session.flush()
-                for _i, row, _item, terms in fresh:
-                    for term, tf in terms.tf.items():
-                        session.add(
-                            PostingRow(
-                                memory_id=row.id,
-                                term=term,
-                                tenant=tenant,
-                                owner=owner,
-                                tf=tf,
-                                dl=terms.length,
-                            )
-                        )
+                postings = [
+                    {
+                        "memory_id": row.id,
+                        "term": term,
+                        "tenant": tenant,
+                        "owner": owner,
+                        "tf": tf,
+                        "dl": terms.length,
+                    }
+                    for _i, row, _item, terms in fresh
+                    for term, tf in terms.tf.items()
+                ]
+                if postings:
+                    session.execute(insert(PostingRow), postings)
                 prev_changes = stats.changes
                 if fresh:
                     stats.next_seq = seq
@@ -826,14 +861,17 @@ class MemVault:
         ids = sorted(set(ids))
         if not ids:
             return {}
-        stmt = select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
-        if owner is not None:
-            stmt = stmt.where(MemoryRow.owner == owner)
-        if active_only:
-            stmt = stmt.where(MemoryRow.state == State.ACTIVE.value)
+        # Primary-key lookups only (an owner/tenant condition in SQL can steer the planner into
+        # scanning the owner's index); the other conditions are checked here.
         with self.db.session() as session:
-            rows = list(session.execute(stmt).scalars())
-        return {row.id: self._stored(row) for row in rows}
+            rows = list(session.execute(select(MemoryRow).where(MemoryRow.id.in_(ids))).scalars())
+        return {
+            row.id: self._stored(row)
+            for row in rows
+            if row.tenant == tenant
+            and (owner is None or row.owner == owner)
+            and (not active_only or row.state == State.ACTIVE.value)
+        }
 
     def list(
         self,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary
+from sqlalchemy import Column, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
 
 
@@ -73,7 +73,10 @@ class PostingRow(SQLModel, table=True):
     """One (term hash, memory) pair of the blind keyword index. Only active memories have postings."""
 
     __tablename__ = "memory_postings"
-    __table_args__ = (Index("ix_memory_postings_lookup", "tenant", "owner", "term"),)
+    # Covering, impact-ordered: BM25 reads (memory_id, tf, dl) per term from the index alone.
+    __table_args__ = (
+        Index("ix_memory_postings_lookup", "tenant", "owner", "term", text("tf DESC"), "dl", "memory_id"),
+    )
 
     memory_id: str = Field(primary_key=True, max_length=40)
     term: str = Field(primary_key=True, max_length=32)

@@ -1,0 +1,245 @@
+"""Vault scale: search latency for one user at 1k, 10k and 100k memories, and ingest rates.
+
+    .venv/bin/python bench/scale.py                       # 1k, 10k, 100k on SQLite in a temp dir
+    .venv/bin/python bench/scale.py --sizes 1000,10000    # fewer sizes
+    .venv/bin/python bench/scale.py --database-url postgresql://postgres@localhost/bench
+    .venv/bin/python bench/scale.py --query-embedder hash # no model (measures the vault alone)
+
+What it does, on the real vault (encryption, blind keyword index, LanceDB, versions):
+- Bulk-loads synthetic memories of one user (sentences of 8-30 words drawn from a 6,000-word Zipfian
+  vocabulary, ~20 words like chat turns) through `MemVault.add_many` in batches, up to each size in
+  turn. Bulk vectors come from a fast bag-of-words embedder (so 100k memories load in minutes); the
+  search path does not depend on which model made the vectors, only on their number and dimension.
+- At each size: `--queries` searches through `Retriever.search` (dense + BM25 + fusion + hydration and
+  decryption of the hits, top_k 12, 50 candidates per list), p50/p95/p99, both
+  "retrieve" (query vector given) and "embed+retrieve" (query embedded by the query embedder, the
+  default all-MiniLM-L6-v2, as the memory API and chat injection do). The first search after a size
+  change, which loads the owner's vectors into the validated cache, is reported separately (cold).
+- Ingest: the bulk rate (memories/s through add_many, vectors precomputed), and the one-at-a-time
+  rate through `MemVault.add` with the query embedder computing each vector (as POST /v1/memories
+  with one entry does).
+Prints a table and writes bench/results/scale.json (with the machine's CPU count and load). It
+measures; it never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from memos.crypto import MasterKey  # noqa: E402
+from memos.db import Database  # noqa: E402
+from memos.embeddings import HashEmbedder, MiniLMEmbedder, normalise  # noqa: E402
+from memos.item import Source  # noqa: E402
+from memos.keyring import Keyring  # noqa: E402
+from memos.retrieval import RetrievalParams, Retriever  # noqa: E402
+from memos.vault import MemVault, NewMemory  # noqa: E402
+from memos.vectors import VectorIndex  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "scale.json"
+TENANT, USER = "bench", "bench-user"
+DIM = 384
+
+
+class Corpus:
+    """Synthetic chat-like memories: Zipfian words, a few names/places/numbers per sentence."""
+
+    def __init__(self, seed: int = 7, vocab: int = 6000) -> None:
+        self.rng = np.random.default_rng(seed)
+        syll = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "an", "is", "pu", "ge", "shi", "ra", "nor"]
+        words: set[str] = set()
+        while len(words) < vocab:
+            n = int(self.rng.integers(2, 5))  # 15^2 + 15^3 + 15^4 possible words
+            words.add("".join(self.rng.choice(syll, n)))
+        self.words = sorted(words)
+        ranks = np.arange(1, vocab + 1)
+        self.p = (1.0 / ranks**1.07) / np.sum(1.0 / ranks**1.07)
+        self.word_vectors = normalise(self.rng.standard_normal((vocab, DIM)).astype(np.float32))
+
+    def sentence_ids(self) -> np.ndarray:
+        return self.rng.choice(len(self.words), size=int(self.rng.integers(8, 31)), p=self.p)
+
+    def text(self, ids: np.ndarray) -> str:
+        return " ".join(self.words[i] for i in ids).capitalize() + "."
+
+    def vector(self, ids: np.ndarray) -> np.ndarray:
+        return normalise(self.word_vectors[ids].sum(axis=0))[0]
+
+    def batch(self, n: int) -> list[tuple[str, np.ndarray]]:
+        out = []
+        for _ in range(n):
+            ids = self.sentence_ids()
+            out.append((self.text(ids), self.vector(ids)))
+        return out
+
+    def query(self) -> tuple[str, np.ndarray]:
+        ids = self.rng.choice(len(self.words), size=int(self.rng.integers(3, 9)), p=self.p)
+        return " ".join(self.words[i] for i in ids) + "?", self.vector(ids)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(pct(ms, 0.50), 2),
+        "p95_ms": round(pct(ms, 0.95), 2),
+        "p99_ms": round(pct(ms, 0.99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--single-adds", type=int, default=100)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--query-embedder", choices=["minilm", "hash"], default="minilm")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    tmp = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-scale-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    db_url = args.database_url or f"sqlite:///{tmp / 'memos.db'}"
+    db = Database(db_url)
+    db.create_all()
+    keyring = Keyring(db, MasterKey.generate())
+    query_embedder = MiniLMEmbedder() if args.query_embedder == "minilm" else HashEmbedder()
+    t0 = time.perf_counter()
+    query_embedder.embed(["warm up"])
+    load_s = time.perf_counter() - t0
+    vault = MemVault(db, keyring, VectorIndex(str(tmp / "vectors")), query_embedder)
+    retriever = Retriever(vault)
+    params = RetrievalParams(top_k=12, candidates=50)
+    corpus = Corpus()
+    load_avg_before = os.getloadavg()
+
+    print(
+        f"vault: {db.url.split('://')[0]}  data dir: {tmp}  query embedder: {query_embedder.name} "
+        f"(loaded in {load_s:.1f}s)  cpus: {os.cpu_count()}  load: {load_avg_before[0]:.2f}"
+    )
+    rows: list[dict[str, Any]] = []
+    have = 0
+    bulk_seconds = 0.0
+    for size in sizes:
+        while have < size:
+            n = min(args.batch, size - have)
+            batch = corpus.batch(n)
+            news = [
+                NewMemory(text=t, vector=v, sources=[Source(metadata={"i": have + i})])
+                for i, (t, v) in enumerate(batch)
+            ]
+            t = time.perf_counter()
+            vault.add_many(TENANT, USER, news, dedupe=False)
+            bulk_seconds += time.perf_counter() - t
+            have += n
+        vault.vectors.compact_now(TENANT)  # what the background compaction does every N writes
+        queries = [corpus.query() for _ in range(args.queries)]
+        # cold: the first search loads the owner's vectors into the cache
+        t = time.perf_counter()
+        retriever.search(TENANT, USER, queries[0][0], queries[0][1], params)
+        cold_ms = (time.perf_counter() - t) * 1000
+        for q, v in queries[:10]:
+            retriever.search(TENANT, USER, q, v, params)
+        retrieve_ms, embed_ms, hits = [], [], []
+        for q, v in queries:
+            t = time.perf_counter()
+            found = retriever.search(TENANT, USER, q, v, params)
+            retrieve_ms.append((time.perf_counter() - t) * 1000)
+            hits.append(len(found))
+        for q, _ in queries:
+            t = time.perf_counter()
+            qv = query_embedder.embed([q])[0]
+            retriever.search(TENANT, USER, q, qv, params)
+            embed_ms.append((time.perf_counter() - t) * 1000)
+        row = {
+            "memories": size,
+            "retrieve": summary(retrieve_ms),
+            "embed_and_retrieve": summary(embed_ms),
+            "cold_first_search_ms": round(cold_ms, 1),
+            "mean_hits": round(statistics.fmean(hits), 1),
+        }
+        rows.append(row)
+        print(
+            f"  {size:>7} memories: retrieve p50 {row['retrieve']['p50_ms']:.1f} ms, "
+            f"p95 {row['retrieve']['p95_ms']:.1f} ms; embed+retrieve p50 "
+            f"{row['embed_and_retrieve']['p50_ms']:.1f} ms (cold {cold_ms:.0f} ms)",
+            flush=True,
+        )
+
+    # one-at-a-time adds with the embedder computing each vector (POST /v1/memories, one entry)
+    single_ms = []
+    for i in range(args.single_adds):
+        text, _ = corpus.batch(1)[0]
+        t = time.perf_counter()
+        vault.add(TENANT, "single-add-user", text, sources=[Source(metadata={"i": i})])
+        single_ms.append((time.perf_counter() - t) * 1000)
+
+    result = {
+        "bench": "scale",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg_before": [round(x, 2) for x in load_avg_before],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "database": db.url.split("://")[0],
+        "query_embedder": query_embedder.name,
+        "params": {"top_k": params.top_k, "candidates": params.candidates, "queries": args.queries},
+        "search": rows,
+        "ingest": {
+            "bulk_memories_per_s": round(have / bulk_seconds, 1) if bulk_seconds else None,
+            "bulk_batch": args.batch,
+            "single_add_with_embedding": {
+                **summary(single_ms),
+                "per_s": round(1000 / statistics.fmean(single_ms), 1),
+            },
+        },
+    }
+    print()
+    head = f"{'memories':>9} | {'retrieve p50':>12} | {'p95':>7} | {'embed+retrieve p50':>18} | {'p95':>7}"
+    print(head + f" | {'cold':>7}")
+    print("-" * 75)
+    for r in rows:
+        print(
+            f"{r['memories']:>9} | {r['retrieve']['p50_ms']:>9.1f} ms | {r['retrieve']['p95_ms']:>4.1f} ms | "
+            f"{r['embed_and_retrieve']['p50_ms']:>15.1f} ms | {r['embed_and_retrieve']['p95_ms']:>4.1f} ms | "
+            f"{r['cold_first_search_ms']:>4.0f} ms"
+        )
+    print(
+        f"\ningest: bulk {result['ingest']['bulk_memories_per_s']} memories/s (batches of {args.batch}); "
+        f"one at a time with embedding: {result['ingest']['single_add_with_embedding']['per_s']}/s "
+        f"(p50 {result['ingest']['single_add_with_embedding']['p50_ms']} ms)"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    db.dispose()
+
+
+if __name__ == "__main__":
+    main()

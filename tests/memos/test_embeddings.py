@@ -1,0 +1,104 @@
+"""Embedders and the micro-batcher (concurrent requests share one backend call, off the event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from memos.embeddings import HashEmbedder, MicroBatcher, MiniLMEmbedder, UpstreamEmbedder, build_embedder
+
+
+class CountingEmbedder:
+    name = "counting"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.fail = fail
+
+    @property
+    def dim(self) -> int:
+        return 8
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        self.threads.add(threading.current_thread().name)
+        if self.fail:
+            raise RuntimeError("backend down")
+        return HashEmbedder(8).embed(texts)
+
+
+async def test_concurrent_requests_are_batched_off_the_loop() -> None:
+    backend = CountingEmbedder()
+    batcher = MicroBatcher(backend, window_ms=20)
+    texts = [f"text {i}" for i in range(10)]
+    vectors = await asyncio.gather(*(batcher.embed_one(t) for t in texts))
+    assert len(backend.calls) == 1 and sorted(backend.calls[0]) == sorted(texts)
+    assert threading.main_thread().name not in backend.threads
+    expected = HashEmbedder(8).embed(texts)
+    assert np.allclose(np.stack(vectors), expected, atol=1e-6)
+
+
+async def test_duplicates_and_cache() -> None:
+    backend = CountingEmbedder()
+    batcher = MicroBatcher(backend, window_ms=5)
+    a, b = await asyncio.gather(batcher.embed_one("same"), batcher.embed_one("same"))
+    assert np.array_equal(a, b) and backend.calls == [["same"]]
+    await batcher.embed_one("same")  # served from the LRU
+    assert len(backend.calls) == 1
+
+
+async def test_max_batch_flushes_early_and_big_lists_go_in_one_call() -> None:
+    backend = CountingEmbedder()
+    batcher = MicroBatcher(backend, window_ms=10_000, max_batch=4)
+    await asyncio.wait_for(asyncio.gather(*(batcher.embed_one(f"t{i}") for i in range(4))), 2)
+    assert len(backend.calls) == 1
+    out = await batcher.embed([f"u{i}" for i in range(10)])
+    assert out.shape == (10, 8) and len(backend.calls) == 2
+
+
+async def test_errors_reach_every_waiter() -> None:
+    batcher = MicroBatcher(CountingEmbedder(fail=True), window_ms=5)
+    results = await asyncio.gather(batcher.embed_one("a"), batcher.embed_one("b"), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def embeddings(self, model: str, inputs: list[str]) -> list[list[float]]:
+        self.calls += 1
+        return [[float(len(t)), 1.0, 0.0] for t in inputs]
+
+
+async def test_upstream_embedder_async_and_from_a_thread() -> None:
+    client = FakeClient()
+    embedder = build_embedder("upstream:text-embedding-3-small", client)
+    assert isinstance(embedder, UpstreamEmbedder)
+    batcher = MicroBatcher(embedder, window_ms=1)
+    v = await batcher.embed_one("abc")
+    assert v.shape == (3,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
+    # a worker thread (the vault) can call the blocking face while the loop runs
+    out = await asyncio.to_thread(embedder.embed, ["hello"])
+    assert out.shape == (1, 3) and embedder.dim == 3
+
+
+def test_build_embedder_rejects_unknown() -> None:
+    with pytest.raises(ValueError):
+        build_embedder("word2vec")
+    with pytest.raises(ValueError):
+        build_embedder("upstream:x")
+
+
+def test_minilm_is_semantic_and_normalised() -> None:
+    embedder = MiniLMEmbedder()
+    v = embedder.embed(
+        ["My dog loves the beach", "The puppy enjoys the seaside", "Quarterly tax filing deadline"]
+    )
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2

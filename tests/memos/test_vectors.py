@@ -1,0 +1,81 @@
+"""The vector index: LanceDB rows hold no text; the owner cache is validated by the change counter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from memos.embeddings import normalise
+from memos.vectors import OwnerVectorCache, VectorIndex, _Entry, top_k_cosine
+
+
+def _vecs(n: int, seed: int = 0) -> np.ndarray:
+    return normalise(np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32))
+
+
+def test_top_k_cosine_is_exact_and_orders_ties_by_id() -> None:
+    m = _vecs(50)
+    ids = [f"m{i:02d}" for i in range(50)]
+    q = m[7]
+    got = top_k_cosine(m, ids, q, 5)
+    assert got[0][0] == "m07" and abs(got[0][1] - 1.0) < 1e-5
+    brute = sorted(((ids[i], float(m[i] @ q)) for i in range(50)), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert [g[0] for g in got] == [b[0] for b in brute]
+    twins = np.stack([m[0], m[0], m[1]])
+    assert [g[0] for g in top_k_cosine(twins, ["b", "a", "c"], m[0], 2)] == ["a", "b"]
+    # duplicate ids collapse
+    assert [g[0] for g in top_k_cosine(twins, ["x", "x", "c"], m[0], 3)] == ["x", "c"]
+    assert top_k_cosine(np.zeros((0, 16), np.float32), [], q, 3) == []
+
+
+def test_cache_validation_deltas_and_lru() -> None:
+    cache = OwnerVectorCache(max_bytes=10_000)
+    key = ("t", "o")
+    cache.put(key, _Entry(3, ["a"], _vecs(1)))
+    assert cache.get(key, 3) is not None
+    assert cache.get(key, 4) is None  # another writer moved the counter: dropped
+    assert cache.get(key, 3) is None
+    cache.put(key, _Entry(3, ["a"], _vecs(1)))
+    cache.apply(key, 3, 4, add_ids=["b"], add_vectors=_vecs(1, 1))
+    entry = cache.get(key, 4)
+    assert entry is not None and entry.ids == ["a", "b"]
+    cache.apply(key, 4, 5, remove_ids=["a"])
+    assert cache.get(key, 5).ids == ["b"]
+    cache.apply(key, 9, 10, add_ids=["c"], add_vectors=_vecs(1))  # not one step behind: dropped
+    assert cache.get(key, 10) is None and cache.get(key, 5) is None
+    # LRU bound in bytes
+    for i in range(50):
+        cache.put(("t", f"o{i}"), _Entry(0, [str(j) for j in range(10)], _vecs(10)))
+    assert cache._bytes <= cache.max_bytes
+    assert cache.get(("t", "o49"), 0) is not None and cache.get(("t", "o0"), 0) is None
+    cache.invalidate("t")
+    assert cache.get(("t", "o49"), 0) is None
+
+
+def test_index_roundtrip_and_no_text(tmp_path: Path) -> None:
+    index = VectorIndex(str(tmp_path / "v"))
+    m = _vecs(20)
+    index.add("acme", "owner-key-1", [f"id{i}.1" for i in range(10)], m[:10])
+    index.add("acme", "owner-key-2", [f"id{i}.1" for i in range(10, 20)], m[10:])
+    got = index.search("acme", "owner-key-1", 1, m[3], 3)
+    assert got[0][0] == "id3.1"
+    assert all(g[0] in {f"id{i}.1" for i in range(10)} for g in got)
+    assert index.search("globex", "owner-key-1", 1, m[3], 3) == []
+    # the LanceDB path agrees with the cache path
+    assert index.search_lance("acme", "owner-key-1", m[3], 1)[0][0] == "id3.1"
+    index.delete("acme", ["id3.1"])
+    assert "id3.1" not in [g[0] for g in index.search("acme", "owner-key-1", 2, m[3], 3)]
+    index.delete_owner("acme", "owner-key-1")
+    assert index.search("acme", "owner-key-1", 3, m[3], 3) == []
+    assert index.search("acme", "owner-key-2", 1, m[12], 1)[0][0] == "id12.1"
+    index.drop_tenant("acme")
+    assert index.search("acme", "owner-key-2", 2, m[12], 1) == []
+
+
+def test_owner_too_large_for_the_cache_is_searched_in_lancedb(tmp_path: Path) -> None:
+    index = VectorIndex(str(tmp_path / "v"), cache_bytes=100)
+    m = _vecs(30)
+    index.add("acme", "big", [f"id{i}.1" for i in range(30)], m)
+    assert index.search("acme", "big", 1, m[5], 1)[0][0] == "id5.1"
+    assert index.cache.get(("acme", "big"), 1) is None
