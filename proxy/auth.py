@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio.to_thread
 from starlette.requests import Request
 
-from memos.governance.apikeys import ApiKeyStore, hash_key
+from memos.governance.apikeys import ApiKeyStore, hash_key, parse_key_id
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from proxy.errors import forbidden, unauthorized
@@ -111,14 +111,22 @@ async def authenticate(request: Request, services: Services) -> Caller:
     return Caller(principal, policy, upstream_key)
 
 
-async def _record_failure(services: Services, raw_key: str, request: Request) -> None:
-    """Audit an auth failure in the tenant its key id names (revoked key, wrong secret)."""
+async def _record_failure(services: Services, raw_key: str, request: Requ    """Audit an auth failure in the tenant its key id names (revoked key, wrong secret). The entry
+    names the key id (public) so an operator can tell which key is failing; never the secret."""
 
     def record() -> None:
         tenant = services.api_keys.tenant_of_failed(raw_key)
         if tenant is not None:
             level = services.policies.get(tenant).audit_level
-            services.audit.record(tenant, "auth.failure", request_id=request.state.request_id, level=level)
+            services.audit.record(
+                tenant,
+                "auth.failure",
+                key_id=parse_key_id(raw_key),
+                request_id=request.state.request_id,
+                level=level,
+            )
+
+level=level)
 
     try:
         await anyio.to_thread.run_sync(record)
