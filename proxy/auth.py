@@ -111,7 +111,8 @@ async def authenticate(request: Request, services: Services) -> Caller:
     return Caller(principal, policy, upstream_key)
 
 
-async def _record_failure(services: Services, raw_key: str, request: Requ    """Audit an auth failure in the tenant its key id names (revoked key, wrong secret). The entry
+async def _record_failure(services: Services, raw_key: str, request: Request) -> None:
+    """Audit an auth failure in the tenant its key id names (revoked key, wrong secret). The entry
     names the key id (public) so an operator can tell which key is failing; never the secret."""
 
     def record() -> None:
@@ -125,8 +126,6 @@ async def _record_failure(services: Services, raw_key: str, request: Requ    """
                 request_id=request.state.request_id,
                 level=level,
             )
-
-level=level)
 
     try:
         await anyio.to_thread.run_sync(record)
