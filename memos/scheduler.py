@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from memos import injection
 from memos.chat import MemoryMode
+from memos.chat_memory import rendered  # the block renders exactly as plaintext injection renders it
 from memos.item import Kind, MemoryItem, State
 
 if TYPE_CHECKING:
     from memos.governance.policy import Policy
     from memos.local.kvcache import KVBlock, KVCacheStore
-    from memos.local.lora import AdapterMeta, AdapterStore, LoraTraining
+    from memos.local.lora import AdapterHandle, AdapterMeta, AdapterStore, LoraTraining
     from memos.local.model_registry import LoadedModel, LocalModelRegistry
     from memos.local.runtime import LocalMemory, LocalRuntime
 
@@ -46,7 +47,11 @@ log = logging.getLogger(__name__)
 
 
 class VaultLike(Protocol):
-    def list(self, tenant: str, owner: str, limit: int = ..., cursor: Any = ...) -> Any: ...
+    """What the scheduler needs of memos.vault.MemVault."""
+
+    def list(
+        self, tenant: str, owner: str, limit: int = ..., cursor: str | None = ...
+    ) -> tuple[list[MemoryItem], str | None]: ...
 
     def update(self, tenant: str, id: str, **changes: Any) -> Any: ...
 
@@ -74,9 +79,6 @@ class SchedulerConfig:
     # after this many seconds (hits reorder what fits the budget).
     view_ttl_s: float = 60.0
     lora: LoraTraining | None = None  # None: memos.local.lora.LoraTraining() defaults
-
-
-ALL_MODES = (MemoryMode.PLAINTEXT, MemoryMode.ACTIVATION, MemoryMode.PARAMETRIC, MemoryMode.OFF)
 
 
 def choose_mode(
@@ -147,11 +149,6 @@ class _UserState:
     models: set[str] = field(default_factory=set)
 
 
-def rendered(item: MemoryItem) -> injection.RenderedMemory:
-    """A vault item as the injection renderer shows it (same date field as plaintext injection)."""
-    return injection.RenderedMemory(id=item.id, text=item.text, when=item.observed_at or item.created_at)
-
-
 def _aware(when: datetime | None) -> datetime | None:
     if when is None:
         return None
@@ -192,11 +189,7 @@ class MemScheduler:
         items: list[MemoryItem] = []
         cursor = None
         while True:
-            page = self.vault.list(tenant, user, limit=500, cursor=cursor)
-            if isinstance(page, tuple):
-                batch, cursor = page
-            else:
-                batch, cursor = list(page), None
+            batch, cursor = self.vault.list(tenant, user, limit=500, cursor=cursor)
             items.extend(batch)
             if not cursor or not batch:
                 return items
@@ -205,7 +198,7 @@ class MemScheduler:
         now = self.clock()
         out = []
         for item in items:
-            if item.state is not State.ACTIVE and str(item.state) != State.ACTIVE.value:
+            if State(item.state) is not State.ACTIVE:
                 continue
             expires = _aware(item.expires_at)
             invalid = _aware(item.invalid_at)
@@ -286,8 +279,7 @@ class MemScheduler:
                 kv = await self.build_cache(tenant, user, loaded, ids, memory_ids, previous=kv)
             return mode, LocalMemory(mode, block=text, kv=kv, memory_ids=memory_ids)
         if mode is MemoryMode.PARAMETRIC:
-            meta = self.adapter_store.latest(tenant, user, loaded.fingerprint)
-            return mode, LocalMemory(mode, adapter=adapter, memory_ids=meta.memory_ids if meta else ())
+            return mode, LocalMemory(mode, adapter=adapter, memory_ids=adapter.memory_ids)
         return mode, None
 
     def _block_view(self, tenant: str, user: str, loaded: LoadedModel) -> _BlockView:
@@ -334,9 +326,11 @@ class MemScheduler:
         stats = getattr(self.vault, "stats", None)
         return stats(tenant, user).changes if stats is not None else None
 
-    def _current_adapter(self, tenant: str, user: str, fingerprint: str, live_ids: frozenset[str]) -> Any:
-        """The user's adapter, if every memory it learned is still live (an edited or deleted memory
-        must not keep answering from the weights)."""
+    def _current_adapter(
+        self, tenant: str, user: str, fingerprint: str, live_ids: frozenset[str]
+    ) -> AdapterHandle | None:
+        """Blocking: the user's adapter, if every memory it learned is still live (an edited or
+        deleted memory must not keep answering from the weights)."""
         assert self.adapter_store is not None
         meta = self.adapter_store.latest(tenant, user, fingerprint)
         if meta is None or not set(meta.memory_ids) <= live_ids:
@@ -446,7 +440,9 @@ class MemScheduler:
         if not items:
             raise ValueError("the user has no stable memories to train on")
         items.sort(key=lambda i: i.id)
-        private = self.registry.load_private_copy(model_name, dtype="float32" if self._on_cpu() else None)
+        private = self.registry.load_private_copy(
+            model_name, dtype="float32" if self.registry.device == "cpu" else None
+        )
         trained = train_adapter(
             private.model, private.tokenizer, [i.text for i in items], self.config.lora or LoraTraining()
         )
@@ -468,11 +464,6 @@ class MemScheduler:
             },
         )
         return meta
-
-    def _on_cpu(self) -> bool:
-        from memos.local.model_registry import resolve_device
-
-        return resolve_device(getattr(self.registry, "_device", "auto")) == "cpu"
 
     def _wants_training(self, tenant: str, user: str, model_name: str, items: Sequence[MemoryItem]) -> bool:
         assert self.registry is not None and self.adapter_store is not None
@@ -517,7 +508,9 @@ class MemScheduler:
             await asyncio.to_thread(self.kv_store.delete, key)
         items = await asyncio.to_thread(self.memories, tenant, user)
         job = (tenant, user, model_name)
-        if job not in self._training and self._wants_training(tenant, user, model_name, items):
+        if job not in self._training and await asyncio.to_thread(
+            self._wants_training, tenant, user, model_name, items
+        ):
             self._training.add(job)
             try:
                 await asyncio.to_thread(self.train, tenant, user, model_name)

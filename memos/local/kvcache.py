@@ -41,13 +41,6 @@ class KVBlock:
     values: tuple[Any, ...]
     memory_ids: tuple[str, ...] = ()
 
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-
     def new_cache(self, model_config: Any) -> Any:
         """A fresh DynamicCache holding copies of this block's keys and values."""
         from transformers import DynamicCache

@@ -77,6 +77,7 @@ class AdapterHandle:
     tenant: str = field(repr=False)
     user: str = field(repr=False)
     model_fingerprint: str = ""
+    memory_ids: tuple[str, ...] = ()  # what it learned
 
     def weights(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.store.load_weights(self.tenant, self.user, self.model_fingerprint, self.adapter_id)
@@ -344,7 +345,7 @@ class AdapterStore:
         meta = self.latest(tenant, user, fingerprint)
         if meta is None:
             return None
-        return AdapterHandle(meta.adapter_id, self, tenant, user, fingerprint)
+        return AdapterHandle(meta.adapter_id, self, tenant, user, fingerprint, meta.memory_ids)
 
     def load_weights(
         self, tenant: str, user: str, fingerprint: str, adapter_id: str

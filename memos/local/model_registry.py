@@ -132,6 +132,11 @@ class LocalModelRegistry:
         self._fingerprints: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    @property
+    def device(self) -> str:
+        """Where models load ("auto" resolved: this imports torch)."""
+        return resolve_device(self._device)
+
     def names(self) -> list[str]:
         return sorted(self._paths)
 
@@ -190,6 +195,3 @@ class LocalModelRegistry:
         if loaded is not None:
             return loaded
         return await asyncio.to_thread(self.load, name)
-
-    def unload_all(self) -> None:
-        self._loaded.clear()

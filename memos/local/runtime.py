@@ -29,10 +29,6 @@ if TYPE_CHECKING:
     from memos.local.model_registry import LoadedModel
 
 
-class GenerationCancelled(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 256

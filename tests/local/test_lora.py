@@ -46,7 +46,14 @@ def test_adapter_is_ciphertext_on_disk(loaded, keyring, tmp_path, trained) -> No
     assert blobs and all(b[:1] == b"\x01" for b in blobs)
     some_weights = next(iter(trained.state_dict.values())).numpy().tobytes()[:64]
     for blob in blobs:
-        for needle in (b"lora_A", b"__metadata__", b"memos-lora", b"q_proj", some_weights, b"mem_0123456789abcdef"):
+        for needle in (
+            b"lora_A",
+            b"__metadata__",
+            b"memos-lora",
+            b"q_proj",
+            some_weights,
+            b"mem_0123456789abcdef",
+        ):
             assert needle not in blob
     weights, config = AdapterStore(tmp_path / "adapters", keyring).load_weights(
         "acme", "alice", loaded.fingerprint, meta.adapter_id
