@@ -118,7 +118,7 @@ class Bm25:
 
     k1: float = 1.2
     b: float = 0.75
-    max_postings: int = 20_000
+    max_postings: int = 4_000
     candidates_factor: int = 4
 
     def search(
@@ -137,8 +137,8 @@ class Bm25:
             return []
         df_rows = session.execute(
             text(
-                "SELECT term, COUNT(*) FROM memory_postings "
-                "WHERE tenant = :tenant AND owner = :owner AND term IN :terms GROUP BY term"
+                "SELECT term, df FROM memory_term_stats "
+                "WHERE tenant = :tenant AND owner = :owner AND term IN :terms AND df > 0"
             ).bindparams(bindparam("terms", expanding=True)),
             {"tenant": tenant, "owner": owner, "terms": terms},
         ).all()

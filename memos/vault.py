@@ -41,6 +41,7 @@ from memos.vault_tables import (
     MemoryVersionRow,
     OwnerStatsRow,
     PostingRow,
+    TermStatsRow,
     item_aad,
     version_aad,
 )
@@ -133,7 +134,7 @@ class StoredMemory:
         "vector_id",
     )
 
-    def __init__(self, vault: MemVault, row: MemoryRow) -> None:
+    def __init__(self, vault: MemVault, row: Any) -> None:
         self._vault = vault
         self._item: MemoryItem | None = None
         self.row = row
@@ -203,7 +204,7 @@ class MemVault:
         body = json.dumps({"text": text, "sources": [_source_dict(s) for s in sources]}, ensure_ascii=False)
         return self.keyring.cipher(tenant).encrypt_text(body, item_aad(tenant, memory_id, version))
 
-    def _open_payload(self, row: MemoryRow) -> tuple[str, list[Source]]:
+    def _open_payload(self, row: Any) -> tuple[str, list[Source]]:
         if row.payload is None:
             return "", []
         body = json.loads(
@@ -239,7 +240,7 @@ class MemVault:
             expires_at=_aware(row.expires_at),
         )
 
-    def _stored(self, row: MemoryRow) -> StoredMemory:
+    def _stored(self, row: Any) -> StoredMemory:
         return StoredMemory(self, row)
 
     def _snapshot(self, item: MemoryItem) -> dict[str, Any]:
@@ -307,6 +308,59 @@ class MemVault:
         if self.db.is_postgres:
             stmt = stmt.with_for_update()
         return session.execute(stmt).scalar_one()
+
+    def _upsert(self) -> Any:
+        if self.db.is_postgres:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        return dialect_insert
+
+    def _index_terms(
+        self, session: Any, tenant: str, owner: str, docs: Sequence[tuple[str, DocTerms]]
+    ) -> None:
+        """Postings of these documents, and +1 document frequency per distinct term."""
+        postings = [
+            {"memory_id": mid, "term": term, "tenant": tenant, "owner": owner, "tf": tf, "dl": terms.length}
+            for mid, terms in docs
+            for term, tf in terms.tf.items()
+        ]
+        if not postings:
+            return
+        session.execute(insert(PostingRow), postings)
+        df: dict[str, int] = {}
+        for _mid, terms in docs:
+            for term in terms.tf:
+                df[term] = df.get(term, 0) + 1
+        stmt = self._upsert()(TermStatsRow)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["tenant", "owner", "term"], set_={"df": TermStatsRow.df + stmt.excluded.df}
+        )
+        session.execute(
+            stmt, [{"tenant": tenant, "owner": owner, "term": t, "df": n} for t, n in sorted(df.items())]
+        )
+
+    def _unindex(self, session: Any, tenant: str, owner: str, memory_id: str) -> None:
+        terms = [
+            r[0]
+            for r in session.execute(
+                select(PostingRow.term).where(PostingRow.memory_id == memory_id, PostingRow.tenant == tenant)
+            ).all()
+        ]
+        if not terms:
+            return
+        session.execute(
+            delete(PostingRow).where(PostingRow.memory_id == memory_id, PostingRow.tenant == tenant)
+        )
+        session.execute(
+            update(TermStatsRow)
+            .where(
+                TermStatsRow.tenant == tenant,
+                TermStatsRow.owner == owner,
+                TermStatsRow.term.in_(sorted(terms)),
+            )
+            .values(df=TermStatsRow.df - 1)
+        )
 
     def stats(self, tenant: str, owner: str) -> OwnerStats:
         with self.db.session() as session:
@@ -467,20 +521,9 @@ class MemVault:
                     session.add(row)
                     session.add(self._version_row(row, item, "create"))
                 session.flush()
-                postings = [
-                    {
-                        "memory_id": row.id,
-                        "term": term,
-                        "tenant": tenant,
-                        "owner": owner,
-                        "tf": tf,
-                        "dl": terms.length,
-                    }
-                    for _i, row, _item, terms in fresh
-                    for term, tf in terms.tf.items()
-                ]
-                if postings:
-                    session.execute(insert(PostingRow), postings)
+                self._index_terms(
+                    session, tenant, owner, [(row.id, terms) for _i, row, _item, terms in fresh]
+                )
                 prev_changes = stats.changes
                 if fresh:
                     stats.next_seq = seq
@@ -669,9 +712,7 @@ class MemVault:
             row.payload = self._seal_payload(tenant, row.id, row.version, new_text, new_sources)
             prev_changes = stats.changes
             if leave_index:
-                session.execute(
-                    delete(PostingRow).where(PostingRow.memory_id == row.id, PostingRow.tenant == tenant)
-                )
+                self._unindex(session, tenant, owner, row.id)
                 stats.doc_count -= 1
                 stats.total_len -= row.doc_len
                 removed_vid = row.vector_id
@@ -683,12 +724,7 @@ class MemVault:
                 self.vectors.add(tenant, okey, [added_vid], cipher.rotate(raw_vector[None, :]))  # type: ignore[index]
                 row.vector_id = added_vid
                 session.flush()
-                for term, tf in terms.tf.items():
-                    session.add(
-                        PostingRow(
-                            memory_id=row.id, term=term, tenant=tenant, owner=owner, tf=tf, dl=terms.length
-                        )
-                    )
+                self._index_terms(session, tenant, owner, [(row.id, terms)])
                 stats.doc_count += 1
                 stats.total_len += terms.length
             if leave_index or enter_index:
@@ -740,9 +776,7 @@ class MemVault:
             prev_changes = stats.changes
             removed_vid = row.vector_id
             if was_active:
-                session.execute(
-                    delete(PostingRow).where(PostingRow.memory_id == row.id, PostingRow.tenant == tenant)
-                )
+                self._unindex(session, tenant, row.owner, row.id)
                 stats.doc_count -= 1
                 stats.total_len -= row.doc_len
                 stats.changes += 1
@@ -818,6 +852,9 @@ class MemVault:
             ).scalar_one()
             session.execute(delete(PostingRow).where(PostingRow.tenant == tenant, PostingRow.owner == owner))
             session.execute(
+                delete(TermStatsRow).where(TermStatsRow.tenant == tenant, TermStatsRow.owner == owner)
+            )
+            session.execute(
                 delete(MemoryVersionRow).where(
                     MemoryVersionRow.tenant == tenant, MemoryVersionRow.owner == owner
                 )
@@ -864,7 +901,9 @@ class MemVault:
         # Primary-key lookups only (an owner/tenant condition in SQL can steer the planner into
         # scanning the owner's index); the other conditions are checked here.
         with self.db.session() as session:
-            rows = list(session.execute(select(MemoryRow).where(MemoryRow.id.in_(ids))).scalars())
+            # Core rows (attribute access like the ORM rows, without the ORM's per-object cost).
+            table = MemoryRow.__table__
+            rows = list(session.execute(select(table).where(table.c.id.in_(ids))).all())
         return {
             row.id: self._stored(row)
             for row in rows
@@ -1055,6 +1094,9 @@ class MemVault:
         with self._write() as session:
             stats = self._lock_stats(session, tenant, owner)
             session.execute(delete(PostingRow).where(PostingRow.tenant == tenant, PostingRow.owner == owner))
+            session.execute(
+                delete(TermStatsRow).where(TermStatsRow.tenant == tenant, TermStatsRow.owner == owner)
+            )
             rows = list(
                 session.execute(
                     select(MemoryRow).where(
@@ -1065,18 +1107,16 @@ class MemVault:
                 ).scalars()
             )
             total = 0
+            docs: list[tuple[str, DocTerms]] = []
             for row in rows:
                 text, _ = self._open_payload(row)
                 terms = self._terms(tenant, text)
                 row.doc_len = terms.length
                 total += terms.length
                 session.add(row)
-                for term, tf in terms.tf.items():
-                    session.add(
-                        PostingRow(
-                            memory_id=row.id, term=term, tenant=tenant, owner=owner, tf=tf, dl=terms.length
-                        )
-                    )
+                docs.append((row.id, terms))
+            session.flush()
+            self._index_terms(session, tenant, owner, docs)
             stats.doc_count = len(rows)
             stats.total_len = total
             session.add(stats)

@@ -86,6 +86,17 @@ class PostingRow(SQLModel, table=True):
     dl: int  # the document's length, copied here so scoring needs no join
 
 
+class TermStatsRow(SQLModel, table=True):
+    """Document frequency of one blinded term among an owner's active memories (BM25 idf)."""
+
+    __tablename__ = "memory_term_stats"
+
+    tenant: str = Field(primary_key=True, max_length=128)
+    owner: str = Field(primary_key=True, max_length=256)
+    term: str = Field(primary_key=True, max_length=32)
+    df: int = 0
+
+
 class OwnerStatsRow(SQLModel, table=True):
     """Per (tenant, owner): BM25 collection statistics, the sequence counter and a change counter.
 

@@ -59,3 +59,61 @@ def test_reindex_keywords_rebuilds_postings(env: VaultEnv) -> None:
     assert v.reindex_keywords("acme", "alice") == 1
     assert v.keyword("acme", "alice", "penguin", 5)[0][0] == item.id
     assert v.stats("acme", "alice").doc_count == 1
+
+
+def _df_consistent(env: VaultEnv) -> None:
+    from sqlalchemy import text as sql
+
+    with env.db.session() as s:
+        stats = {
+            (t, o, term): df
+            for t, o, term, df in s.execute(
+                sql("SELECT tenant, owner, term, df FROM memory_term_stats")
+            ).all()
+            if df
+        }
+        counted = {
+            (t, o, term): n
+            for t, o, term, n in s.execute(
+                sql("SELECT tenant, owner, term, COUNT(*) FROM memory_postings GROUP BY tenant, owner, term")
+            ).all()
+        }
+    assert stats == counted
+
+
+def test_document_frequencies_follow_every_change(env: VaultEnv) -> None:
+    v = env.vault
+    a = v.add("acme", "alice", "red apples and red cherries")
+    b = v.add("acme", "alice", "green apples")
+    v.add("acme", "bob", "red wine")
+    _df_consistent(env)
+    v.update("acme", a.id, text="yellow bananas")
+    _df_consistent(env)
+    v.update("acme", b.id, state="archived")
+    _df_consistent(env)
+    v.rollback("acme", b.id, 1)
+    v.delete("acme", a.id)
+    _df_consistent(env)
+    v.reindex_keywords("acme", "alice")
+    _df_consistent(env)
+    v.erase_user("acme", "alice")
+    _df_consistent(env)
+
+
+def test_bounded_bm25_keeps_the_best_documents(env: VaultEnv) -> None:
+    from memos.keyword import Bm25
+
+    v = env.vault
+    for i in range(60):
+        v.add(
+            "acme",
+            "alice",
+            f"common words everywhere note {i} " + ("rare" if i % 20 == 0 else ""),
+            dedupe=False,
+        )
+    exact = v.keyword("acme", "alice", "common rare words", 10)
+    v.bm25 = Bm25(max_postings=10)  # forces the split (and the impact-ordered path for one-term queries)
+    bounded = v.keyword("acme", "alice", "common rare words", 10)
+    assert [m for m, _ in bounded[:3]] == [m for m, _ in exact[:3]]
+    assert [round(s, 6) for _, s in bounded[:3]] == [round(s, 6) for _, s in exact[:3]]
+    assert len(v.keyword("acme", "alice", "common", 5)) == 5
