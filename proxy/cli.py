@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.keys",
     "proxy.commands.governance",
     "proxy.commands.local_memory",
+    "proxy.commands.portability",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], "int | None"]
