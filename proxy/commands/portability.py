@@ -50,6 +50,12 @@ def _fail(command: str, message: str, code: int = 1) -> int:
     return code
 
 
+def _bad_tenant(command: str, tenant: str) -> int | None:
+    if not tenant.strip() or len(tenant) > 128:
+        return _fail(command, "--tenant must be a tenant name of 1 to 128 characters", 2)
+    return None
+
+
 def _passphrase(command: str, var: str | None) -> tuple[str | None, int | None]:
     """The passphrase named by --passphrase-env (None without it), or an exit code."""
     if var is None:
@@ -86,6 +92,9 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     from memos.portability import ExportResult, audit_export, export_records
     from proxy.services import open_core
 
+    code = _bad_tenant("export", args.tenant)
+    if code is not None:
+        return code
     passphrase, code = _passphrase("export", args.passphrase_env)
     if code is not None:
         return code
@@ -94,8 +103,8 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             check_passphrase(passphrase)
     except ExportFileError as exc:
         return _fail("export", str(exc), 2)
-    if not args.out.parent.is_dir():
-        return _fail("export", f"no such directory: {args.out.parent}", 2)
+    if not args.out.parent.is_dir() or args.out.is_dir():
+        return _fail("export", f"--out must name a file in an existing directory: {args.out}", 2)
     core = open_core(settings)
     try:
         result = ExportResult()
@@ -127,6 +136,9 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     )
     from proxy.services import open_core
 
+    code = _bad_tenant("import", args.tenant)
+    if code is not None:
+        return code
     passphrase, code = _passphrase("import", args.passphrase_env)
     if code is not None:
         return code
