@@ -355,7 +355,7 @@ class VectorIndex:
             table.search(query.astype(np.float32))
             .metric("cosine")
             .where(f"owner = {_quote(owner_key)}", prefilter=True)
-            .select(["id"])
+            .select(["id", "_distance"])
             .limit(k)
             .to_list()
         )
