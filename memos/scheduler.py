@@ -55,6 +55,8 @@ class VaultLike(Protocol):
 
     def update(self, tenant: str, id: str, **changes: Any) -> Any: ...
 
+    def record_hits(self, tenant: str, ids: Iterable[str], when: datetime | None = None) -> None: ...
+
 
 class AuditLike(Protocol):
     def record(self, tenant: str, action: str, **kwargs: Any) -> Any: ...
@@ -181,6 +183,7 @@ class MemScheduler:
         self._task: asyncio.Task[None] | None = None
         self._training: set[tuple[str, str, str]] = set()
         self._views: dict[tuple[str, str, str], _BlockView] = {}
+        self._hit_writes: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------------------- vault reads
 
@@ -238,6 +241,23 @@ class MemScheduler:
         state = self._seen.setdefault((tenant, user), _UserState())
         if model_name:
             state.models.add(model_name)
+
+    def count_hits(self, tenant: str, memory_ids: Sequence[str]) -> None:
+        """Count a use of these memories (they were injected): the heat that promotion reads (for the
+        users the background pass looks after: those using local models). Called on the event loop;
+        the write runs in a thread and the request does not wait for it."""
+        if not memory_ids:
+            return
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self.vault.record_hits, tenant, list(memory_ids))
+        )
+        self._hit_writes.add(task)
+        task.add_done_callback(self._hit_written)
+
+    def _hit_written(self, task: asyncio.Task[None]) -> None:
+        self._hit_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("recording memory hits failed: %s", type(task.exception()).__name__)
 
     async def plan_local(
         self, tenant: str, user: str, model_name: str, requested: MemoryMode, policy: Policy

@@ -3,6 +3,7 @@ the real vault, audited), caches and adapters used only while they match the vau
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -224,3 +225,14 @@ async def test_erase_user_drops_caches_and_adapters(env, loaded, runtime) -> Non
     assert not list(scheduler.adapter_store.root.rglob("*.lora"))
     assert param.adapter.adapter_id not in loaded.loaded_adapters
     assert scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint)) is None
+
+
+async def test_count_hits_feeds_promotion(env) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _, clock = env
+    item = vault.add("acme", "alice", "I live in Lisbon.")
+    for _ in range(2):
+        scheduler.count_hits("acme", [item.id])  # returns at once; the writes run in threads
+    await asyncio.gather(*scheduler._hit_writes)
+    assert vault.get("acme", item.id).hits == 2
+    clock.now += timedelta(minutes=5)
+    assert [t.action for t in scheduler.lifecycle("acme", "alice")] == ["memory.promote"]
