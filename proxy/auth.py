@@ -23,7 +23,7 @@ from starlette.requests import Request
 from memos.governance.apikeys import ApiKeyStore, hash_key, parse_key_id
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
-from proxy.errors import forbidden, unauthorized
+from proxy.errors import exception_summary, forbidden, unauthorized
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -129,5 +129,5 @@ async def _record_failure(services: Services, raw_key: str, request: Request) ->
 
     try:
         await anyio.to_thread.run_sync(record)
-    except Exception:
-        log.exception("could not audit an auth failure")
+    except Exception as exc:
+        log.error("could not audit an auth failure: %s", exception_summary(exc))

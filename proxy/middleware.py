@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.errors import error_envelope
+from proxy.errors import error_envelope, exception_summary
 from proxy.metrics import NO_TENANT, Metrics
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ class ProxyMiddleware:
             await _send_error(
                 send_with_id, 413, f"Request body is larger than {limit} bytes.", "request_too_large"
             )
-        except Exception:
-            log.exception("unhandled error (request %s)", request_id)
+        except Exception as exc:
+            log.error("unhandled error (request %s): %s", request_id, exception_summary(exc))
             if response_started:
                 raise
             await _send_error(send_with_id, 500, "Internal error.", "internal_error", "server_error")

@@ -25,6 +25,7 @@ from memos.governance.policy import Policy
 from memos.governance.policy_store import PolicyStore
 from memos.keyring import Keyring
 from proxy.auth import KeyResolver
+from proxy.errors import exception_summary
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 from proxy.upstream.http import HttpUpstream
@@ -141,8 +142,8 @@ class Services:
         for job in reversed(self.background):
             try:
                 await _maybe_await(job.stop())
-            except Exception:
-                log.exception("stopping %s failed", type(job).__name__)
+            except Exception as exc:
+                log.error("stopping %s failed: %s", type(job).__name__, exception_summary(exc))
         await self.upstreams.aclose()
         self.core.close()
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
 from memos.governance.policy import Policy
@@ -35,7 +36,7 @@ def check_model_allowed(policy: Policy, model: str) -> None:
 
 
 def upstream_target(
-    settings: Settings, caller: Caller, kind: UpstreamKind, client_headers: dict[str, str] | None = None
+    settings: Settings, caller: Caller, kind: UpstreamKind, client_headers: Mapping[str, str] | None = None
 ) -> UpstreamTarget:
     if kind is UpstreamKind.LOCAL:
         return UpstreamTarget(base_url=None)

@@ -38,6 +38,7 @@ from proxy.errors import (
     bad_request,
     client_gone_response,
     error_envelope,
+    exception_summary,
     forbidden,
     not_found,
     raw_json_response,
@@ -139,7 +140,7 @@ async def chat_completions(request: Request) -> Response:
     except MemoryUnavailable as exc:  # the vault is unreachable and the tenant's policy fails closed
         raise ApiError(503, str(exc), type="server_error", code="memory_unavailable") from exc
     call = ChatCall(
-        upstream_target(services.settings, caller, kind, dict(request.headers)), prepared, ctx.request_id
+        upstream_target(services.settings, caller, kind, request.headers), prepared, ctx.request_id
     )
     memo_headers = {
         "x-memos-memory-mode": prepared.mode.value,
@@ -181,7 +182,9 @@ class _Relay:
         try:
             await self.services.chat_memory.complete(self.ctx, self.prepared, exchange)
         except Exception as exc:
-            log.exception("memory write-back failed (request %s)", self.ctx.request_id)
+            log.error(
+                "memory write-back failed (request %s): %s", self.ctx.request_id, exception_summary(exc)
+            )
             raise ApiError(
                 503,
                 "The answer could not be recorded for memory.",
@@ -237,7 +240,7 @@ class _Relay:
         try:
             current = first
             while current is not None:
-                burst = drain() if drain is not None else []
+                burst = iter(drain() if drain is not None else ())
                 item: tuple[bytes, dict[str, Any]] | None = current
                 while item is not None:
                     payload, chunk = item
@@ -252,7 +255,8 @@ class _Relay:
                         if assembler is not None:
                             assembler.add(chunk)
                         out.append(frame(payload))
-                    item = _parsed(burst.pop(0)) if burst else None
+                    following = next(burst, None)
+                    item = _parsed(following) if following is not None else None
                 if out:
                     data = b"".join(out)
                     out.clear()
@@ -268,8 +272,8 @@ class _Relay:
             yield b"".join(out) + frame_json(exc.envelope())
         except ApiError as exc:
             yield b"".join(out) + frame_json(exc.envelope())
-        except Exception:
-            log.exception("stream relay failed (request %s)", self.ctx.request_id)
+        except Exception as exc:
+            log.error("stream relay failed (request %s): %s", self.ctx.request_id, exception_summary(exc))
             envelope = error_envelope("Internal error.", type="server_error", code="internal_error")
             yield b"".join(out) + frame_json(envelope)
         finally:
@@ -309,5 +313,5 @@ async def _close(events: EventStream) -> None:
     with anyio.CancelScope(shield=True):
         try:
             await events.aclose()
-        except Exception:
-            log.debug("closing an upstream stream failed", exc_info=True)
+        except Exception as exc:
+            log.debug("closing an upstream stream failed: %s", exception_summary(exc))

@@ -42,7 +42,7 @@ def routes() -> list[BaseRoute]:
 
 async def _models(request: Request, services: Services, caller: Caller) -> list[dict[str, Any]] | Response:
     router = services.upstreams
-    target = upstream_target(services.settings, caller, UpstreamKind.HTTP, dict(request.headers))
+    target = upstream_target(services.settings, caller, UpstreamKind.HTTP, request.headers)
     try:
         models = await until_disconnect(request.receive, router.http.models(target))
         if router.local is not None:
@@ -92,7 +92,7 @@ async def embeddings(request: Request) -> Response:
     except UnknownModel as exc:
         raise not_found(str(exc), param="model", code="model_not_found") from None
     call = JsonCall(
-        upstream_target(services.settings, caller, kind, dict(request.headers)),
+        upstream_target(services.settings, caller, kind, request.headers),
         body,
         request.state.request_id,
     )

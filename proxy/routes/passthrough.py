@@ -41,7 +41,7 @@ async def relay(request: Request) -> Response:
     services: Services = request.app.state.services
     caller = await authenticate(request, services)
     body = await request.body()
-    target = upstream_target(services.settings, caller, UpstreamKind.HTTP, dict(request.headers))
+    target = upstream_target(services.settings, caller, UpstreamKind.HTTP, request.headers)
     headers = {k: v for k, v in request.headers.items() if k in _REQUEST_HEADERS}
     # The body is relayed still encoded, so only encodings the client accepts may be asked for.
     headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")

@@ -1,4 +1,4 @@
-"""The default upstream: any OpenAI-compatible HTTP endpoint, called through one pooled httpx client.
+"""The default upstream: any OpenAI-compatible HTTP endpoint, called through one pooled httpx transport.
 
 Bodies go out as the client sent them (after memory's changes), answers come back as raw bytes, and
 streams are cut into SSE events without re-encoding their payloads.
@@ -7,13 +7,15 @@ streams are cut into SSE events without re-encoding their payloads.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 import httpx
 import orjson
 
+from proxy.upstream.aiohttp_transport import AiohttpTransport
 from proxy.upstream.base import (
     ChatCall,
     JsonCall,
@@ -28,6 +30,10 @@ from proxy.upstream.base import (
 
 
 class HttpUpstream:
+    """Calls go straight to an httpx transport (no client layer: no cookies, auth flows, redirects or
+    event hooks, which a proxy does not want); URLs are parsed once per base and path. The default
+    transport pools connections with aiohttp (see proxy.upstream.aiohttp_transport)."""
+
     def __init__(
         self,
         default_base_url: str,
@@ -35,28 +41,32 @@ class HttpUpstream:
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 600.0,
         max_connections: int = 512,
-        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.default_base_url = default_base_url.rstrip("/")
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
-            ),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": "memos-proxy"},
+        self._transport = transport or AiohttpTransport(
+            max_connections=max_connections, keepalive_expiry=30.0
         )
+        self._timeout = {
+            "connect": connect_timeout_s,
+            "read": read_timeout_s,
+            "write": read_timeout_s,
+            "pool": connect_timeout_s,
+        }
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
-    def _url(self, target: UpstreamTarget, path: str) -> str:
-        base = (target.base_url or self.default_base_url).rstrip("/")
-        return f"{base}/{path}"
+    def _url(self, target: UpstreamTarget, path: str) -> httpx.URL:
+        base = target.base_url or self.default_base_url
+        url = self._urls.get((base, path))
+        if url is None:
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            url = self._urls[(base, path)] = httpx.URL(f"{base.rstrip('/')}/{path}")
+        return url
 
     @staticmethod
     def _headers(target: UpstreamTarget, request_id: str | None, *, json_body: bool) -> dict[str, str]:
-        headers = dict(target.headers)
+        headers = {"user-agent": "memos-proxy", **target.headers}
         if json_body:
             headers["content-type"] = "application/json"
         if target.api_key:
@@ -65,19 +75,33 @@ class HttpUpstream:
             headers["x-request-id"] = request_id
         return headers
 
+    async def _send(
+        self, method: str, url: httpx.URL, headers: dict[str, str], content: bytes | None = None
+    ) -> httpx.Response:
+        """Send; the answer's body is not read yet (the caller reads or streams it, then closes it)."""
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
+        )
+        with _mapped_errors("upstream unreachable", "upstream did not answer in time"):
+            return await self._transport.handle_async_request(request)
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        try:
+            with _mapped_errors("upstream answer broke off", "upstream answer stalled"):
+                return await response.aread()
+        finally:
+            await response.aclose()
+
     async def _post_json(
         self, path: str, target: UpstreamTarget, body: dict[str, Any], rid: str
     ) -> UpstreamReply:
-        request = self._client.build_request(
-            "POST",
-            self._url(target, path),
-            content=orjson.dumps(body),
-            headers=self._headers(target, rid, json_body=True),
+        response = await self._send(
+            "POST", self._url(target, path), self._headers(target, rid, json_body=True), orjson.dumps(body)
         )
-        response = await _send(self._client, request, stream=False)
+        content = await self._read(response)
         if response.status_code >= 400:
-            raise UpstreamHTTPError(response.status_code, response.content, response.headers)
-        return UpstreamReply(response.content, response.status_code, relayed_headers(response.headers))
+            raise UpstreamHTTPError(response.status_code, content, response.headers)
+        return UpstreamReply(content, response.status_code, relayed_headers(response.headers))
 
     async def chat(self, call: ChatCall) -> UpstreamReply:
         return await self._post_json("chat/completions", call.target, call.body, call.request_id)
@@ -88,34 +112,25 @@ class HttpUpstream:
     async def chat_stream(self, call: ChatCall) -> SSEEventStream:
         headers = self._headers(call.target, call.request_id, json_body=True)
         headers["accept"] = "text/event-stream"
-        headers["accept-encoding"] = "identity"  # compressed SSE tends to be buffered along the way
-        request = self._client.build_request(
-            "POST",
-            self._url(call.target, "chat/completions"),
-            content=orjson.dumps(call.body),
-            headers=headers,
+        response = await self._send(
+            "POST", self._url(call.target, "chat/completions"), headers, orjson.dumps(call.body)
         )
-        response = await _send(self._client, request, stream=True)
         if response.status_code >= 400:
             try:
-                content = await response.aread()
-            except httpx.HTTPError:
+                content = await self._read(response)
+            except UpstreamError:
                 content = b""
-            finally:
-                await response.aclose()
             raise UpstreamHTTPError(response.status_code, content, response.headers)
         return SSEEventStream(response)
 
     async def models(self, target: UpstreamTarget) -> list[dict[str, Any]]:
-        request = self._client.build_request(
-            "GET", self._url(target, "models"), headers=self._headers(target, None, json_body=False)
-        )
-        response = await _send(self._client, request, stream=False)
+        headers = self._headers(target, None, json_body=False)
+        response = await self._send("GET", self._url(target, "models"), headers)
+        content = await self._read(response)
         if response.status_code >= 400:
-            raise UpstreamHTTPError(response.status_code, response.content, response.headers)
+            raise UpstreamHTTPError(response.status_code, content, response.headers)
         try:
-            data = orjson.loads(response.content)
-            return [m for m in data["data"] if isinstance(m, dict)]
+            return [m for m in orjson.loads(content)["data"] if isinstance(m, dict)]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise UpstreamError("upstream answered /models with an unexpected body") from exc
 
@@ -129,25 +144,23 @@ class HttpUpstream:
         query: bytes = b"",
     ) -> httpx.Response:
         """Any other request, relayed as is (streamed answer). The caller closes the response."""
-        url = self._url(target, path.lstrip("/"))
-        if query:
-            url = f"{url}?{query.decode('latin-1')}"
-        out = dict(headers)
-        out.update(self._headers(target, None, json_body=False))
-        request = self._client.build_request(method, url, content=content or None, headers=out)
-        return await _send(self._client, request, stream=True)
+        base = (target.base_url or self.default_base_url).rstrip("/")
+        url = httpx.URL(f"{base}/{path.lstrip('/')}" + (f"?{query.decode('latin-1')}" if query else ""))
+        out = {**headers, **self._headers(target, None, json_body=False)}
+        return await self._send(method, url, out, content or None)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
 
-async def _send(client: httpx.AsyncClient, request: httpx.Request, *, stream: bool) -> httpx.Response:
+@contextmanager
+def _mapped_errors(unreachable: str, timeout: str) -> Iterator[None]:
     try:
-        return await client.send(request, stream=stream)
+        yield
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream did not answer in time ({type(exc).__name__})") from exc
+        raise UpstreamTimeout(f"{timeout} ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
-        raise UpstreamUnreachable(f"upstream unreachable ({type(exc).__name__})") from exc
+        raise UpstreamUnreachable(f"{unreachable} ({type(exc).__name__})") from exc
 
 
 class SSEEventStream:

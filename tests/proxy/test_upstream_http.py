@@ -46,7 +46,7 @@ class _Chunked(httpx.AsyncByteStream):
 
 
 def upstream_for(handler: httpx.MockTransport) -> HttpUpstream:
-    return HttpUpstream("http://upstream.test/v1", client=httpx.AsyncClient(transport=handler))
+    return HttpUpstream("http://upstream.test/v1", transport=handler)
 
 
 def call(body: dict | None = None) -> ChatCall:
