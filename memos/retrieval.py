@@ -1,30 +1,34 @@
-"""Retrieval: dense + keyword candidates from the vault, ranked (memos/ranking.py), thresholded, fitted
-to a budget, with neighbouring turns of the same session as context.
+"""Retrieval: dense + keyword candidates from the vault, widened by their neighbouring turns, ranked
+(memos/ranking.py), thresholded and fitted to a budget.
 
 Blocking (it queries the vault); the query vector is computed by the caller (the async service embeds
 through the micro-batcher). Deterministic: the same vault state and query give the same list.
 
-v1 by H2a; H3 (retrieval quality) owns this module and memos/ranking.py from 00:35 UTC.
-Notes for H3:
-- `Candidate` carries everything the ranker may use; add fields there and fill them in `_candidates`.
-- vault.dense returns (memory id, vector id, cosine) unvalidated; a hit counts only when the SQL row's
-  vector_id matches (stale vectors of older versions are dropped here).
-- vault.keyword scores BM25 in SQL over blinded terms from memos.keyword.tokenize; changing the
-  tokenizer requires MemVault.reindex_keywords for stored memories.
-- vault.neighbours(window) gives same-session items by per-owner sequence number.
+1. Candidates: the `candidates` best of the dense list and of the keyword list (BM25 over the blind
+   index). The dense list is read deeper (`dense_lookup`; it costs one dot product per vector either
+   way) so that most memories considered below have their own cosine; a memory beyond it gets the
+   cosine of the list's last entry, an upper bound.
+2. Context: the turns within `len(rank.neighbour_weights)` of the `anchors` most relevant candidates
+   in their session join the candidates: the answer is often the turn after the one that matches.
+3. `rank` scores every candidate with its session and neighbours, and the periods the query names
+   (memos/temporal.py); then the threshold, top_k and the character budget apply, in rank order.
+
+`RetrievalParams.neighbours` additionally attaches same-session turns to each hit as `Hit.context`
+(for clients that want the surrounding conversation; off by default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from memos.item import MemoryItem
-from memos.ranking import Candidate, RankParams, rank
+from memos.ranking import Candidate, RankParams, own_relevance, rank
+from memos.temporal import periods
 from memos.vault import MemVault, StoredMemory
 
 CHARS_PER_TOKEN = 4
@@ -35,8 +39,10 @@ class RetrievalParams:
     top_k: int = 12
     char_budget: int | None = None  # total characters of memories (and context) returned; None: no cap
     min_score: float = 0.0
-    candidates: int = 50  # per list (dense, keyword)
-    neighbours: int = 0  # same-session turns on each side of a hit to attach as context (0: none)
+    candidates: int = 100  # per list (dense, keyword)
+    dense_lookup: int = 400  # how deep the dense list is read for the cosines of context turns
+    anchors: int = 20  # the most relevant candidates whose neighbouring turns join the candidates
+    neighbours: int = 0  # same-session turns on each side of a hit to attach as Hit.context (0: none)
     rank: RankParams = field(default_factory=RankParams)
 
     @classmethod
@@ -81,22 +87,37 @@ class Retriever:
         stats = self.vault.stats(tenant, owner)
         if stats.doc_count <= 0 or p.top_k <= 0:
             return []
+        width = max(p.candidates, p.top_k)
         dense = (
-            self.vault.dense(tenant, owner, query_vector, p.candidates, changes=stats.changes)
+            self.vault.dense(tenant, owner, query_vector, max(width, p.dense_lookup), changes=stats.changes)
             if query_vector is not None
             else []
         )
-        keyword = self.vault.keyword(tenant, owner, query, p.candidates, stats=stats) if query.strip() else []
-        stored = self.vault.get_many(tenant, {h[0] for h in dense} | {h[0] for h in keyword}, owner=owner)
-        candidates = _candidates(stored, dense, keyword, now)
-        ranked = rank(list(candidates.values()), p.rank, now)
+        keyword = self.vault.keyword(tenant, owner, query, width, stats=stats) if query.strip() else []
+        stored = self.vault.get_many(
+            tenant, {h[0] for h in dense[:width]} | {h[0] for h in keyword}, owner=owner
+        )
+        scores = _Scores(dense, keyword)
+        candidates = {
+            mid: scores.candidate(s) for mid, s in stored.items() if not _expired(s, now) and scores.known(s)
+        }
+        named = periods(query)
+        window = len(p.rank.neighbour_weights)
+        if window and p.anchors > 0 and candidates:
+            own = own_relevance(list(candidates.values()), p.rank, named)
+            anchors = sorted(candidates, key=lambda mid: (-own[mid], mid))[: p.anchors]
+            around = self.vault.neighbours(tenant, owner, [stored[mid] for mid in anchors], window)
+            for turns in around.values():
+                for s in turns:
+                    if s.id not in candidates and not _expired(s, now):
+                        stored[s.id] = s
+                        candidates[s.id] = scores.candidate(s)
+        ranked = rank(list(candidates.values()), p.rank, now, named)
         hits: list[Hit] = []
         used = 0
         chosen: set[str] = set()
         for s in ranked:
-            if len(hits) >= p.top_k:
-                break
-            if s.score < p.min_score:
+            if len(hits) >= p.top_k or s.score < p.min_score:
                 break
             item = stored[s.id].item
             cost = len(item.text)
@@ -121,43 +142,36 @@ class Retriever:
         return hits
 
 
-def _expired(s: StoredMemory, now: datetime) -> bool:
-    if s.expires_at is not None and s.expires_at <= now:
-        return True
-    return s.invalid_at is not None and s.invalid_at <= now
+class _Scores:
+    """The dense and keyword scores of the query, looked up per stored memory."""
 
+    def __init__(self, dense: Sequence[tuple[str, str, float]], keyword: Sequence[tuple[str, float]]) -> None:
+        self.cosine = {vid: score for _, vid, score in dense}  # by vector id: a stale vector never counts
+        self.cosine_floor = dense[-1][2] if dense else None
+        self.bm25 = dict(keyword)
 
-def _candidates(
-    stored: dict[str, StoredMemory],
-    dense: Sequence[tuple[str, str, float]],
-    keyword: Sequence[tuple[str, float]],
-    now: datetime,
-) -> dict[str, Candidate]:
-    out: dict[str, Candidate] = {}
+    def known(self, s: StoredMemory) -> bool:
+        """Found by a list: a keyword hit, or a dense hit whose vector is the memory's current one."""
+        return s.id in self.bm25 or (s.vector_id is not None and s.vector_id in self.cosine)
 
-    def base(mid: str) -> Candidate:
-        s = stored[mid]
-        return out.get(mid) or Candidate(
-            id=mid,
+    def candidate(self, s: StoredMemory) -> Candidate:
+        cosine = None
+        if s.vector_id is not None:
+            cosine = self.cosine.get(s.vector_id, self.cosine_floor)
+        return Candidate(
+            id=s.id,
+            dense_score=cosine,
+            keyword_score=self.bm25.get(s.id),
+            session=s.session_key,
+            seq=s.seq,
             observed_at=s.observed_at,
             created_at=s.created_at,
             importance=s.importance,
             hits=s.hits,
-            seq=s.seq,
         )
 
-    rank_no = 0
-    for mid, vid, score in dense:
-        s = stored.get(mid)
-        if s is None or s.vector_id != vid or _expired(s, now) or (mid in out and out[mid].dense_rank):
-            continue
-        rank_no += 1
-        out[mid] = replace(base(mid), dense_rank=rank_no, dense_score=score)
-    rank_no = 0
-    for mid, score in keyword:
-        s = stored.get(mid)
-        if s is None or _expired(s, now):
-            continue
-        rank_no += 1
-        out[mid] = replace(base(mid), keyword_rank=rank_no, keyword_score=score)
-    return out
+
+def _expired(s: StoredMemory, now: datetime) -> bool:
+    if s.expires_at is not None and s.expires_at <= now:
+        return True
+    return s.invalid_at is not None and s.invalid_at <= now

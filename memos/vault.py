@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import text as sql_text
 
 from memos.db import Database
 from memos.embeddings import Embedder, normalise
@@ -1029,28 +1030,30 @@ class MemVault:
         self, tenant: str, owner: str, anchors: Sequence[StoredMemory], window: int = 1
     ) -> dict[str, list[StoredMemory]]:
         """For each anchor with a session: the active memories of the same session within `window`
-        sequence numbers (excluding the anchor), in sequence order."""
+        sequence numbers (excluding the anchor), in sequence order. One statement for all anchors
+        (retrieval asks for the neighbours of a score of candidates per search); nothing decrypted."""
         wanted = [a for a in anchors if a.session_key]
         if not wanted or window <= 0:
             return {}
-        out: dict[str, list[StoredMemory]] = {}
+        # One indexed range read per anchor (tenant, owner, session_key, seq), in one statement.
+        table = MemoryRow.__table__
+        columns = ", ".join(c.name for c in table.columns)
+        statement = " UNION ALL ".join(
+            f"SELECT {columns} FROM {table.name} WHERE tenant = :tenant AND owner = :owner AND state = :state"
+            f" AND session_key = :k{i} AND seq BETWEEN :lo{i} AND :hi{i}"
+            for i in range(len(wanted))
+        )
+        params: dict[str, Any] = {"tenant": tenant, "owner": owner, "state": State.ACTIVE.value}
+        for i, a in enumerate(wanted):
+            params.update({f"k{i}": a.session_key, f"lo{i}": a.seq - window, f"hi{i}": a.seq + window})
         with self.db.session() as session:
-            for a in wanted:
-                rows = session.execute(
-                    select(MemoryRow)
-                    .where(
-                        MemoryRow.tenant == tenant,
-                        MemoryRow.owner == owner,
-                        MemoryRow.session_key == a.session_key,
-                        MemoryRow.seq >= a.seq - window,
-                        MemoryRow.seq <= a.seq + window,
-                        MemoryRow.seq != a.seq,
-                        MemoryRow.state == State.ACTIVE.value,
-                    )
-                    .order_by(MemoryRow.seq)
-                ).scalars()
-                out[a.item.id] = [self._stored(r) for r in rows]
-        return out
+            typed = sql_text(statement).columns(*table.columns)  # result types (datetimes) as in get_many
+            found = {r.id: r for r in session.execute(typed, params).all()}
+        rows = [self._stored(r) for r in sorted(found.values(), key=lambda r: r.seq)]
+        return {
+            a.id: [r for r in rows if r.session_key == a.session_key and 0 < abs(r.seq - a.seq) <= window]
+            for a in wanted
+        }
 
     def nearest(
         self, tenant: str, owner: str, text_or_vector: str | np.ndarray, k: int = 5

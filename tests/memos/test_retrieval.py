@@ -1,50 +1,16 @@
-"""Ranking (a pure function) and retrieval over the vault: fusion, threshold, budget, determinism."""
+"""Retrieval over the vault: neighbouring turns, periods, threshold, budget, determinism (ranking itself:
+test_ranking.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 from memos.governance.policy import Policy
-from memos.ranking import Candidate, RankParams, rank
+from memos.ranking import RankParams
 from memos.retrieval import RetrievalParams, Retriever
 from tests.memos.vault_support import VaultEnv, db_url, env  # noqa: F401 - fixtures
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def test_rank_fuses_both_lists_and_orders_ties_by_id() -> None:
-    cands = [
-        Candidate("b", dense_rank=1, dense_score=0.5),
-        Candidate("a", dense_rank=1, dense_score=0.5),
-        Candidate("c", dense_rank=2, dense_score=0.4, keyword_rank=1, keyword_score=10.0),
-    ]
-    out = rank(cands, RankParams(), NOW)
-    assert out[0].id == "c"
-    assert [s.id for s in out[1:]] == ["a", "b"]
-    assert rank(list(reversed(cands)), RankParams(), NOW) == out
-
-
-def test_rank_recency_and_importance_break_near_ties() -> None:
-    old = Candidate("old", dense_rank=1, dense_score=0.6, observed_at=NOW - timedelta(days=900))
-    new = Candidate("new", dense_rank=1, dense_score=0.6, observed_at=NOW - timedelta(days=1))
-    assert [s.id for s in rank([old, new], RankParams(), NOW)] == ["new", "old"]
-    low = Candidate("low", dense_rank=1, dense_score=0.6, importance=0.1)
-    high = Candidate("high", dense_rank=1, dense_score=0.6, importance=0.9)
-    assert [s.id for s in rank([low, high], RankParams(), NOW)] == ["high", "low"]
-
-
-def test_scores_are_bounded() -> None:
-    best = Candidate(
-        "x",
-        dense_rank=1,
-        dense_score=1.0,
-        keyword_rank=1,
-        keyword_score=100.0,
-        importance=1.0,
-        observed_at=NOW,
-    )
-    (s,) = rank([best], RankParams(), NOW)
-    assert 0.9 < s.score < 1.2
 
 
 def test_params_from_policy() -> None:
@@ -93,3 +59,47 @@ def test_expired_memories_are_not_returned(env: VaultEnv) -> None:
     )
     env.vault.add("acme", "alice", "permanent door code 5678")
     assert [h.item.text for h in _search(env, "door code")] == ["permanent door code 5678"]
+
+
+def _session(env: VaultEnv, name: str, turns: list[str], when: datetime | None = None) -> list[str]:
+    return [env.vault.add("acme", "alice", t, session=name, observed_at=when, dedupe=False).id for t in turns]
+
+
+def test_the_reply_to_a_matching_turn_is_retrieved_before_an_equal_turn_elsewhere(env: VaultEnv) -> None:
+    _session(env, "s1", ["Bob: how is the garden?", "Alice: the roses are blooming"])
+    _session(
+        env, "s2", ["Bob: did you pick a name for the new puppy?", "Alice: Biscuit, after my favourite snack"]
+    )
+    _session(env, "s3", ["Bob: lunch?", "Alice: Pancakes, after my favourite breakfast name"])
+    for i in range(20):
+        _session(env, f"filler{i}", [f"Alice: errand number {i} at the shop"])
+    texts = [h.item.text for h in _search(env, "What name did Alice pick for her puppy?", top_k=3)]
+    # the question turn matches; the answer shares no word with the query but sits next to it
+    assert texts[:2] == [
+        "Bob: did you pick a name for the new puppy?",
+        "Alice: Biscuit, after my favourite snack",
+    ]
+
+
+def test_neighbouring_turns_join_even_when_no_list_found_them(env: VaultEnv) -> None:
+    ids = _session(env, "s1", ["Bob: where did you go on holiday?", "Alice: Lisbon, it was sunny"])
+    for i in range(30):
+        _session(env, f"other{i}", [f"note {i} about groceries and errands"])
+    hits = _search(env, "holiday destination", candidates=1, dense_lookup=1, top_k=2)
+    assert [h.item.id for h in hits] == ids
+    # without context weights the reply is not among the candidates at all
+    plain = RankParams(neighbour_weights=(), session_weight=0.0)
+    hits = _search(env, "holiday destination", candidates=1, dense_lookup=1, top_k=2, rank=plain)
+    assert hits[0].item.id == ids[0]
+    assert ids[1] not in [h.item.id for h in hits]
+
+
+def test_a_period_named_in_the_query_prefers_memories_observed_then(env: VaultEnv) -> None:
+    may = env.vault.add(
+        "acme", "alice", "Alice ran a charity race", observed_at=datetime(2023, 5, 20, tzinfo=UTC)
+    )
+    june = env.vault.add(
+        "acme", "alice", "Alice ran a charity race again", observed_at=datetime(2023, 6, 20, tzinfo=UTC)
+    )
+    assert _search(env, "charity race")[0].item.id == may.id  # shorter text: better BM25
+    assert _search(env, "charity race in June 2023")[0].item.id == june.id
