@@ -12,6 +12,7 @@ extension: connect (also waiting for a pooled connection) and read (between two 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -27,10 +28,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
-        # Made on first use, inside the running event loop (aiohttp binds its session to it).
-        if self._session is None or self._session.closed:
+        # Made on first use inside the running event loop, which aiohttp binds it to; a caller on
+        # another loop (a CLI's asyncio.run, say) gets its own session for that loop.
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._loop = loop
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=self._max_connections,

@@ -19,6 +19,7 @@ from proxy.upstream.base import (
     UpstreamUnreachable,
 )
 from proxy.upstream.http import HttpUpstream
+from tests.support.upstream import FakeUpstream
 
 PAYLOADS = [b'{"a":1}', b'{"b":"x: y\\n"}', b'{"c":[1,2,3]}']
 
@@ -152,3 +153,28 @@ async def test_error_status_keeps_upstream_envelope_and_headers() -> None:
         await upstream_for(transport).chat(call())
     assert info.value.status == 429 and info.value.envelope() == envelope
     assert info.value.headers == {"retry-after": "3"}
+
+
+def test_aiohttp_transport_serves_successive_event_loops(upstream: FakeUpstream) -> None:
+    import asyncio
+
+    http = HttpUpstream(upstream.base_url)
+    for _ in range(2):  # e.g. a CLI calling asyncio.run twice with one upstream object
+        reply = asyncio.run(http.chat(call({"model": "m", "messages": [{"role": "user", "content": "x"}]})))
+        assert reply.data["choices"][0]["message"]["content"] == "You said: x"
+    assert len(upstream.chat_requests) == 2
+
+
+async def test_aiohttp_transport_maps_failures(upstream: FakeUpstream) -> None:
+    http = HttpUpstream(upstream.base_url, read_timeout_s=0.3)
+    upstream.hang(5)
+    with pytest.raises(UpstreamTimeout):
+        await http.chat(call({"model": "m", "messages": []}))
+    upstream.drop()
+    with pytest.raises(UpstreamUnreachable):
+        await http.chat(call({"model": "m", "messages": []}))
+    closed = HttpUpstream("http://127.0.0.1:9/v1")
+    with pytest.raises(UpstreamUnreachable):
+        await closed.chat(call())
+    await http.aclose()
+    await closed.aclose()
