@@ -193,15 +193,19 @@ class Bm25:
         for i, term in enumerate(terms):
             params[f"t{i}"] = term
             params[f"w{i}"] = idf[term]
-        restrict = " AND memory_id IN :ids" if within is not None else ""
         if within is not None:
+            # Candidates already belong to this tenant and owner: look them up by primary key
+            # (memory_id, term) rather than scanning the common terms' long posting lists.
             params["ids"] = list(within)
+            where = "memory_id IN :ids AND term IN :terms"
+        else:
+            where = "tenant = :tenant AND owner = :owner AND term IN :terms"
         statement = text(
             "SELECT memory_id, SUM((CASE term "
             + cases
             + " ELSE 0.0 END) * (tf * (:k1 + 1.0)) / (tf + :k1b + :k1bavg * dl)) AS score "
-            "FROM memory_postings WHERE tenant = :tenant AND owner = :owner AND term IN :terms"
-            + restrict
+            "FROM memory_postings WHERE "
+            + where
             + " GROUP BY memory_id ORDER BY score DESC, memory_id LIMIT :limit"
         ).bindparams(bindparam("terms", expanding=True))
         if within is not None:
