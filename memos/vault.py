@@ -1017,6 +1017,11 @@ class MemVault:
         hits = self.vectors.search(tenant, self.owner_key(tenant, owner), changes, q, k)
         return [(vid.rsplit(".", 1)[0], vid, score) for vid, score in hits]
 
+    def warm_owner(self, tenant: str, owner: str, dim: int) -> None:
+        """Load an owner's vectors into the search cache now (start-up, benchmarks)."""
+        changes = self.stats(tenant, owner).changes
+        self.vectors.warm(tenant, self.owner_key(tenant, owner), dim, changes)
+
     def keyword(
         self, tenant: str, owner: str, query: str, k: int, *, stats: OwnerStats | None = None
     ) -> list[tuple[str, float]]:

@@ -163,8 +163,11 @@ class VectorIndex:
         cache_bytes: int = 512 * 1024 * 1024,
         compact_every: int = 200,
         ann_threshold: int = 200_000,
+        sync_load_max: int = 20_000,
     ) -> None:
         self.uri = uri
+        self.sync_load_max = sync_load_max
+        self._loading: set[tuple[str, str]] = set()
         self.cache = OwnerVectorCache(cache_bytes)
         self.compact_every = compact_every
         self.ann_threshold = ann_threshold
@@ -334,17 +337,48 @@ class VectorIndex:
     def search(
         self, tenant: str, owner_key: str, changes: int, query: np.ndarray, k: int
     ) -> list[tuple[str, float]]:
-        """[(id, cosine)] best first over the owner's vectors; `changes` is the owner's SQL counter."""
+        """[(id, cosine)] best first over the owner's vectors; `changes` is the owner's SQL counter.
+
+        Served from the cache when it is current. Otherwise a small owner is loaded at once; a large
+        one (more than `sync_load_max` vectors, e.g. after another replica wrote) is searched in
+        LanceDB directly while a background thread reloads the cache, so no search waits seconds."""
         dim = int(query.shape[-1])
         key = (tenant, owner_key)
         entry = self.cache.get(key, changes)
         if entry is None:
-            if self.owner_count_hint(tenant, owner_key, dim) * (dim * 4 + 48) > self.cache.max_bytes:
+            count = self.owner_count_hint(tenant, owner_key, dim)
+            if count * (dim * 4 + 48) > self.cache.max_bytes:
                 return self.search_lance(tenant, owner_key, query, k)
-            ids, matrix = self.load_owner(tenant, owner_key, dim)
-            entry = _Entry(changes, ids, matrix)
-            self.cache.put(key, entry)
+            if count > self.sync_load_max:
+                self._load_in_background(tenant, owner_key, dim, changes)
+                return self.search_lance(tenant, owner_key, query, k)
+            entry = self.warm(tenant, owner_key, dim, changes)
         return top_k_cosine(entry.matrix, entry.ids, query, k)
+
+    def warm(self, tenant: str, owner_key: str, dim: int, changes: int) -> _Entry:
+        """Load the owner's vectors into the cache, labelled with `changes` (read before loading)."""
+        ids, matrix = self.load_owner(tenant, owner_key, dim)
+        entry = _Entry(changes, ids, matrix)
+        self.cache.put((tenant, owner_key), entry)
+        return entry
+
+    def _load_in_background(self, tenant: str, owner_key: str, dim: int, changes: int) -> None:
+        key = (tenant, owner_key)
+        with self._lock:
+            if key in self._loading:
+                return
+            self._loading.add(key)
+
+        def load() -> None:
+            try:
+                self.warm(tenant, owner_key, dim, changes)
+            except Exception:
+                log.warning("loading an owner's vectors failed", exc_info=True)
+            finally:
+                with self._lock:
+                    self._loading.discard(key)
+
+        threading.Thread(target=load, name="vector-cache-load", daemon=True).start()
 
     def search_lance(self, tenant: str, owner_key: str, query: np.ndarray, k: int) -> list[tuple[str, float]]:
         """A search in LanceDB itself (for owners too large for the cache)."""

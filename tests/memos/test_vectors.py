@@ -79,3 +79,17 @@ def test_owner_too_large_for_the_cache_is_searched_in_lancedb(tmp_path: Path) ->
     index.add("acme", "big", [f"id{i}.1" for i in range(30)], m)
     assert index.search("acme", "big", 1, m[5], 1)[0][0] == "id5.1"
     assert index.cache.get(("acme", "big"), 1) is None
+
+
+def test_large_owner_is_served_from_lancedb_while_the_cache_loads(tmp_path: Path) -> None:
+    import time
+
+    index = VectorIndex(str(tmp_path / "v"), sync_load_max=5)
+    m = _vecs(30)
+    index.add("acme", "big", [f"id{i}.1" for i in range(30)], m)
+    assert index.search("acme", "big", 7, m[9], 1)[0][0] == "id9.1"  # LanceDB, cache loading behind
+    deadline = time.monotonic() + 10
+    while index.cache.get(("acme", "big"), 7) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert index.search("acme", "big", 7, m[11], 1)[0][0] == "id11.1"
