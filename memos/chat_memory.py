@@ -87,6 +87,10 @@ class LocalPlanner(Protocol):
         self, tenant: str, user: str, model_name: str, requested: MemoryMode, policy: Policy
     ) -> tuple[MemoryMode, Any]: ...
 
+    def count_hits(self, tenant: str, memory_ids: Sequence[str]) -> None:
+        """Injected memories were used (the heat that promotes them); must not block."""
+        ...
+
 
 def choose_remote_mode(requested: MemoryMode, policy: Policy) -> MemoryMode:
     """A remote model knows plaintext and off; plaintext when the policy allows it."""
@@ -213,6 +217,8 @@ class PlaintextChatMemory:
         ids = [m.id for m in chosen]
         if ids:
             await self._audit_injection(ctx, policy, user, ids, MemoryMode.PLAINTEXT)
+            if self.local is not None:
+                self.local.count_hits(ctx.principal.tenant, ids)
         return PreparedChat(body=injection.inject(body, chosen), mode=MemoryMode.PLAINTEXT, injected_ids=ids)
 
     def _unavailable(

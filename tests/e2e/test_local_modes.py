@@ -13,7 +13,9 @@ Qwen2-shaped model with a tokenizer trained in the test (nothing downloaded):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ def stack(
             embedding_model="hash",
             local_models={"tiny": model_dir},
             local_device="cpu",
+            scheduler_interval_s=3600,  # the tests run the scheduler's steps themselves
         )
         with run_proxy(settings) as proxy:
             yield upstream, proxy
@@ -237,3 +240,24 @@ def test_caches_and_adapters_are_ciphertext_and_erased_with_the_user(
     # Nothing of carol's is served any more.
     assert ask(client, "carol", "activation")[1]["x-memos-memory-mode"] == "plaintext"
     assert ask(client, "carol", "parametric")[1]["x-memos-memory-mode"] == "plaintext"
+
+
+def test_plaintext_hits_promote_memories_into_the_activation_block(
+    running: RunningProxy, key: str, client: openai.OpenAI
+) -> None:
+    scheduler = running.services.scheduler
+    vault = running.services.memory.vault
+    ids = add_memories(running, key, "dave", FIVE_MEMORIES)
+    # Nothing is promoted yet: auto serves plaintext, and each injection counts a hit.
+    for _ in range(2):
+        assert ask(client, "dave", "auto", max_tokens=2)[1]["x-memos-memory-mode"] == "plaintext"
+    deadline = time.monotonic() + 30
+    while any(vault.get("acme", i).hits < 2 for i in ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(vault.get("acme", i).hits == 2 for i in ids)
+    # The background pass's lifecycle step, with thresholds a test can reach.
+    scheduler.config = replace(scheduler.config, promote_min_hits=2, stable_min_age_s=0)
+    promoted = scheduler.lifecycle("acme", "dave")
+    assert sorted(t.memory_id for t in promoted) == sorted(ids)
+    assert all(vault.history("acme", i)[-1].kind == "activation" for i in ids)
+    assert ask(client, "dave", "activation", max_tokens=2)[1]["x-memos-memory-mode"] == "activation"
