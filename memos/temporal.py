@@ -30,7 +30,7 @@ _YEAR_ONLY = re.compile(rf"\b{_YEAR}\b")
 # a bare month only after a word that makes it a time ("in May", not "may I"); short forms are too
 # ambiguous alone ("mar", "dec")
 _BARE_MONTH = re.compile(
-    r"\b(?:in|during|of|since|until|till|before|after|by|early|late|mid|last|this|next)\s+"
+    r"\b(?:in|during|of|since|until|till|before|after|by|early|late|mid)\s+"
     r"(january|february|march|april|may|june|july|august|september|october|november|december)\b",
     re.I,
 )

@@ -29,6 +29,7 @@ def test_a_bare_month_needs_a_time_word_and_matches_any_year() -> None:
     assert not june.contains(d(2023, 8, 1))
     assert periods("May I ask something?") == []
     assert periods("I may go") == []
+    assert periods("this may help") == []
 
 
 def test_the_most_specific_reading_wins_and_spans_are_read_once() -> None:
