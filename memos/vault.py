@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -260,23 +261,26 @@ class MemVault:
             "updated_at": _iso(item.updated_at),
         }
 
-    def _version_row(self, row: MemoryRow, item: MemoryItem, reason: str) -> MemoryVersionRow:
+    def _version_values(self, row: Any, item: MemoryItem, reason: str) -> dict[str, Any]:
         payload = None
         if row.state != State.DELETED:
             payload = self.keyring.cipher(row.tenant).encrypt_text(
                 json.dumps(self._snapshot(item), ensure_ascii=False),
                 version_aad(row.tenant, row.id, row.version),
             )
-        return MemoryVersionRow(
-            memory_id=row.id,
-            version=row.version,
-            tenant=row.tenant,
-            owner=row.owner,
-            state=row.state,
-            reason=reason[:64],
-            payload=payload,
-            created_at=row.updated_at,
-        )
+        return {
+            "memory_id": row.id,
+            "version": row.version,
+            "tenant": row.tenant,
+            "owner": row.owner,
+            "state": row.state,
+            "reason": reason[:64],
+            "payload": payload,
+            "created_at": row.updated_at,
+        }
+
+    def _version_row(self, row: Any, item: MemoryItem, reason: str) -> MemoryVersionRow:
+        return MemoryVersionRow(**self._version_values(row, item, reason))
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         if self.embedder is None:
@@ -463,7 +467,8 @@ class MemVault:
                 seq += 1
                 session_name = m.session or next((s.session for s in m.sources if s.session), None)
                 terms = self._terms(tenant, m.text)
-                row = MemoryRow(
+                # a plain namespace (bulk-inserted below): SQLModel objects cost ~1 ms each to build
+                row = SimpleNamespace(
                     id=memory_id,
                     tenant=tenant,
                     owner=owner,
@@ -483,6 +488,9 @@ class MemVault:
                     expires_at=_aware(m.expires_at),
                     created_at=now,
                     updated_at=now,
+                    invalid_at=None,
+                    hits=0,
+                    last_hit_at=None,
                 )
                 item = self._to_item(row, m.text, list(m.sources))
                 fresh.append((i, row, item, terms))
@@ -518,10 +526,12 @@ class MemVault:
                 self.vectors.add(tenant, okey, vids, rotated)  # type: ignore[arg-type]
                 written_vids = list(vids)  # type: ignore[arg-type]
             try:
-                for _i, row, item, _terms in fresh:
-                    session.add(row)
-                    session.add(self._version_row(row, item, "create"))
-                session.flush()
+                if fresh:
+                    session.execute(insert(MemoryRow), [dict(vars(f[1])) for f in fresh])
+                    session.execute(
+                        insert(MemoryVersionRow),
+                        [self._version_values(f[1], f[2], "create") for f in fresh],
+                    )
                 self._index_terms(
                     session, tenant, owner, [(row.id, terms) for _i, row, _item, terms in fresh]
                 )
