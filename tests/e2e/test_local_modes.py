@@ -4,8 +4,8 @@ Qwen2-shaped model with a tokenizer trained in the test (nothing downloaded):
 - with five memories, plaintext and activation modes answer through /v1/chat/completions, the
   x-memos-memory-mode header names the mode, and with the same memory block their greedy outputs are
   token-identical (fp32); two identical activation requests answer identically;
-- after `memos-proxy memory train`, parametric mode answers and says so, and the adapter lowers the
-  model's loss on the user's memories compared with the base model;
+- after `memos-proxy memory train` (its CLI entry point), parametric mode answers and says so, and
+  the adapter lowers the model's loss on the user's memories compared with the base model;
 - KV caches and adapters are ciphertext on disk, and erasing the user deletes them;
 - /v1/models lists the local model.
 """
@@ -24,6 +24,7 @@ import openai
 import pytest
 
 from memos.local.kvcache import KVKey
+from proxy.cli import main as cli_main
 from tests.support.local_models import FIVE_MEMORIES
 from tests.support.proxy import RunningProxy, proxy_env, proxy_settings, run_cli, run_proxy
 from tests.support.upstream import FakeUpstream
@@ -161,7 +162,12 @@ def test_plaintext_and_activation_are_token_identical(
 
 
 def test_memory_train_then_parametric_mode(
-    stack: tuple[FakeUpstream, RunningProxy], key: str, client: openai.OpenAI, generations: list[Any]
+    stack: tuple[FakeUpstream, RunningProxy],
+    key: str,
+    client: openai.OpenAI,
+    generations: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     upstream, running = stack
     add_memories(running, key, "bob", FIVE_MEMORIES)
@@ -169,6 +175,8 @@ def test_memory_train_then_parametric_mode(
     _, headers = ask(client, "bob", "parametric")
     assert headers["x-memos-memory-mode"] != "parametric"
 
+    # `memos-proxy memory train`, run in this process (the subprocess would spend most of its time
+    # importing torch); settings come from the environment, as for the installed command.
     settings = running.settings
     env = proxy_env(
         settings.data_dir,
@@ -177,11 +185,13 @@ def test_memory_train_then_parametric_mode(
         MEMOS_LOCAL_DEVICE="cpu",
         MEMOS_EMBEDDING_MODEL="hash",
     )
-    result = run_cli(
-        "memory", "train", "--tenant", "acme", "--user", "bob", "--model", MODEL, "--steps", "40", env=env
-    )
-    assert result.returncode == 0, result.stderr
-    assert "trained adapter" in result.stdout and "5 memories" in result.stdout
+    for name, value in env.items():
+        if name.startswith("MEMOS_"):
+            monkeypatch.setenv(name, value)
+    argv = ["memory", "train", "--tenant", "acme", "--user", "bob", "--model", MODEL, "--steps", "40"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained adapter" in out and "5 memories" in out
 
     ask(client, "bob", "off")
     base = generations[-1]
@@ -201,6 +211,14 @@ def test_memory_train_then_parametric_mode(
         select_adapter(loaded, None)
         base_loss = memory_loss(loaded.model, loaded.tokenizer, FIVE_MEMORIES)
     assert adapter_loss < 0.7 * base_loss
+
+
+def test_the_installed_command_names_the_configured_models(tmp_path: Path, model_dir: Path) -> None:
+    env = proxy_env(tmp_path, "http://127.0.0.1:9", MEMOS_LOCAL_MODELS=json.dumps({"tiny": str(model_dir)}))
+    result = run_cli("memory", "train", "--tenant", "acme", "--user", "bob", "--model", "local/nope", env=env)
+    assert result.returncode == 2 and "configured: local/tiny" in result.stderr
+    result = run_cli("memory", "train", "--tenant", "acme", "--user", "bob", "--model", MODEL, env=env)
+    assert result.returncode == 1 and "no stable memories" in result.stderr
 
 
 def test_caches_and_adapters_are_ciphertext_and_erased_with_the_user(
