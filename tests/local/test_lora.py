@@ -17,7 +17,7 @@ from memos.local.lora import (
 from memos.local.runtime import SamplingParams, build_prompt
 from tests.support.local_models import CONVERSATION, FIVE_MEMORIES
 
-FAST = LoraTraining(steps=40, learning_rate=5e-3)
+FAST = LoraTraining(steps=30, learning_rate=5e-3)
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
 
 
@@ -30,7 +30,8 @@ def trained(registry):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def trained_other(registry):  # type: ignore[no-untyped-def]
     private = registry.load_private_copy("tiny")
-    return train_adapter(private.model, private.tokenizer, ["I live in Porto and I love coffee."], FAST)
+    other = LoraTraining(steps=10, learning_rate=5e-3)  # only needs to differ from alice's
+    return train_adapter(private.model, private.tokenizer, ["I live in Porto and I love coffee."], other)
 
 
 def test_training_lowers_the_loss_on_the_memories(trained) -> None:  # type: ignore[no-untyped-def]
