@@ -241,13 +241,14 @@ class LocalRuntime:
         import torch
         from transformers import DynamicCache
 
+        from memos.local.kvcache import BASE_ADAPTER
         from memos.local.lora import select_adapter
 
         if kv is not None and kv.token_ids != prompt.block_ids:
             raise ValueError("the KV cache does not hold this prompt's memory block")
         if kv is not None and kv.model_fingerprint != loaded.fingerprint:
             raise ValueError("the KV cache was built for another model")
-        expected_adapter = adapter.adapter_id if adapter is not None else "base"
+        expected_adapter = adapter.adapter_id if adapter is not None else BASE_ADAPTER
         if kv is not None and kv.adapter_id != expected_adapter:
             raise ValueError("the KV cache was built under another adapter")
         generator = None

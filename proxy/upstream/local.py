@@ -70,9 +70,17 @@ class LocalUpstream:
             # Plaintext injection put the memory block first (memos.injection.inject): tokenize it as
             # the block, so that the ids are exactly those an activation request has.
             block, messages = messages[0].get("content"), messages[1:]
-        prompt = await self.runtime.run(build_prompt, loaded.tokenizer, messages, block)
-        options = {"kv": kv, "adapter": adapter}
-        return loaded, prompt, SamplingParams.from_body(body), options
+        from jinja2 import TemplateError
+
+        try:
+            params = SamplingParams.from_body(body)
+            prompt = await self.runtime.run(build_prompt, loaded.tokenizer, messages, block)
+        except (TypeError, ValueError) as exc:
+            raise LocalRequestError(f"Invalid request: {exc}", status=400, code="invalid_request") from None
+        except TemplateError as exc:
+            message = f"The model's chat template rejected these messages: {exc}"
+            raise LocalRequestError(message, status=400, code="invalid_messages") from None
+        return loaded, prompt, params, {"kv": kv, "adapter": adapter}
 
     async def chat(self, call: ChatCall) -> UpstreamReply:
         loaded, prompt, params, options = await self._prepare(call)

@@ -63,6 +63,7 @@ async def test_stream_shape_matches_the_completion(upstream) -> None:  # type: i
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
         ({"n": 2}, 400),
         ({"messages": []}, 400),
+        ({"max_tokens": "many"}, 400),
     ],
 )
 async def test_errors_keep_their_status(upstream, extra, status) -> None:  # type: ignore[no-untyped-def]
