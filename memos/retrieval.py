@@ -39,8 +39,8 @@ class RetrievalParams:
     top_k: int = 12
     char_budget: int | None = None  # total characters of memories (and context) returned; None: no cap
     min_score: float = 0.0
-    candidates: int = 100  # per list (dense, keyword)
-    dense_lookup: int = 400  # how deep the dense list is read for the cosines of context turns
+    candidates: int = 50  # per list (dense, keyword)
+    dense_lookup: int = 200  # how deep the dense list is read for the cosines of context turns
     anchors: int = 20  # the most relevant candidates whose neighbouring turns join the candidates
     neighbours: int = 0  # same-session turns on each side of a hit to attach as Hit.context (0: none)
     rank: RankParams = field(default_factory=RankParams)
