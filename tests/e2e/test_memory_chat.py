@@ -33,7 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeUpstre
             data_dir,
             upstream.base_url,
             key_cache_ttl_s=0,
-            embedding_model="hash",
+            # The real default embedder: this module is the product's core promise end to end.
             worker_poll_interval_s=0.02,
         )
         with run_proxy(settings) as proxy:
