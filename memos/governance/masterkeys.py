@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memos.crypto import MasterKey
+from memos.polling import PollingThread
 
 _HEADER = (
     "# memos-proxy master keys: the first line is the active key, the others are previous keys\n"
@@ -204,29 +205,14 @@ class MasterKeyWatcher:
 
     def __init__(self, source: MasterKeySource, interval_s: float = 1.0) -> None:
         self.source = source
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PollingThread("master-key-watch", interval_s, source.refresh)
 
     def start(self) -> None:
-        if not self.source.is_file or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="master-key-watch", daemon=True)
-        self._thread.start()
+        if self.source.is_file:
+            self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.source.refresh()
-            except Exception:  # never let the watcher die
-                pass
+        self._thread.stop()
 
 
 def connect(source: MasterKeySource, keyring: object, audit: object) -> None:

@@ -24,6 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from memos.governance.policy import Policy
+from memos.polling import PollingThread
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +229,11 @@ class PolicyStore:
     ) -> None:
         self.policy_dir = Path(policy_dir) if policy_dir is not None else None
         self._audit = audit
-        self._poll = poll_interval_s
         self._good: dict[str, Policy] = {}
         self._errors: dict[str, str] = {}
         self._files: dict[Path, _FileState] = {}
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watch = PollingThread("policy-reload", poll_interval_s, self.reload)
         self.reload(audit=False)
 
     # -- reading
@@ -334,24 +333,10 @@ class PolicyStore:
     # -- hot reload
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="policy-reload", daemon=True)
-        self._thread.start()
+        self._watch.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll):
-            try:
-                self.reload()
-            except Exception:
-                log.exception("policy reload failed")
+        self._watch.stop()
 
 
 @lru_cache(maxsize=4096)
