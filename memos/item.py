@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -57,3 +57,37 @@ class MemoryItem:
     last_hit_at: datetime | None = None
     importance: float = 0.5
     expires_at: datetime | None = None
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with a zone (naive times are UTC), or None."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def source_dict(source: Source) -> dict[str, Any]:
+    return {
+        "request_id": source.request_id,
+        "message_index": source.message_index,
+        "session": source.session,
+        "metadata": source.metadata or {},
+    }
+
+
+def snapshot(item: MemoryItem) -> dict[str, Any]:
+    """What one version of an item holds, as JSON-ready data (version history, export)."""
+    return {
+        "text": item.text,
+        "sources": [source_dict(s) for s in item.sources],
+        "scope": str(item.scope),
+        "kind": str(item.kind),
+        "state": str(item.state),
+        "importance": item.importance,
+        "observed_at": iso(item.observed_at),
+        "valid_from": iso(item.valid_from),
+        "invalid_at": iso(item.invalid_at),
+        "expires_at": iso(item.expires_at),
+        "created_at": iso(item.created_at),
+        "updated_at": iso(item.updated_at),
+    }

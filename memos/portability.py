@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from memos.embeddings import normalise
-from memos.item import Kind, MemoryItem, Scope, Source, State
+from memos.item import Kind, MemoryItem, Scope, Source, State, iso, snapshot, source_dict
 from memos.vault import MemVault
 
 EXPORTED_STATES: tuple[State, ...] = (State.ACTIVE, State.SUPERSEDED, State.ARCHIVED)
@@ -61,43 +61,11 @@ class AuditSink(Protocol):
 # ---------------------------------------------------------------- export
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-
-
-def _source(s: Source) -> dict[str, Any]:
-    return {
-        "request_id": s.request_id,
-        "message_index": s.message_index,
-        "session": s.session,
-        "metadata": s.metadata or {},
-    }
-
-
-def _snapshot(item: MemoryItem) -> dict[str, Any]:
-    return {
-        "text": item.text,
-        "sources": [_source(s) for s in item.sources],
-        "scope": str(item.scope),
-        "kind": str(item.kind),
-        "state": str(item.state),
-        "importance": item.importance,
-        "observed_at": _iso(item.observed_at),
-        "valid_from": _iso(item.valid_from),
-        "invalid_at": _iso(item.invalid_at),
-        "expires_at": _iso(item.expires_at),
-        "created_at": _iso(item.created_at),
-        "updated_at": _iso(item.updated_at),
-    }
-
-
 def memory_record(vault: MemVault, tenant: str, item: MemoryItem) -> dict[str, Any]:
     """One memory as an export record: its current fields and every version's snapshot."""
     reasons = vault.version_reasons(tenant, item.id)
     versions = [
-        {"version": v.version, "reason": reasons.get(v.version, ""), **_snapshot(v)}
+        {"version": v.version, "reason": reasons.get(v.version, ""), **snapshot(v)}
         for v in vault.history(tenant, item.id)
     ]
     return {
@@ -106,8 +74,8 @@ def memory_record(vault: MemVault, tenant: str, item: MemoryItem) -> dict[str, A
         "owner": item.owner,
         "version": item.version,
         "hits": item.hits,
-        "last_hit_at": _iso(item.last_hit_at),
-        **_snapshot(item),
+        "last_hit_at": iso(item.last_hit_at),
+        **snapshot(item),
         "versions": versions,
     }
 
@@ -348,7 +316,7 @@ def parse_document(records: Sequence[dict[str, Any]]) -> ExportDocument:
 def fingerprint(owner: str, first: Snapshot | MemoryItem) -> str:
     """What identifies a memory across tenants: its first version, which the vault never rewrites."""
     body = json.dumps(
-        [owner, first.text, [_source(s) for s in first.sources], _iso(first.observed_at)],
+        [owner, first.text, [source_dict(s) for s in first.sources], iso(first.observed_at)],
         ensure_ascii=False,
         sort_keys=True,
     )

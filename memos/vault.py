@@ -36,7 +36,7 @@ from sqlalchemy import text as sql_text
 
 from memos.db import Database
 from memos.embeddings import Embedder, normalise
-from memos.item import Kind, MemoryItem, Scope, Source, State
+from memos.item import Kind, MemoryItem, Scope, Source, State, snapshot, source_dict
 from memos.keyring import Keyring
 from memos.keyword import Bm25, DocTerms, doc_terms, normalise_for_duplicate, tokenize
 from memos.vault_tables import (
@@ -82,15 +82,6 @@ def _iso(value: datetime | None) -> str | None:
 
 def _from_iso(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
-
-
-def _source_dict(source: Source) -> dict[str, Any]:
-    return {
-        "request_id": source.request_id,
-        "message_index": source.message_index,
-        "session": source.session,
-        "metadata": source.metadata or {},
-    }
 
 
 def _source_from(data: dict[str, Any]) -> Source:
@@ -207,7 +198,7 @@ class MemVault:
     def _seal_payload(
         self, tenant: str, memory_id: str, version: int, text: str, sources: list[Source]
     ) -> bytes:
-        body = json.dumps({"text": text, "sources": [_source_dict(s) for s in sources]}, ensure_ascii=False)
+        body = json.dumps({"text": text, "sources": [source_dict(s) for s in sources]}, ensure_ascii=False)
         return self.keyring.cipher(tenant).encrypt_text(body, item_aad(tenant, memory_id, version))
 
     def _open_payload(self, row: Any) -> tuple[str, list[Source]]:
@@ -249,27 +240,11 @@ class MemVault:
     def _stored(self, row: Any) -> StoredMemory:
         return StoredMemory(self, row)
 
-    def _snapshot(self, item: MemoryItem) -> dict[str, Any]:
-        return {
-            "text": item.text,
-            "sources": [_source_dict(s) for s in item.sources],
-            "scope": str(item.scope),
-            "kind": str(item.kind),
-            "state": str(item.state),
-            "importance": item.importance,
-            "observed_at": _iso(item.observed_at),
-            "valid_from": _iso(item.valid_from),
-            "invalid_at": _iso(item.invalid_at),
-            "expires_at": _iso(item.expires_at),
-            "created_at": _iso(item.created_at),
-            "updated_at": _iso(item.updated_at),
-        }
-
     def _version_values(self, row: Any, item: MemoryItem, reason: str) -> dict[str, Any]:
         payload = None
         if row.state != State.DELETED:
             payload = self.keyring.cipher(row.tenant).encrypt_text(
-                json.dumps(self._snapshot(item), ensure_ascii=False),
+                json.dumps(snapshot(item), ensure_ascii=False),
                 version_aad(row.tenant, row.id, row.version),
             )
         return {
@@ -463,7 +438,7 @@ class MemVault:
                         merged[target.id] = (target, srcs, text)
                     _row, srcs, _text = merged[target.id]
                     for s in m.sources:
-                        if _source_dict(s) not in [_source_dict(x) for x in srcs]:
+                        if source_dict(s) not in [source_dict(x) for x in srcs]:
                             srcs.append(s)
                     results[i] = None  # filled below
                     continue
@@ -512,7 +487,7 @@ class MemVault:
                 if mid in fresh_ids:
                     continue
                 old_text, old_sources = self._open_payload(row)
-                if [_source_dict(s) for s in srcs] == [_source_dict(s) for s in old_sources]:
+                if [source_dict(s) for s in srcs] == [source_dict(s) for s in old_sources]:
                     merged_items[mid] = self._to_item(row, old_text, old_sources)
                     continue
                 row.version += 1
