@@ -190,7 +190,9 @@ def test_no_call_crosses_a_tenant_or_a_user_boundary(world: World, data: st.Data
         elif op in ("get", "history"):
             if not visible_id:
                 assert r.status_code == 404, r.text  # another tenant's or user's id: not found
-            elif r.status_code == 200:
+            elif before.status_code == 200:
+                # Every key may read what it may see: isolation must not turn into over-denial.
+                assert r.status_code == 200, r.text
                 assert _marks(r.json()) <= {(owner_tenant, owner)}
         elif op in ("patch", "delete"):
             if not visible_id:
@@ -203,6 +205,8 @@ def test_no_call_crosses_a_tenant_or_a_user_boundary(world: World, data: st.Data
                     assert after.json()["importance"] != importance
             if not key.writes:
                 assert r.status_code in (403, 404), r.text
+            elif visible_id and before.status_code == 200:
+                assert r.status_code == 200, r.text  # its own user's live memory: the write goes through
         elif op == "add":
             if not (may_act and key.writes):
                 assert r.status_code in (400, 403), r.text
