@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.governance",
     "proxy.commands.local_memory",
     "proxy.commands.portability",
+    "proxy.commands.bench",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], "int | None"]
