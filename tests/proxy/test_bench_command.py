@@ -14,7 +14,7 @@ def test_runs_the_named_benchmark_with_its_arguments(tmp_path: Path) -> None:
     (tmp_path / "probe.py").write_text(
         "import sys, pathlib\npathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))\nsys.exit(3)\n"
     )
-    rc = main(["bench", "probe", "--bench-dir", str(tmp_path), str(out), "--quick", "x"])
+    rc = main(["bench", "--bench-dir", str(tmp_path), "probe", str(out), "--quick", "x"])
     assert rc == 3
     assert out.read_text() == "--quick x"
 
@@ -23,7 +23,7 @@ def test_unknown_benchmark_names_the_available_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "latency.py").write_text("")
-    assert main(["bench", "nope", "--bench-dir", str(tmp_path)]) == 2
+    assert main(["bench", "--bench-dir", str(tmp_path), "nope"]) == 2
     assert "available: latency" in capsys.readouterr().err
 
 
