@@ -216,32 +216,32 @@ class MemoryService:
             raise InvalidRequest(f"`memories` holds at most {MAX_ENTRIES} entries per call.", "memories")
         redact = self._redactor_for(policy)
         if infer:
-            items = await self._add_inferred(principal, policy, owner, entries, redact, request_id, session)
-        else:
-            news: list[NewMemory] = []
-            for i, entry in enumerate(entries):
-                text = entry.text if entry.text is not None else messages_text(entry.messages or [])
-                text = redact(text.strip())
-                if not text:
-                    raise InvalidRequest(f"`memories[{i}]` has no text.", f"memories[{i}]")
-                if len(text) > MAX_TEXT_CHARS:
-                    raise InvalidRequest(
-                        f"`memories[{i}]` is longer than {MAX_TEXT_CHARS} characters.", f"memories[{i}].text"
-                    )
-                source = Source(
-                    request_id=request_id,
-                    message_index=i,
-                    session=session,
-                    metadata=_redact_value(dict(entry.metadata or {}), redact),
+            # Audited inside, including whatever was written before a failure.
+            return await self._add_inferred(principal, policy, owner, entries, redact, request_id, session)
+        news: list[NewMemory] = []
+        for i, entry in enumerate(entries):
+            text = entry.text if entry.text is not None else messages_text(entry.messages or [])
+            text = redact(text.strip())
+            if not text:
+                raise InvalidRequest(f"`memories[{i}]` has no text.", f"memories[{i}]")
+            if len(text) > MAX_TEXT_CHARS:
+                raise InvalidRequest(
+                    f"`memories[{i}]` is longer than {MAX_TEXT_CHARS} characters.", f"memories[{i}].text"
                 )
-                news.append(
-                    NewMemory(text=text, sources=[source], observed_at=entry.observed_at, session=session)
-                )
-            vectors = await self.embedder.embed([n.text for n in news])
-            for n, v in zip(news, vectors, strict=True):
-                n.vector = v
-            items = await asyncio.to_thread(self.vault.add_many, principal.tenant, owner, news)
-            items = list({i.id: i for i in items}.values())
+            source = Source(
+                request_id=request_id,
+                message_index=i,
+                session=session,
+                metadata=_redact_value(dict(entry.metadata or {}), redact),
+            )
+            news.append(
+                NewMemory(text=text, sources=[source], observed_at=entry.observed_at, session=session)
+            )
+        vectors = await self.embedder.embed([n.text for n in news])
+        for n, v in zip(news, vectors, strict=True):
+            n.vector = v
+        items = await asyncio.to_thread(self.vault.add_many, principal.tenant, owner, news)
+        items = list({i.id: i for i in items}.values())
         await self._audit(
             principal,
             policy,
@@ -249,7 +249,7 @@ class MemoryService:
             user=owner,
             ids=[i.id for i in items],
             request_id=request_id,
-            detail={"count": len(items), "infer": bool(infer)},
+            detail={"count": len(items), "infer": False},
         )
         return items
 
@@ -265,8 +265,8 @@ class MemoryService:
     ) -> list[MemoryItem]:
         from memos.reader import Exchange
 
-        reader, operator = self._reader_operator()
-        ids: list[str] = []
+        # Every entry is checked before anything is written: a bad entry must change nothing.
+        exchanges: list[Exchange] = []
         now = datetime.now(UTC)
         for i, entry in enumerate(entries):
             if entry.messages is not None:
@@ -279,22 +279,53 @@ class MemoryService:
                 turns = [(0, {"role": "user", "content": redact(entry.text or "")})]
             if not any(_content_text(m).strip() for _, m in turns):
                 raise InvalidRequest(f"`memories[{i}]` has no text.", f"memories[{i}]")
-            exchange = Exchange(
-                tenant=principal.tenant,
-                owner=owner,
-                request_id=request_id or "",
-                session=session,
-                observed_at=entry.observed_at or now,
-                turns=turns,
-                metadata=_redact_value(dict(entry.metadata or {}), redact),
+            if sum(len(_content_text(m)) for _, m in turns) > MAX_TEXT_CHARS:
+                raise InvalidRequest(
+                    f"`memories[{i}]` is longer than {MAX_TEXT_CHARS} characters.", f"memories[{i}]"
+                )
+            exchanges.append(
+                Exchange(
+                    tenant=principal.tenant,
+                    owner=owner,
+                    request_id=request_id or "",
+                    session=session,
+                    observed_at=entry.observed_at or now,
+                    turns=turns,
+                    metadata=_redact_value(dict(entry.metadata or {}), redact),
+                )
             )
-            facts = await reader.read(exchange, policy.memory.extractor)
-            result = await operator.apply(principal.tenant, owner, facts, extractor=policy.memory.extractor)
-            ids.extend([*result.added, *result.merged])
-        found = await asyncio.to_thread(
-            self.vault.get_many, principal.tenant, list(dict.fromkeys(ids)), owner=owner
-        )
-        return [found[i].item for i in dict.fromkeys(ids) if i in found]
+        reader, operator = self._reader_operator()
+        ids: list[str] = []
+        complete = False
+        try:
+            for exchange in exchanges:
+                facts = await reader.read(exchange, policy.memory.extractor)
+                result = await operator.apply(
+                    principal.tenant,
+                    owner,
+                    facts,
+                    extractor=policy.memory.extractor,
+                    retention_days=policy.memory.retention_days,
+                )
+                ids.extend([*result.added, *result.merged])
+            complete = True
+        finally:
+            # What was written is audited even when a later entry failed (reader or vault error).
+            written = list(dict.fromkeys(ids))
+            if written or complete:
+                await asyncio.shield(
+                    self._audit(
+                        principal,
+                        policy,
+                        "memory.write",
+                        user=owner,
+                        ids=written,
+                        request_id=request_id,
+                        detail={"count": len(written), "infer": True, "complete": complete},
+                    )
+                )
+        found = await asyncio.to_thread(self.vault.get_many, principal.tenant, written, owner=owner)
+        return [found[i].item for i in written if i in found]
 
     def _reader_operator(self) -> tuple[Any, Any]:
         if self._reader is None:

@@ -183,3 +183,18 @@ async def test_messages_entries_become_one_memory(svc) -> None:
         ],
     )
     assert item.text == "user: I play oboe\nassistant: Nice!"
+
+
+async def test_an_inferred_batch_with_a_bad_entry_changes_nothing(svc) -> None:
+    service, audit = svc
+    good = Entry(text="I live in Lisbon and I work as a nurse.")
+    # The same good entry alone is written (so the batch below would have written something).
+    written = await service.add(APP, POLICY, "bob", [good], infer=True)
+    assert written
+    for bad in (Entry(text="   "), Entry(text="x" * 20_001)):
+        with pytest.raises(InvalidRequest) as caught:
+            await service.add(APP, POLICY, "alice", [good, bad], infer=True)
+        assert caught.value.param == "memories[1]"  # answered as 400 invalid_request_error
+    items, _ = await service.list(APP, POLICY, "alice")
+    assert items == []
+    assert not [e for e in audit.entries if e["action"] == "memory.write" and e["user"] == "alice"]
