@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from memos.governance.policy import Policy
+from memos.logsafe import exception_summary
 from memos.operator import MemOperator, OperatorResult
 from memos.outbox import Ack, Outbox, OutboxRecord
 from memos.reader import Exchange, MemReader
@@ -225,14 +227,27 @@ class OutboxWorker:
 
     async def _process_group(self, records: list[OutboxRecord]) -> None:
         # One user's rows in commit order: a later statement must see (and may supersede) an earlier one.
-        for record in records:
+        for index, record in enumerate(records):
             if self._concurrency is not None:
                 async with self._concurrency:
-                    await self._process_one(record)
+                    ok = await self._process_one(record)
             else:
-                await self._process_one(record)
+                ok = await self._process_one(record)
+            if not ok:
+                # Processing the later rows now would let the failed one be applied after them on retry.
+                await asyncio.to_thread(self._defer_behind, record, records[index + 1 :])
+                return
 
-    async def _process_one(self, record: OutboxRecord) -> None:
+    def _defer_behind(self, failed: OutboxRecord, later: list[OutboxRecord]) -> None:
+        """Give the user's later rows back, due no earlier than the failed row's retry can be."""
+        outbox = self._outbox
+        after = time.time() + min(outbox.backoff_cap_s, outbox.backoff_base_s * (2**failed.attempts))
+        for record in later:
+            with contextlib.suppress(Exception):
+                outbox.fail(record.id, record.claim_token, "waiting for an earlier row", now=after)
+
+    async def _process_one(self, record: OutboxRecord) -> bool:
+        """Process and acknowledge one row; False when it failed and was scheduled for a retry."""
         try:
             await self._process(record)
         except asyncio.CancelledError:
@@ -245,20 +260,21 @@ class OutboxWorker:
             )
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._outbox.fail, record.id, record.claim_token, exc)
-            return
+            return False
         self.processed += 1
         try:
             ack = await asyncio.to_thread(self._outbox.ack, record.id, record.claim_token)
         except Exception as exc:
             # The memories are written; the row comes back after its lease and is a no-op the second time.
             log.warning("outbox row %s: acknowledgement failed (%s)", record.id, type(exc).__name__)
-            return
+            return True
         if ack is Ack.ERASED and self._on_erased is not None:
             log.info("outbox row %s: its user was erased meanwhile; erasing its writes again", record.id)
             try:
                 await asyncio.to_thread(self._on_erased, record.tenant, record.owner)
-            except Exception:
-                log.exception("outbox row %s: erasing again failed", record.id)
+            except Exception as exc:
+                log.error("outbox row %s: erasing again failed: %s", record.id, exception_summary(exc))
+        return True
 
     async def _keep_leases(self, records: list[OutboxRecord]) -> None:
         interval = max(0.5, self._outbox.lease_s / 3)

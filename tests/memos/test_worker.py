@@ -249,3 +249,30 @@ async def test_a_user_erased_mid_processing_is_erased_again(database: Database, 
         await worker.stop()
     assert written == ["fact 1"] and erased_again == [("acme", "alice")]
     assert outbox.pending() == 0
+
+
+async def test_a_failed_row_is_retried_before_its_users_later_rows(
+    database: Database, keyring: Keyring
+) -> None:
+    outbox = make_outbox(database, keyring)
+    for i in range(3):
+        outbox.enqueue("acme", "alice", f"req-{i}", payload(i))
+    outbox.enqueue("acme", "bob", "req-b", payload(9))
+    done: list[str] = []
+    failed_once: set[str] = set()
+
+    async def first_attempt_of_req_0_fails(record: OutboxRecord) -> None:
+        if record.request_id == "req-0" and record.request_id not in failed_once:
+            failed_once.add(record.request_id)
+            raise ConnectionError("vault unreachable")
+        done.append(record.request_id)
+
+    worker = OutboxWorker(outbox, first_attempt_of_req_0_fails, poll_interval_s=0.01)
+    await worker.start()
+    try:
+        await until(lambda: outbox.pending() == 0)
+    finally:
+        await worker.stop()
+    # A later statement may supersede an earlier one, so alice's rows must land in commit order.
+    assert [r for r in done if r != "req-b"] == ["req-0", "req-1", "req-2"]
+    assert "req-b" in done and worker.failed == 1
