@@ -1,7 +1,8 @@
 """Any other /v1/* call (responses, completions, audio, files, ...): relayed to the tenant's upstream as is.
 
-No memory is involved; auth, the tenant's upstream and key, the body limit, x-request-id and metrics
-apply as everywhere. The answer is streamed back byte for byte.
+No memory is involved; auth, the `chat` right, the tenant's model allow-list (for a JSON body naming a
+model), the tenant's upstream and key, the body limit, x-request-id and metrics apply as everywhere.
+The answer is streamed back byte for byte.
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from collections.abc import AsyncIterator
 
 import anyio
 import httpx
+import orjson
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from proxy.auth import authenticate
+from memos.governance.acl import AccessDenied, Operation, authorize, effective_user
+from proxy.auth import Caller, authenticate
 from proxy.disconnect import ClientDisconnected, until_disconnect
-from proxy.errors import client_gone_response, not_found, upstream_error_response
+from proxy.errors import client_gone_response, forbidden, not_found, upstream_error_response
 from proxy.services import Services
-from proxy.targets import upstream_target
+from proxy.targets import check_model_allowed, upstream_target
 from proxy.upstream.base import UpstreamError, relayed_headers
 from proxy.upstream.router import UpstreamKind
+from proxy.wire import require_string
 
 ROUTE = "/v1/{path:path}"
 # memos-proxy's own API lives under these; never relayed.
@@ -41,6 +45,7 @@ async def relay(request: Request) -> Response:
     services: Services = request.app.state.services
     caller = await authenticate(request, services)
     body = await request.body()
+    _check_allowed(request, caller, body)
     target = upstream_target(services.settings, caller, UpstreamKind.HTTP, request.headers)
     headers = {k: v for k, v in request.headers.items() if k in _REQUEST_HEADERS}
     # The body is relayed still encoded, so only encodings the client accepts may be asked for.
@@ -67,6 +72,31 @@ async def relay(request: Request) -> Response:
         headers=out_headers,
         background=BackgroundTask(_close, response),
     )
+
+
+def _check_allowed(request: Request, caller: Caller, body: bytes) -> None:
+    """What the chat route checks, since a relayed call spends the same upstream budget: the key's
+    right to chat, and for a JSON object body that names a model, the tenant's allow-list.
+
+    Any body is tried as JSON whatever its content type, so leaving the header off does not skip
+    the check; a body that is not JSON is relayed as is (the upstream cannot read a model in it
+    either)."""
+    data: object = None
+    if body:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+    fields = data if isinstance(data, dict) else {}
+    principal = caller.principal
+    named = request.headers.get("x-memos-user") or fields.get("user")
+    user = effective_user(principal, named if isinstance(named, str) else None)
+    try:
+        authorize(principal, caller.policy, Operation.CHAT, user)
+    except AccessDenied as exc:
+        raise forbidden(str(exc)) from None
+    if "model" in fields:
+        check_model_allowed(caller.policy, require_string(fields, "model"))
 
 
 async def _body(response: httpx.Response) -> AsyncIterator[bytes]:

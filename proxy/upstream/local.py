@@ -47,7 +47,13 @@ class LocalUpstream:
             raise LocalRequestError(f"The model `{model}` does not exist", status=404, code="model_not_found")
         if body.get("tools") or body.get("functions"):
             raise LocalRequestError("Local models do not support tools.", status=400, code="unsupported")
-        if int(body.get("n") or 1) != 1:
+        choices = body.get("n")
+        if choices is not None and (isinstance(choices, bool) or not isinstance(choices, int)):
+            # Checked here, not by int(): a string or float `n` is the client's error (400), not ours.
+            raise LocalRequestError(
+                "Invalid type for 'n': expected an integer.", status=400, code="invalid_type"
+            )
+        if choices not in (None, 1):
             raise LocalRequestError("Local models answer with one choice.", status=400, code="unsupported")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

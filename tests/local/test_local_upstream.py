@@ -62,6 +62,8 @@ async def test_stream_shape_matches_the_completion(upstream) -> None:  # type: i
         ({"model": "local/nope"}, 404),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
         ({"n": 2}, 400),
+        ({"n": "x"}, 400),
+        ({"n": 1.5}, 400),
         ({"messages": []}, 400),
         ({"max_tokens": "many"}, 400),
     ],
@@ -72,6 +74,14 @@ async def test_errors_keep_their_status(upstream, extra, status) -> None:  # typ
     assert info.value.status == status
     with pytest.raises(UpstreamError):  # before the first byte of a stream, too
         await upstream.chat_stream(call(body(stream=True, **extra)))
+
+
+@pytest.mark.parametrize("value", ["x", 1.5, True, [1]])
+async def test_a_malformed_n_is_400_naming_the_field(upstream, value) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UpstreamError) as info:
+        await upstream.chat(call(body(n=value)))
+    assert info.value.status == 400 and info.value.code == "invalid_type"
+    assert "'n'" in info.value.message
 
 
 async def test_memory_modes_reach_the_runtime(upstream, loaded) -> None:  # type: ignore[no-untyped-def]
