@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from memos import injection
 from memos.chat import MemoryMode
 from memos.chat_memory import rendered  # the block renders exactly as plaintext injection renders it
 from memos.item import Kind, MemoryItem, State
+from memos.logsafe import exception_summary
 
 if TYPE_CHECKING:
     from memos.governance.policy import Policy
@@ -144,6 +146,7 @@ class _BlockView:
     memory_ids: tuple[str, ...]
     ids: tuple[int, ...]  # the block's token ids (its chat-template rendering)
     live_ids: frozenset[str]
+    erasures: int = 0  # the user's erasure count when it was read (see MemScheduler.erase_user)
 
 
 @dataclass
@@ -155,6 +158,10 @@ def _aware(when: datetime | None) -> datetime | None:
     if when is None:
         return None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+class UserErasedMeanwhile(RuntimeError):
+    """The user was erased while their cache or adapter was being built: the result was discarded."""
 
 
 class MemScheduler:
@@ -183,6 +190,12 @@ class MemScheduler:
         self._task: asyncio.Task[None] | None = None
         self._training: set[tuple[str, str, str]] = set()
         self._views: dict[tuple[str, str, str], _BlockView] = {}
+        # _seen and _views are touched from the event loop and from to_thread workers.
+        self._state_lock = threading.Lock()
+        # Erasures per user: a build or training that started before one must not save after it.
+        # Held across the check and the save, so an erasure waits for a save it did not prevent.
+        self._erase_lock = threading.Lock()
+        self._erasures: dict[tuple[str, str], int] = {}
         self._hit_writes: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------------------- vault reads
@@ -238,9 +251,10 @@ class MemScheduler:
 
     def note(self, tenant: str, user: str, model_name: str | None = None) -> None:
         """Remember that this user is active (the background pass looks after the users it saw)."""
-        state = self._seen.setdefault((tenant, user), _UserState())
-        if model_name:
-            state.models.add(model_name)
+        with self._state_lock:
+            state = self._seen.setdefault((tenant, user), _UserState())
+            if model_name:
+                state.models.add(model_name)
 
     def count_hits(self, tenant: str, memory_ids: Sequence[str]) -> None:
         """Count a use of these memories (they were injected): the heat that promotion reads (for the
@@ -296,7 +310,9 @@ class MemScheduler:
         )
         if mode is MemoryMode.ACTIVATION:
             if not ready:
-                kv = await self.build_cache(tenant, user, loaded, ids, memory_ids, previous=kv)
+                kv = await self.build_cache(
+                    tenant, user, loaded, ids, memory_ids, previous=kv, erasures=view.erasures
+                )
             return mode, LocalMemory(mode, block=text, kv=kv, memory_ids=memory_ids)
         if mode is MemoryMode.PARAMETRIC:
             return mode, LocalMemory(mode, adapter=adapter, memory_ids=adapter.memory_ids)
@@ -310,9 +326,11 @@ class MemScheduler:
         from memos.local.runtime import block_ids
 
         key = (tenant, user, loaded.fingerprint)
+        erasures = self._erasure_count(tenant, user)
         now = self.clock()
         changes = self._changes(tenant, user)
-        view = self._views.get(key)
+        with self._state_lock:
+            view = self._views.get(key)
         if (
             view is not None
             and changes is not None
@@ -334,13 +352,28 @@ class MemScheduler:
             memory_ids=tuple(i.id for i in block_items),
             ids=block_ids(loaded.tokenizer, text) if text else (),
             live_ids=frozenset(i.id for i in live),
+            erasures=erasures,
         )
-        self._views[key] = view
+        with self._erase_lock, self._state_lock:
+            if self._erasures.get((tenant, user), 0) == erasures:  # else erased meanwhile: keep nothing
+                self._views[key] = view
         return view
 
     def _forget_views(self, tenant: str, user: str) -> None:
-        for key in [k for k in self._views if k[:2] == (tenant, user)]:
-            self._views.pop(key, None)
+        with self._state_lock:
+            for key in [k for k in self._views if k[:2] == (tenant, user)]:
+                del self._views[key]
+
+    def _erasure_count(self, tenant: str, user: str) -> int:
+        with self._erase_lock:
+            return self._erasures.get((tenant, user), 0)
+
+    def _save_unless_erased(self, tenant: str, user: str, erasures: int, save: Callable[[], Any]) -> Any:
+        """Blocking: `save()` unless the user was erased since `erasures` was read."""
+        with self._erase_lock:
+            if self._erasures.get((tenant, user), 0) != erasures:
+                raise UserErasedMeanwhile()
+            return save()
 
     def _changes(self, tenant: str, user: str) -> int | None:
         stats = getattr(self.vault, "stats", None)
@@ -365,12 +398,17 @@ class MemScheduler:
         ids: tuple[int, ...],
         memory_ids: tuple[str, ...],
         previous: KVBlock | None = None,
+        erasures: int | None = None,
     ) -> KVBlock:
-        """Prefill the block (reusing `previous`'s common prefix), store it encrypted, return it."""
+        """Prefill the block (reusing `previous`'s common prefix), store it encrypted, return it.
+        `erasures`: the user's erasure count when `ids` were read; if the user was erased since, the
+        block is returned to the caller but not stored."""
         from memos.local.kvcache import KVKey, prefill
 
         assert self.kv_store is not None
         key = KVKey(tenant, user, loaded.fingerprint)
+        if erasures is None:
+            erasures = await asyncio.to_thread(self._erasure_count, tenant, user)
         lock = self._build_locks.setdefault((tenant, user, loaded.fingerprint), asyncio.Lock())
         async with lock:
             current = self.kv_store.peek(key)
@@ -378,7 +416,13 @@ class MemScheduler:
                 return current  # built by a concurrent request meanwhile
             run = self.runtime.run if self.runtime is not None else _to_thread
             block = await run(prefill, loaded, ids, reuse=previous or current, memory_ids=memory_ids)
-            await asyncio.to_thread(self.kv_store.save, key, block)
+            store = self.kv_store
+            try:
+                await asyncio.to_thread(
+                    self._save_unless_erased, tenant, user, erasures, lambda: store.save(key, block)
+                )
+            except UserErasedMeanwhile:
+                log.info("a KV cache built while its user was erased was discarded")
             return block
 
     # --------------------------------------------------------------------------- lifecycle
@@ -456,6 +500,7 @@ class MemScheduler:
         from memos.local.lora import LoraTraining, train_adapter
 
         assert self.registry is not None and self.adapter_store is not None
+        erasures = self._erasure_count(tenant, user)
         items = self.stable_memories(self.memories(tenant, user), min_age_s)
         if not items:
             raise ValueError("the user has no stable memories to train on")
@@ -467,8 +512,12 @@ class MemScheduler:
             private.model, private.tokenizer, [i.text for i in items], self.config.lora or LoraTraining()
         )
         del private
-        meta = self.adapter_store.save(
-            tenant, user, self.registry.fingerprint(model_name), trained, [i.id for i in items]
+        store, fingerprint = self.adapter_store, self.registry.fingerprint(model_name)
+        meta = self._save_unless_erased(
+            tenant,
+            user,
+            erasures,
+            lambda: store.save(tenant, user, fingerprint, trained, [i.id for i in items]),
         )
         self._audit(
             tenant,
@@ -500,15 +549,20 @@ class MemScheduler:
 
     async def tick(self) -> list[Transition]:
         """One background pass over the users seen since the last one."""
-        seen, self._seen = self._seen, {}
+        with self._state_lock:
+            seen, self._seen = self._seen, {}
         done: list[Transition] = []
         for (tenant, user), state in seen.items():
             try:
                 done.extend(await asyncio.to_thread(self.lifecycle, tenant, user))
                 for model_name in sorted(state.models):
                     await self._refresh_model(tenant, user, model_name)
-            except Exception:
-                log.exception("scheduler pass failed for one user")
+            except UserErasedMeanwhile:
+                log.info(
+                    "scheduler pass: a user was erased meanwhile; their new cache or adapter was dropped"
+                )
+            except Exception as exc:
+                log.error("scheduler pass failed for one user: %s", exception_summary(exc))
         return done
 
     async def _refresh_model(self, tenant: str, user: str, model_name: str) -> None:
@@ -523,7 +577,9 @@ class MemScheduler:
         if view.ids:
             current = await asyncio.to_thread(self.kv_store.load, key, loaded.device)
             if current is None or current.token_ids != view.ids:
-                await self.build_cache(tenant, user, loaded, view.ids, view.memory_ids, previous=current)
+                await self.build_cache(
+                    tenant, user, loaded, view.ids, view.memory_ids, previous=current, erasures=view.erasures
+                )
         else:
             await asyncio.to_thread(self.kv_store.delete, key)
         items = await asyncio.to_thread(self.memories, tenant, user)
@@ -560,7 +616,10 @@ class MemScheduler:
     def erase_user(self, tenant: str, owner: str) -> int:
         """UserDataEraser: the user's KV caches and adapters, on disk and in loaded models.
         Returns how many files were removed."""
-        self._seen.pop((tenant, owner), None)
+        with self._erase_lock:  # waits for a save already past its check; later ones are refused
+            self._erasures[(tenant, owner)] = self._erasures.get((tenant, owner), 0) + 1
+        with self._state_lock:
+            self._seen.pop((tenant, owner), None)
         self._forget_views(tenant, owner)
         removed = 0
         if self.kv_store is not None:

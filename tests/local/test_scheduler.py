@@ -236,3 +236,46 @@ async def test_count_hits_feeds_promotion(env) -> None:  # type: ignore[no-untyp
     assert vault.get("acme", item.id).hits == 2
     clock.now += timedelta(minutes=5)
     assert [t.action for t in scheduler.lifecycle("acme", "alice")] == ["memory.promote"]
+
+
+async def test_a_cache_built_while_its_user_is_erased_is_not_stored(env, loaded) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _audit, _clock = env
+    items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
+    scheduler.promote("acme", "alice", [i.id for i in items])
+
+    class EraseDuringPrefill:
+        """Runs the real prefill, after the user is erased (an erasure landing mid-build)."""
+
+        async def run(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            await asyncio.to_thread(scheduler.erase_user, "acme", "alice")
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    scheduler.runtime = EraseDuringPrefill()
+    mode, _ = await scheduler.plan_local("acme", "alice", "tiny", A, Policy())
+    assert mode is A  # the request that asked still gets its block
+    assert scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint)) is None
+    assert not list(scheduler.kv_store.root.rglob("*.kv"))
+
+
+def test_an_adapter_trained_while_its_user_is_erased_is_not_stored(env, registry) -> None:  # type: ignore[no-untyped-def]
+    from memos.scheduler import UserErasedMeanwhile
+
+    scheduler, vault, audit, _clock = env
+    for text in FIVE_MEMORIES:
+        vault.add("acme", "alice", text)
+
+    class EraseWhileLoading:
+        """The real registry; the user is erased while the private training copy loads."""
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(registry, name)
+
+        def load_private_copy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            scheduler.erase_user("acme", "alice")
+            return registry.load_private_copy(*args, **kwargs)
+
+    scheduler.registry = EraseWhileLoading()
+    with pytest.raises(UserErasedMeanwhile):
+        scheduler.train("acme", "alice", "tiny", min_age_s=0)
+    assert not list(scheduler.adapter_store.root.rglob("*.lora"))
+    assert "memory.train" not in {a for a, _ in _actions(audit)}
