@@ -184,7 +184,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         services.background.append(MasterKeyWatcher(core.master_keys))  # adopt a rotated master key
     # -- memory (H2a): the vault, retrieval and the memory API; H2b builds on services.memory.vault /
     #    .retriever / .embedder (MicroBatcher; .sync is the blocking embedder)
-    from memos.embeddings import build_embedder
+    from memos.embeddings import UpstreamEmbedder, build_embedder
     from memos.service import EmbedderWarmup, build_memory_service
     from proxy.upstream.completer import default_target
     from proxy.upstream.embeddings import UpstreamEmbeddings
@@ -202,6 +202,8 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         batch_window_ms=settings.embedding_batch_window_ms,
     )
     services.background.append(EmbedderWarmup(embedder))
+    if isinstance(embedder, UpstreamEmbedder):  # started on the serving loop: bound to it, dimension probed
+        services.background.append(embedder)
     # -- write-back and injection (H2b): the outbox, its worker (reader -> operator -> vault), the chat
     #    memory around every chat call; the memory API's `infer: true` shares the reader and operator.
     from memos.chat_memory import PlaintextChatMemory, RetrieverRecall
