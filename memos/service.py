@@ -25,6 +25,7 @@ from memos.governance.acl import AccessDenied, Operation, authorize, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from memos.item import MemoryItem, Source, State
+from memos.logsafe import exception_summary
 from memos.retrieval import Hit, RetrievalParams, Retriever
 from memos.vault import MemoryNotFound, MemVault, NewMemory, VersionNotFound
 
@@ -544,8 +545,8 @@ class MemoryService:
                     if inspect.isawaitable(result):
                         result = await result
                 counts[name] = counts.get(name, 0) + (int(result) if isinstance(result, int) else 0)
-            except Exception:  # keep erasing elsewhere, then report the failure
-                log.exception("erasing a user from %s failed", name)
+            except Exception as exc:  # keep erasing elsewhere, then report the failure
+                log.error("erasing a user from %s failed: %s", name, exception_summary(exc))
                 failures.append(name)
         await self._audit(
             principal,
@@ -595,8 +596,8 @@ class EmbedderWarmup:
         def warm() -> None:
             try:
                 self._embedder.embed(["warm up"])
-            except Exception:
-                log.warning("embedding model warm-up failed", exc_info=True)
+            except Exception as exc:
+                log.warning("embedding model warm-up failed: %s", exception_summary(exc))
 
         if getattr(self._embedder, "name", "") == "minilm":
             threading.Thread(target=warm, name="embedder-warmup", daemon=True).start()

@@ -39,6 +39,7 @@ from memos.embeddings import Embedder, normalise
 from memos.item import Kind, MemoryItem, Scope, Source, State, snapshot, source_dict
 from memos.keyring import Keyring
 from memos.keyword import Bm25, DocTerms, doc_terms, normalise_for_duplicate, tokenize
+from memos.logsafe import exception_summary
 from memos.vault_tables import (
     MemoryRow,
     MemoryVersionRow,
@@ -559,8 +560,8 @@ class MemVault:
                 else:
                     conn.exec_driver_sql("PRAGMA optimize")
                 conn.commit()
-        except Exception:
-            log.warning("refreshing planner statistics failed", exc_info=True)
+        except Exception as exc:
+            log.warning("refreshing planner statistics failed: %s", exception_summary(exc))
 
     def _forget_vectors(self, tenant: str, vids: Sequence[str]) -> None:
         try:

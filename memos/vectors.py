@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from memos.logsafe import exception_summary
+
 log = logging.getLogger(__name__)
 
 
@@ -273,8 +275,8 @@ class VectorIndex:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
                         table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
-                except Exception:
-                    log.warning("vector table compaction after erase failed", exc_info=True)
+                except Exception as exc:
+                    log.warning("vector table compaction after erase failed: %s", exception_summary(exc))
         self.cache.invalidate(tenant, owner_key)
 
     def drop_tenant(self, tenant: str) -> None:
@@ -303,8 +305,8 @@ class VectorIndex:
                 table.create_index(
                     metric="cosine", index_type="IVF_HNSW_SQ", num_partitions=max(1, rows // 50_000)
                 )
-        except Exception:
-            log.warning("vector table maintenance failed", exc_info=True)
+        except Exception as exc:
+            log.warning("vector table maintenance failed: %s", exception_summary(exc))
         finally:
             with self._lock:
                 self._compacting.discard(name)
@@ -372,8 +374,8 @@ class VectorIndex:
         def load() -> None:
             try:
                 self.warm(tenant, owner_key, dim, changes)
-            except Exception:
-                log.warning("loading an owner's vectors failed", exc_info=True)
+            except Exception as exc:
+                log.warning("loading an owner's vectors failed: %s", exception_summary(exc))
             finally:
                 with self._lock:
                     self._loading.discard(key)

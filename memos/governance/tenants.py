@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from memos.logsafe import exception_summary
+
 log = logging.getLogger(__name__)
 
 
@@ -40,8 +42,10 @@ def delete_tenant(core: Any, tenant: str, *, erasers: Iterable[TenantEraser] = (
         try:
             eraser.erase_tenant(tenant)
             erased += 1
-        except Exception:  # the key is destroyed regardless: what is left is unreadable
-            log.exception("erasing a tenant's rows from %s failed", type(eraser).__name__)
+        except Exception as exc:  # the key is destroyed regardless: what is left is unreadable
+            log.error(
+                "erasing a tenant's rows from %s failed: %s", type(eraser).__name__, exception_summary(exc)
+            )
     core.keyring.destroy(tenant)
     core.audit.record(tenant, "tenant.delete", detail={"keys_revoked": revoked, "stores_erased": erased})
     return TenantDeletion(tenant, revoked, erased)

@@ -198,3 +198,17 @@ async def test_an_inferred_batch_with_a_bad_entry_changes_nothing(svc) -> None:
     items, _ = await service.list(APP, POLICY, "alice")
     assert items == []
     assert not [e for e in audit.entries if e["action"] == "memory.write" and e["user"] == "alice"]
+
+
+class LeakyEraser:
+    def erase_user(self, tenant: str, owner: str) -> int:
+        raise OSError("could not remove 'my PIN is 4711'")  # a message quoting memory text
+
+
+async def test_a_failing_eraser_is_logged_without_its_message(svc, caplog) -> None:
+    service, _ = svc
+    service.register_eraser(LeakyEraser())
+    with caplog.at_level("DEBUG", logger="memos"), pytest.raises(RuntimeError):
+        await service.erase_user(APP, POLICY, "alice")
+    assert "LeakyEraser" in caplog.text and "OSError" in caplog.text  # type and place are logged
+    assert "4711" not in caplog.text  # the message (and a traceback ending in it) is not
