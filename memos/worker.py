@@ -239,12 +239,17 @@ class OutboxWorker:
                 return
 
     def _defer_behind(self, failed: OutboxRecord, later: list[OutboxRecord]) -> None:
-        """Give the user's later rows back, due no earlier than the failed row's retry can be."""
-        outbox = self._outbox
-        after = time.time() + min(outbox.backoff_cap_s, outbox.backoff_base_s * (2**failed.attempts))
+        """Give the user's later rows back, each due no earlier than the row before it can be retried
+        (`fail` adds a jittered backoff of at most `_longest_backoff`), so they stay in commit order."""
+        after = time.time() + self._longest_backoff(failed)
         for record in later:
             with contextlib.suppress(Exception):
-                outbox.fail(record.id, record.claim_token, "waiting for an earlier row", now=after)
+                self._outbox.fail(record.id, record.claim_token, "waiting for an earlier row", now=after)
+            after += self._longest_backoff(record)
+
+    def _longest_backoff(self, record: OutboxRecord) -> float:
+        outbox = self._outbox
+        return min(outbox.backoff_cap_s, outbox.backoff_base_s * (2**record.attempts))
 
     async def _process_one(self, record: OutboxRecord) -> bool:
         """Process and acknowledge one row; False when it failed and was scheduled for a retry."""
