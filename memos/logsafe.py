@@ -1,8 +1,7 @@
 """Exceptions as logs may show them: type and place, never the message.
 
 An exception's message can quote memory or request text (a database error with its bound parameters,
-a tokenizer error with its input), so memos/ logs only this summary, never a traceback. (proxy/ has
-its own copy in proxy.errors; memos/ does not import proxy/.)
+a tokenizer error with its input), so memos/ and proxy/ log only this summary, never a traceback.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from starlette.requests import Request
 from memos.governance.apikeys import ApiKeyStore, hash_key, parse_key_id
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
-from proxy.errors import exception_summary, forbidden, unauthorized
+from memos.logsafe import exception_summary
+from proxy.errors import forbidden, unauthorized
 
 if TYPE_CHECKING:
     from proxy.services import Services

@@ -89,16 +89,6 @@ def upstream_error_response(error: UpstreamError, headers: Mapping[str, str] | N
     return json_response(error.envelope(), error.status, {**error.headers, **(headers or {})})
 
 
-def exception_summary(exc: BaseException) -> str:
-    """For logs: the exception's type and where it was raised, never its message (which may quote
-    request or memory text, e.g. a database error with its parameters)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
-    return f"{type(exc).__module__}.{type(exc).__qualname__}{where}"
-
-
 def client_gone_response() -> Response:
     """What a request whose client already left gets (nobody reads it; the status shows in metrics)."""
     return json_response(error_envelope("Client closed the request.", code="client_closed_request"), 499)

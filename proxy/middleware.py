@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.errors import error_envelope, exception_summary
+from memos.logsafe import exception_summary
+from proxy.errors import error_envelope
 from proxy.metrics import NO_TENANT, Metrics
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from memos.governance.masterkeys import connect as connect_master_keys
 from memos.governance.policy import Policy
 from memos.governance.policy_store import PolicyStore
 from memos.keyring import Keyring
+from memos.logsafe import exception_summary
 from proxy.auth import KeyResolver
-from proxy.errors import exception_summary
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 from proxy.upstream.http import HttpUpstream

@@ -31,6 +31,7 @@ from memos.chat import (
 from memos.governance.acl import AccessDenied, Operation, authorize, effective_user, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
+from memos.logsafe import exception_summary
 from proxy.auth import authenticate
 from proxy.disconnect import ClientDisconnected, until_disconnect
 from proxy.errors import (
@@ -38,7 +39,6 @@ from proxy.errors import (
     bad_request,
     client_gone_response,
     error_envelope,
-    exception_summary,
     forbidden,
     not_found,
     raw_json_response,
