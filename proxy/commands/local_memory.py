@@ -33,6 +33,7 @@ def train_adapter(args: argparse.Namespace, settings: Settings) -> int:
 
     from memos.local.lora import LoraTraining
     from memos.local.model_registry import UnknownLocalModel
+    from memos.scheduler import UserErasedMeanwhile
     from memos.vault import MemVault
     from memos.vectors import VectorIndex
     from proxy.services import open_core
@@ -55,7 +56,7 @@ def train_adapter(args: argparse.Namespace, settings: Settings) -> int:
             scheduler.config = replace(scheduler.config, lora=LoraTraining(steps=args.steps))
         try:
             meta = scheduler.train(args.tenant, args.user, name, min_age_s=args.min_age_s)
-        except ValueError as exc:
+        except (ValueError, UserErasedMeanwhile) as exc:
             print(f"nothing trained: {exc}", file=sys.stderr)
             return 1
     finally:
