@@ -4,7 +4,7 @@ The index stores `cipher.blind(term)` per (memory, term) with the term frequency
 length; never the term. A query is tokenized the same way, its terms blinded with the same tenant key,
 and scored with BM25 by the database (SQLite and PostgreSQL run the same statement).
 
-`tokenize` is the one function that decides what a term is (H3 tunes it); the index and the query
+`tokenize` is the one function that decides what a term is; the index and the query
 both call it, so changing it needs a re-index of stored postings (`MemVault.reindex_keywords`).
 """
 

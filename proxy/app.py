@@ -27,7 +27,7 @@ def routes() -> list[BaseRoute]:
         *health.routes(),
         *chat.routes(),
         *openai.routes(),
-        *memories.routes(),  # memory API + /openapi.json (H2a)
+        *memories.routes(),  # memory API + /openapi.json
         *audit.routes(),
         *passthrough.routes(),
     ]

@@ -182,8 +182,8 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     services.background.append(policies)  # hot reload
     if core.master_keys is not None:
         services.background.append(MasterKeyWatcher(core.master_keys))  # adopt a rotated master key
-    # -- memory (H2a): the vault, retrieval and the memory API; H2b builds on services.memory.vault /
-    #    .retriever / .embedder (MicroBatcher; .sync is the blocking embedder)
+    # -- memory: the vault, retrieval and the memory API (services.memory.vault / .retriever /
+    #    .embedder, a MicroBatcher whose .sync is the blocking embedder)
     from memos.embeddings import UpstreamEmbedder, build_embedder
     from memos.service import EmbedderWarmup, build_memory_service
     from proxy.upstream.completer import default_target
@@ -204,7 +204,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     services.background.append(EmbedderWarmup(embedder))
     if isinstance(embedder, UpstreamEmbedder):  # started on the serving loop: bound to it, dimension probed
         services.background.append(embedder)
-    # -- write-back and injection (H2b): the outbox, its worker (reader -> operator -> vault), the chat
+    # -- write-back and injection: the outbox, its worker (reader -> operator -> vault), the chat
     #    memory around every chat call; the memory API's `infer: true` shares the reader and operator.
     from memos.chat_memory import PlaintextChatMemory, RetrieverRecall
     from memos.operator import MemOperator
@@ -237,7 +237,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     )
     if settings.worker_enabled:
         services.background.append(worker)
-    # -- local runtime and MemScheduler (H5): `local/<name>` models (nothing loaded until first used),
+    # -- local runtime and MemScheduler: `local/<name>` models (nothing loaded until first used),
     #    activation/parametric memory chosen per request by the scheduler, its background pass, and
     #    the erasure of a user's KV caches and adapters.
     from proxy.upstream.local import build_local_memory
