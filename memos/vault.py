@@ -638,13 +638,8 @@ class MemVault:
     ) -> MemoryItem:
         # Peek (without locks) to know the owner and whether a new vector is needed, then embed
         # outside the transaction.
-        with self.db.session() as session:
-            peek = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
-            ).scalar_one_or_none()
-            if peek is None or peek.state == State.DELETED.value:
-                raise MemoryNotFound(memory_id)
-            owner = peek.owner
+        peek = self._live_row(tenant, memory_id)
+        owner = peek.owner
         old_text_peek, _ = self._open_payload(peek)
         new_text = text if text is not None else old_text_peek
         target_state = state if state is not None else State(peek.state)
@@ -759,16 +754,21 @@ class MemVault:
             )
         return item
 
+    def _live_row(self, tenant: str, memory_id: str) -> MemoryRow:
+        """The item's current row, read without locks; MemoryNotFound if absent or deleted."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            ).scalar_one_or_none()
+        if row is None or row.state == State.DELETED.value:
+            raise MemoryNotFound(memory_id)
+        return row
+
     def delete(self, tenant: str, memory_id: str, *, reason: str = "delete") -> MemoryItem:
         """Delete one memory: it leaves every index, and its text is removed from the item and from
         every version (the versions keep their metadata). Returns the tombstone (no text)."""
-        with self.db.session() as session:
-            peek = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
-            ).scalar_one_or_none()
-            if peek is None or peek.state == State.DELETED.value:
-                raise MemoryNotFound(memory_id)
-            owner = peek.owner
+        peek = self._live_row(tenant, memory_id)
+        owner = peek.owner
         okey = self.owner_key(tenant, owner)
         now = utcnow()
         with self._write() as session:

@@ -18,17 +18,6 @@ from memos.outbox import Ack, Outbox, OutboxRow
 CANARY = "zebra-canary-8841"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request, tmp_path) -> Database:
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
-    else:
-        db = Database(request.getfixturevalue("pg_url"))
-    db.create_all()
-    yield db
-    db.dispose()
-
-
 @pytest.fixture
 def outbox(database: Database) -> Outbox:
     return Outbox(database, Keyring(database, MasterKey.generate()), lease_s=30.0)

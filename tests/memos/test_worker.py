@@ -15,17 +15,6 @@ from memos.outbox import Outbox, OutboxRecord
 from memos.worker import OutboxWorker
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request, tmp_path) -> Database:
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
-    else:
-        db = Database(request.getfixturevalue("pg_url"))
-    db.create_all()
-    yield db
-    db.dispose()
-
-
 @pytest.fixture
 def keyring(database: Database) -> Keyring:
     return Keyring(database, MasterKey.generate())
