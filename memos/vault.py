@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy import text as sql_text
+from sqlmodel import Session
 
 from memos.db import Database
 from memos.embeddings import Embedder, normalise
@@ -660,11 +661,7 @@ class MemVault:
         removed_vid: str | None = None
         with self._write() as session:
             stats = self._lock_stats(session, tenant, owner)
-            row = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
-            ).scalar_one_or_none()
-            if row is None or row.state == State.DELETED.value:
-                raise MemoryNotFound(memory_id)
+            row = self._live_row(tenant, memory_id, session)
             old_text, old_sources = self._open_payload(row)
             was_active = row.state == State.ACTIVE.value
             new_text = text if text is not None else old_text
@@ -754,12 +751,15 @@ class MemVault:
             )
         return item
 
-    def _live_row(self, tenant: str, memory_id: str) -> MemoryRow:
-        """The item's current row, read without locks; MemoryNotFound if absent or deleted."""
-        with self.db.session() as session:
-            row = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
-            ).scalar_one_or_none()
+    def _live_row(self, tenant: str, memory_id: str, session: Session | None = None) -> MemoryRow:
+        """The item's current row (in `session`, else in a short one of its own); MemoryNotFound if
+        absent, deleted or another tenant's."""
+        if session is None:
+            with self.db.session() as own:
+                return self._live_row(tenant, memory_id, own)
+        row = session.execute(
+            select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+        ).scalar_one_or_none()
         if row is None or row.state == State.DELETED.value:
             raise MemoryNotFound(memory_id)
         return row
@@ -773,11 +773,7 @@ class MemVault:
         now = utcnow()
         with self._write() as session:
             stats = self._lock_stats(session, tenant, owner)
-            row = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
-            ).scalar_one_or_none()
-            if row is None or row.state == State.DELETED.value:
-                raise MemoryNotFound(memory_id)
+            row = self._live_row(tenant, memory_id, session)
             was_active = row.state == State.ACTIVE.value
             prev_changes = stats.changes
             removed_vid = row.vector_id
@@ -947,11 +943,7 @@ class MemVault:
     def history(self, tenant: str, memory_id: str) -> list[MemoryItem]:
         """Every version, oldest first (a deleted item has no history to show: MemoryNotFound)."""
         with self.db.session() as session:
-            row = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
-            ).scalar_one_or_none()
-            if row is None or row.state == State.DELETED.value:
-                raise MemoryNotFound(memory_id)
+            row = self._live_row(tenant, memory_id, session)
             versions = list(
                 session.execute(
                     select(MemoryVersionRow)
@@ -963,11 +955,7 @@ class MemVault:
 
     def version(self, tenant: str, memory_id: str, version: int) -> MemoryItem:
         with self.db.session() as session:
-            row = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
-            ).scalar_one_or_none()
-            if row is None or row.state == State.DELETED.value:
-                raise MemoryNotFound(memory_id)
+            row = self._live_row(tenant, memory_id, session)
             v = session.get(MemoryVersionRow, (memory_id, int(version)))
             if v is None or v.tenant != tenant or v.payload is None:
                 raise VersionNotFound(f"{memory_id} has no version {version}")
