@@ -8,8 +8,7 @@ model on the same upstream. Every wait polls with a deadline; nothing asserts on
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,27 +16,20 @@ import openai
 import orjson
 import pytest
 
-from tests.support.proxy import RunningProxy, proxy_settings, run_proxy
+from tests.support.memory import remembered, search, search_hits, until
+from tests.support.proxy import RunningProxy, proxy_settings, proxy_stack, run_proxy
 from tests.support.upstream import FakeUpstream
 
 MODEL = "gpt-4o-mini"
 EXTRACTOR = "extractor-model"
-DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeUpstream, RunningProxy]]:
+    # The real default embedder: this module is the product's core promise end to end.
     data_dir = tmp_path_factory.mktemp("memory-e2e")
-    with FakeUpstream() as upstream:
-        settings = proxy_settings(
-            data_dir,
-            upstream.base_url,
-            key_cache_ttl_s=0,
-            # The real default embedder: this module is the product's core promise end to end.
-            worker_poll_interval_s=0.02,
-        )
-        with run_proxy(settings) as proxy:
-            yield upstream, proxy
+    with proxy_stack(data_dir, key_cache_ttl_s=0, worker_poll_interval_s=0.02) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -79,32 +71,6 @@ def say(
             chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices
         )
         return text_out, response.headers
-
-
-def search_hits(running: RunningProxy, key: str, user: str, query: str) -> list[dict]:
-    reply = httpx.post(
-        f"{running.base_url}/memories/search",
-        json={"user": user, "query": query, "top_k": 20},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    return reply.json()["data"]
-
-
-def search(running: RunningProxy, key: str, user: str, query: str) -> list[str]:
-    return [hit["memory"] for hit in search_hits(running, key, user, query)]
-
-
-def until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"not reached before the deadline: {what}"
-        time.sleep(0.05)
-
-
-def remembered(running: RunningProxy, key: str, user: str, text: str) -> None:
-    until(lambda: any(text in m for m in search(running, key, user, text)), f"{user} remembers {text!r}")
 
 
 def last_sent(upstream: FakeUpstream) -> list[dict]:

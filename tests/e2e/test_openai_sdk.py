@@ -11,7 +11,13 @@ import httpx
 import openai
 import pytest
 
-from tests.support.proxy import RunningProxy, free_port, proxy_env, proxy_settings, run_cli, run_proxy
+from tests.support.proxy import (
+    RunningProxy,
+    free_port,
+    proxy_env,
+    proxy_stack,
+    run_cli,
+)
 from tests.support.upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -36,16 +42,10 @@ READ_TIMEOUT_S = 2.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeUpstream, RunningProxy]]:
     data_dir = tmp_path_factory.mktemp("e2e")
-    with FakeUpstream() as upstream:
-        settings = proxy_settings(
-            data_dir,
-            upstream.base_url,
-            max_body_bytes=BODY_LIMIT,
-            upstream_read_timeout_s=READ_TIMEOUT_S,
-            key_cache_ttl_s=0,
-        )
-        with run_proxy(settings) as proxy:
-            yield upstream, proxy
+    with proxy_stack(
+        data_dir, max_body_bytes=BODY_LIMIT, upstream_read_timeout_s=READ_TIMEOUT_S, key_cache_ttl_s=0
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture

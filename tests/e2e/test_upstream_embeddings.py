@@ -8,40 +8,16 @@ Every wait polls with a deadline; nothing asserts on wall time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-import httpx
 import openai
 
 from memos.embeddings import UpstreamEmbedder
+from tests.support.memory import remembered, search
 from tests.support.proxy import RunningProxy
 from tests.support.upstream import FakeUpstream
 
 EMBED_MODEL = "embed-model"
-DEADLINE_S = 60.0
-
-
-def search(running: RunningProxy, key: str, user: str, query: str) -> list[str]:
-    reply = httpx.post(
-        f"{running.base_url}/memories/search",
-        json={"user": user, "query": query, "top_k": 20},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    return [hit["memory"] for hit in reply.json()["data"]]
-
-
-def until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"not reached before the deadline: {what}"
-        time.sleep(0.05)
-
-
-def remembered(running: RunningProxy, key: str, user: str, fact: str) -> None:
-    until(lambda: any(fact in m for m in search(running, key, user, fact)), f"{user} remembers {fact!r}")
 
 
 def test_write_back_lands_and_is_searchable_chat_after_chat(

@@ -1,0 +1,39 @@
+"""Waiting for write-back through the memory API: search, and poll with a deadline (never a timing)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.support.proxy import RunningProxy
+
+DEADLINE_S = 60.0
+
+
+def search_hits(running: RunningProxy, key: str, user: str, query: str) -> list[dict]:
+    reply = httpx.post(
+        f"{running.base_url}/memories/search",
+        json={"user": user, "query": query, "top_k": 20},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()["data"]
+
+
+def search(running: RunningProxy, key: str, user: str, query: str) -> list[str]:
+    return [hit["memory"] for hit in search_hits(running, key, user, query)]
+
+
+def until(predicate: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"not reached before the deadline: {what}"
+        time.sleep(0.05)
+
+
+def remembered(running: RunningProxy, key: str, user: str, text: str) -> None:
+    """Wait until the user's memories hold `text` (the worker has written it back)."""
+    until(lambda: any(text in m for m in search(running, key, user, text)), f"{user} remembers {text!r}")
