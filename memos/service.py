@@ -393,8 +393,7 @@ class MemoryService:
                 neighbours=params.neighbours,
                 rank=params.rank,
             )
-        vector = await self.embedder.embed_one(query)
-        hits = await asyncio.to_thread(self.retriever.search, principal.tenant, owner, query, vector, params)
+        hits = await self.retriever.asearch(principal.tenant, owner, query, self.embedder.embed_one, params)
         await self._audit(
             principal,
             policy,
@@ -576,10 +575,14 @@ def build_memory_service(
 
     Other parts reach them as `service.vault`, `service.retriever` and `service.embedder` (async,
     micro-batched; `service.embedder.sync` is the blocking embedder)."""
-    from memos.embeddings import MicroBatcher
+    from memos.embeddings import MicroBatcher, background_lane
     from memos.vectors import VectorIndex
 
-    vault = MemVault(db, keyring, VectorIndex(vector_uri, cache_bytes=vector_cache_bytes), embedder)
+    # Queries (the batcher) and the vault's own embeddings (write-back, patches, imports) on separate
+    # lanes: a query never waits for a write-back's forward pass.
+    vault = MemVault(
+        db, keyring, VectorIndex(vector_uri, cache_bytes=vector_cache_bytes), background_lane(embedder)
+    )
     batcher = MicroBatcher(embedder, window_ms=batch_window_ms)
     return MemoryService(vault, Retriever(vault), batcher, audit, erasers=erasers)
 

