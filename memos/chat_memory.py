@@ -55,8 +55,9 @@ class Recall(Protocol):
 
 
 class RetrieverRecall:
-    """Recall over memos.retrieval.Retriever: the query embedded through the (micro-batched) embedder,
-    the search run off the event loop; neighbouring turns a hit brings as context follow it."""
+    """Recall over memos.retrieval.Retriever: the query embedded through the (micro-batched) embedder
+    while the search's keyword side runs off the event loop; neighbouring turns a hit brings as context
+    follow it."""
 
     def __init__(
         self, retriever: Any, embed_one: Callable[[str], Awaitable[Any]], *, neighbours: int = 0
@@ -70,9 +71,8 @@ class RetrieverRecall:
     ) -> list[MemoryItem]:
         from memos.retrieval import RetrievalParams
 
-        vector = await self._embed_one(query)
         params = RetrievalParams.from_policy(policy, neighbours=self.neighbours)
-        hits = await asyncio.to_thread(self._retriever.search, tenant, owner, query, vector, params)
+        hits = await self._retriever.asearch(tenant, owner, query, self._embed_one, params)
         items: list[MemoryItem] = []
         for hit in hits:
             items.append(hit.item)

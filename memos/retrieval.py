@@ -1,8 +1,9 @@
 """Retrieval: dense + keyword candidates from the vault, widened by their neighbouring turns, ranked
 (memos/ranking.py), thresholded and fitted to a budget.
 
-Blocking (it queries the vault); the query vector is computed by the caller (the async service embeds
-through the micro-batcher). Deterministic: the same vault state and query give the same list.
+`search` is blocking (it queries the vault) and takes the query vector; `asearch` embeds the query
+through the caller's (micro-batched) embedder while the keyword side runs. Deterministic: the same
+vault state and query give the same list.
 
 1. Candidates: the `candidates` best of the dense list and of the keyword list (BM25 over the blind
    index). The dense list is read deeper (`dense_lookup`; it costs one dot product per vector either
@@ -19,7 +20,9 @@ through the micro-batcher). Deterministic: the same vault state and query give t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +35,8 @@ from memos.temporal import periods
 from memos.vault import MemVault, StoredMemory
 
 CHARS_PER_TOKEN = 4
+# How long a search thread waits for the query's embedding (the caller's own timeout is shorter).
+EMBEDDING_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,27 +78,51 @@ class Retriever:
         self.vault = vault
         self.params = params or RetrievalParams()
 
+    async def asearch(
+        self,
+        tenant: str,
+        owner: str,
+        query: str,
+        embed_one: Callable[[str], Awaitable[np.ndarray]],
+        params: RetrievalParams | None = None,
+    ) -> list[Hit]:
+        """`search` with the query embedded meanwhile: the keyword list and the owner's statistics are
+        read while the embedder computes the vector (on a multi-core machine the two overlap)."""
+        embedding = asyncio.ensure_future(embed_one(query))
+        vector: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        embedding.add_done_callback(lambda done: _copy_outcome(done, vector))
+        try:
+            return await asyncio.to_thread(
+                self.search, tenant, owner, query, lambda: vector.result(EMBEDDING_WAIT_S), params
+            )
+        finally:
+            if not embedding.done():
+                embedding.cancel()
+
     def search(
         self,
         tenant: str,
         owner: str,
         query: str,
-        query_vector: np.ndarray | None,
+        query_vector: np.ndarray | Callable[[], np.ndarray] | None,
         params: RetrievalParams | None = None,
         now: datetime | None = None,
     ) -> list[Hit]:
+        """`query_vector` may be a callable, called once the keyword list is read (see `asearch`)."""
         p = params or self.params
         now = now or datetime.now(UTC)
         stats = self.vault.stats(tenant, owner)
         if stats.doc_count <= 0 or p.top_k <= 0:
             return []
         width = max(p.candidates, p.top_k)
+        keyword = self.vault.keyword(tenant, owner, query, width, stats=stats) if query.strip() else []
+        if callable(query_vector):
+            query_vector = query_vector()
         dense = (
             self.vault.dense(tenant, owner, query_vector, max(width, p.dense_lookup), changes=stats.changes)
             if query_vector is not None
             else []
         )
-        keyword = self.vault.keyword(tenant, owner, query, width, stats=stats) if query.strip() else []
         stored = self.vault.get_many(
             tenant, {h[0] for h in dense[:width]} | {h[0] for h in keyword}, owner=owner
         )
@@ -169,6 +198,15 @@ class _Scores:
             importance=s.importance,
             hits=s.hits,
         )
+
+
+def _copy_outcome(done: asyncio.Future[np.ndarray], into: concurrent.futures.Future[np.ndarray]) -> None:
+    if done.cancelled():
+        into.cancel()
+    elif (exc := done.exception()) is not None:
+        into.set_exception(exc)
+    else:
+        into.set_result(done.result())
 
 
 def _expired(s: StoredMemory, now: datetime) -> bool:
