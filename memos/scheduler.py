@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,6 +60,10 @@ class VaultLike(Protocol):
 
     def record_hits(self, tenant: str, ids: Iterable[str], when: datetime | None = None) -> None: ...
 
+    def record_hit_counts(
+        self, tenant: str, counts: Mapping[str, int], when: datetime | None = None
+    ) -> None: ...
+
 
 class AuditLike(Protocol):
     def record(self, tenant: str, action: str, **kwargs: Any) -> Any: ...
@@ -82,6 +87,9 @@ class SchedulerConfig:
     # A user's block is recomputed per request only when the vault changed for them; at the latest
     # after this many seconds (hits reorder what fits the budget).
     view_ttl_s: float = 60.0
+    # Hits are counted in memory and written at most this often, in one transaction: one write per
+    # injected request would compete with write-back for the database's write lock.
+    hit_flush_s: float = 1.0
     lora: LoraTraining | None = None  # None: memos.local.lora.LoraTraining() defaults
 
 
@@ -196,7 +204,8 @@ class MemScheduler:
         # Held across the check and the save, so an erasure waits for a save it did not prevent.
         self._erase_lock = threading.Lock()
         self._erasures: dict[tuple[str, str], int] = {}
-        self._hit_writes: set[asyncio.Task[None]] = set()
+        self._pending_hits: dict[str, Counter[str]] = {}  # tenant -> memory id -> uses not yet written
+        self._hit_flusher: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------------------- vault reads
 
@@ -257,21 +266,27 @@ class MemScheduler:
                 state.models.add(model_name)
 
     def count_hits(self, tenant: str, memory_ids: Sequence[str]) -> None:
-        """Count a use of these memories (they were injected): the heat that promotion reads (for the
-        users the background pass looks after: those using local models). Called on the event loop;
-        the write runs in a thread and the request does not wait for it."""
+        """Count a use of these memories (they were injected): the heat that promotion reads. Called on
+        the event loop; never waits: the counts are written by `flush_hits` within `hit_flush_s`."""
         if not memory_ids:
             return
-        task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self.vault.record_hits, tenant, list(memory_ids))
-        )
-        self._hit_writes.add(task)
-        task.add_done_callback(self._hit_written)
+        self._pending_hits.setdefault(tenant, Counter()).update(memory_ids)
+        if self._hit_flusher is None or self._hit_flusher.done():
+            self._hit_flusher = asyncio.get_running_loop().create_task(self._flush_hits_later())
 
-    def _hit_written(self, task: asyncio.Task[None]) -> None:
-        self._hit_writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("recording memory hits failed: %s", type(task.exception()).__name__)
+    async def _flush_hits_later(self) -> None:
+        await asyncio.sleep(self.config.hit_flush_s)
+        await self.flush_hits()
+
+    async def flush_hits(self) -> None:
+        """Write the counted hits (each tenant's in one transaction). A failed write is logged and its
+        counts dropped: hits are usage statistics, never acknowledged data."""
+        pending, self._pending_hits = self._pending_hits, {}
+        for tenant, counts in pending.items():
+            try:
+                await asyncio.to_thread(self.vault.record_hit_counts, tenant, dict(counts))
+            except Exception as exc:
+                log.warning("recording memory hits failed: %s", exception_summary(exc))
 
     async def plan_local(
         self, tenant: str, user: str, model_name: str, requested: MemoryMode, policy: Policy
@@ -610,6 +625,10 @@ class MemScheduler:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
+        if self._hit_flusher is not None:
+            self._hit_flusher.cancel()
+            self._hit_flusher = None
+        await self.flush_hits()
 
     # --------------------------------------------------------------------------- erasure
 

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -416,127 +416,130 @@ class MemVault:
         now = utcnow()
         results: list[MemoryItem | None] = [None] * len(memories)
         written_vids: list[str] = []
-        with self._write() as session:
-            stats = self._lock_stats(session, tenant, owner)
-            existing: dict[str, MemoryRow] = {}
-            if dedupe:
-                rows = session.execute(
-                    select(MemoryRow).where(
-                        MemoryRow.tenant == tenant,
-                        MemoryRow.owner == owner,
-                        MemoryRow.state == State.ACTIVE.value,
-                        MemoryRow.content_hash.in_(sorted(set(hashes))),
-                    )
-                ).scalars()
-                existing = {row.content_hash: row for row in rows}
-            fresh: list[tuple[int, MemoryRow, MemoryItem, DocTerms]] = []
-            merged: dict[str, tuple[MemoryRow, list[Source], str]] = {}
-            seq = stats.next_seq
-            for i, m in enumerate(memories):
-                target = existing.get(hashes[i]) if dedupe else None
-                if target is not None:
-                    if target.id not in merged:
-                        text, srcs = self._open_payload(target) if target.payload is not None else ("", [])
-                        merged[target.id] = (target, srcs, text)
-                    _row, srcs, _text = merged[target.id]
-                    for s in m.sources:
-                        if source_dict(s) not in [source_dict(x) for x in srcs]:
-                            srcs.append(s)
-                    results[i] = None  # filled below
-                    continue
-                memory_id = new_memory_id()
-                seq += 1
-                session_name = m.session or next((s.session for s in m.sources if s.session), None)
-                terms = self._terms(tenant, m.text)
-                # a plain namespace (bulk-inserted below): SQLModel objects cost ~1 ms each to build
-                row = SimpleNamespace(
-                    id=memory_id,
-                    tenant=tenant,
-                    owner=owner,
-                    seq=seq,
-                    scope=str(Scope(m.scope)),
-                    kind=str(Kind(m.kind)),
-                    state=State.ACTIVE.value,
-                    version=1,
-                    payload=self._seal_payload(tenant, memory_id, 1, m.text, m.sources),
-                    content_hash=hashes[i],
-                    session_key=self._session_key(tenant, session_name),
-                    vector_id=f"{memory_id}.1",
-                    doc_len=terms.length,
-                    importance=float(m.importance),
-                    observed_at=_aware(m.observed_at) or now,
-                    valid_from=_aware(m.valid_from),
-                    expires_at=_aware(m.expires_at),
-                    created_at=now,
-                    updated_at=now,
-                    invalid_at=None,
-                    hits=0,
-                    last_hit_at=None,
-                )
-                item = self._to_item(row, m.text, list(m.sources))
-                fresh.append((i, row, item, terms))
+        with self.vectors.cache.writing((tenant, okey)):  # readers keep the cache meanwhile
+            with self._write() as session:
+                stats = self._lock_stats(session, tenant, owner)
+                existing: dict[str, MemoryRow] = {}
                 if dedupe:
-                    existing[hashes[i]] = row
-                    merged[row.id] = (row, item.sources, m.text)
-            # fresh rows that absorbed duplicates from this same batch carry the merged sources
-            for _i, row, item, _terms in fresh:
-                if len(item.sources) != len(memories[_i].sources):
-                    row.payload = self._seal_payload(tenant, row.id, 1, item.text, item.sources)
-            # merged sources into pre-existing rows: a new version each
-            merged_items: dict[str, MemoryItem] = {}
-            fresh_ids = {f[1].id for f in fresh}
-            for mid, (row, srcs, _text) in merged.items():
-                if mid in fresh_ids:
-                    continue
-                old_text, old_sources = self._open_payload(row)
-                if [source_dict(s) for s in srcs] == [source_dict(s) for s in old_sources]:
-                    merged_items[mid] = self._to_item(row, old_text, old_sources)
-                    continue
-                row.version += 1
-                row.updated_at = now
-                row.payload = self._seal_payload(tenant, row.id, row.version, old_text, srcs)
-                item = self._to_item(row, old_text, srcs)
-                session.add(row)
-                session.add(self._version_row(row, item, "merge"))
-                merged_items[mid] = item
-            # vectors first (read-your-writes), then rows
-            if fresh:
-                vids = [f[1].vector_id for f in fresh]
-                vecs = np.stack([raw_vectors[f[0]] for f in fresh])
-                rotated = cipher.rotate(vecs)
-                self.vectors.add(tenant, okey, vids, rotated)  # type: ignore[arg-type]
-                written_vids = list(vids)  # type: ignore[arg-type]
-            try:
-                if fresh:
-                    session.execute(insert(MemoryRow), [dict(vars(f[1])) for f in fresh])
-                    session.execute(
-                        insert(MemoryVersionRow),
-                        [self._version_values(f[1], f[2], "create") for f in fresh],
+                    rows = session.execute(
+                        select(MemoryRow).where(
+                            MemoryRow.tenant == tenant,
+                            MemoryRow.owner == owner,
+                            MemoryRow.state == State.ACTIVE.value,
+                            MemoryRow.content_hash.in_(sorted(set(hashes))),
+                        )
+                    ).scalars()
+                    existing = {row.content_hash: row for row in rows}
+                fresh: list[tuple[int, MemoryRow, MemoryItem, DocTerms]] = []
+                merged: dict[str, tuple[MemoryRow, list[Source], str]] = {}
+                seq = stats.next_seq
+                for i, m in enumerate(memories):
+                    target = existing.get(hashes[i]) if dedupe else None
+                    if target is not None:
+                        if target.id not in merged:
+                            text, srcs = (
+                                self._open_payload(target) if target.payload is not None else ("", [])
+                            )
+                            merged[target.id] = (target, srcs, text)
+                        _row, srcs, _text = merged[target.id]
+                        for s in m.sources:
+                            if source_dict(s) not in [source_dict(x) for x in srcs]:
+                                srcs.append(s)
+                        results[i] = None  # filled below
+                        continue
+                    memory_id = new_memory_id()
+                    seq += 1
+                    session_name = m.session or next((s.session for s in m.sources if s.session), None)
+                    terms = self._terms(tenant, m.text)
+                    # a plain namespace (bulk-inserted below): SQLModel objects cost ~1 ms each to build
+                    row = SimpleNamespace(
+                        id=memory_id,
+                        tenant=tenant,
+                        owner=owner,
+                        seq=seq,
+                        scope=str(Scope(m.scope)),
+                        kind=str(Kind(m.kind)),
+                        state=State.ACTIVE.value,
+                        version=1,
+                        payload=self._seal_payload(tenant, memory_id, 1, m.text, m.sources),
+                        content_hash=hashes[i],
+                        session_key=self._session_key(tenant, session_name),
+                        vector_id=f"{memory_id}.1",
+                        doc_len=terms.length,
+                        importance=float(m.importance),
+                        observed_at=_aware(m.observed_at) or now,
+                        valid_from=_aware(m.valid_from),
+                        expires_at=_aware(m.expires_at),
+                        created_at=now,
+                        updated_at=now,
+                        invalid_at=None,
+                        hits=0,
+                        last_hit_at=None,
                     )
-                self._index_terms(
-                    session, tenant, owner, [(row.id, terms) for _i, row, _item, terms in fresh]
-                )
-                prev_changes = stats.changes
+                    item = self._to_item(row, m.text, list(m.sources))
+                    fresh.append((i, row, item, terms))
+                    if dedupe:
+                        existing[hashes[i]] = row
+                        merged[row.id] = (row, item.sources, m.text)
+                # fresh rows that absorbed duplicates from this same batch carry the merged sources
+                for _i, row, item, _terms in fresh:
+                    if len(item.sources) != len(memories[_i].sources):
+                        row.payload = self._seal_payload(tenant, row.id, 1, item.text, item.sources)
+                # merged sources into pre-existing rows: a new version each
+                merged_items: dict[str, MemoryItem] = {}
+                fresh_ids = {f[1].id for f in fresh}
+                for mid, (row, srcs, _text) in merged.items():
+                    if mid in fresh_ids:
+                        continue
+                    old_text, old_sources = self._open_payload(row)
+                    if [source_dict(s) for s in srcs] == [source_dict(s) for s in old_sources]:
+                        merged_items[mid] = self._to_item(row, old_text, old_sources)
+                        continue
+                    row.version += 1
+                    row.updated_at = now
+                    row.payload = self._seal_payload(tenant, row.id, row.version, old_text, srcs)
+                    item = self._to_item(row, old_text, srcs)
+                    session.add(row)
+                    session.add(self._version_row(row, item, "merge"))
+                    merged_items[mid] = item
+                # vectors first (read-your-writes), then rows
                 if fresh:
-                    stats.next_seq = seq
-                    stats.doc_count += len(fresh)
-                    stats.total_len += sum(f[3].length for f in fresh)
-                    stats.changes += 1
-                    session.add(stats)
-                new_changes = stats.changes
-                session.flush()
-            except BaseException:
-                if written_vids:
-                    self._forget_vectors(tenant, written_vids)
-                raise
-        if fresh:
-            self.vectors.cache.apply(
-                (tenant, okey),
-                prev_changes,
-                new_changes,
-                add_ids=written_vids,
-                add_vectors=cipher.rotate(np.stack([raw_vectors[f[0]] for f in fresh])),
-            )
+                    vids = [f[1].vector_id for f in fresh]
+                    vecs = np.stack([raw_vectors[f[0]] for f in fresh])
+                    rotated = cipher.rotate(vecs)
+                    self.vectors.add(tenant, okey, vids, rotated)  # type: ignore[arg-type]
+                    written_vids = list(vids)  # type: ignore[arg-type]
+                try:
+                    if fresh:
+                        session.execute(insert(MemoryRow), [dict(vars(f[1])) for f in fresh])
+                        session.execute(
+                            insert(MemoryVersionRow),
+                            [self._version_values(f[1], f[2], "create") for f in fresh],
+                        )
+                    self._index_terms(
+                        session, tenant, owner, [(row.id, terms) for _i, row, _item, terms in fresh]
+                    )
+                    prev_changes = stats.changes
+                    if fresh:
+                        stats.next_seq = seq
+                        stats.doc_count += len(fresh)
+                        stats.total_len += sum(f[3].length for f in fresh)
+                        stats.changes += 1
+                        session.add(stats)
+                    new_changes = stats.changes
+                    session.flush()
+                except BaseException:
+                    if written_vids:
+                        self._forget_vectors(tenant, written_vids)
+                    raise
+            if fresh:
+                self.vectors.cache.apply(
+                    (tenant, okey),
+                    prev_changes,
+                    new_changes,
+                    add_ids=written_vids,
+                    add_vectors=cipher.rotate(np.stack([raw_vectors[f[0]] for f in fresh])),
+                )
         if len(fresh) >= self.analyze_after:
             self.analyze()
         by_id = {f[1].id: f[2] for f in fresh}
@@ -659,96 +662,97 @@ class MemVault:
         now = utcnow()
         added_vid: str | None = None
         removed_vid: str | None = None
-        with self._write() as session:
-            stats = self._lock_stats(session, tenant, owner)
-            row = self._live_row(tenant, memory_id, session)
-            old_text, old_sources = self._open_payload(row)
-            was_active = row.state == State.ACTIVE.value
-            new_text = text if text is not None else old_text
-            new_sources = list(sources) if sources is not None else list(old_sources)
-            if metadata:
-                if not new_sources:
-                    new_sources = [Source()]
-                first = new_sources[0]
-                new_sources[0] = Source(
-                    request_id=first.request_id,
-                    message_index=first.message_index,
-                    session=first.session,
-                    metadata={**(first.metadata or {}), **metadata},
-                )
-            new_state = state if state is not None else State(row.state)
-            text_changed = new_text != old_text
-            now_active = new_state == State.ACTIVE
-            leave_index = was_active and (not now_active or text_changed)
-            enter_index = now_active and (not was_active or text_changed)
-            if enter_index and raw_vector is None:
-                # the row changed between peek and lock; embed now (rare)
-                raw_vector = self._embed([new_text])[0]
-            row.version += 1
-            row.updated_at = now
-            row.state = new_state.value
-            if importance is not None:
-                row.importance = float(importance)
-            if kind is not None:
-                row.kind = str(Kind(kind))
-            if scope is not None:
-                row.scope = str(Scope(scope))
-            for name, value in (
-                ("invalid_at", invalid_at),
-                ("expires_at", expires_at),
-                ("valid_from", valid_from),
-                ("observed_at", observed_at),
-            ):
-                if value is not None:
-                    setattr(row, name, _aware(value))
-                elif name in clear:
-                    setattr(row, name, None)
-            if created_at is not None:
-                row.created_at = created_at
-            if text_changed:
-                row.content_hash = self._content_hash(tenant, new_text)
-            row.payload = self._seal_payload(tenant, row.id, row.version, new_text, new_sources)
-            prev_changes = stats.changes
-            if leave_index:
-                self._unindex(session, tenant, owner, row.id)
-                stats.doc_count -= 1
-                stats.total_len -= row.doc_len
-                removed_vid = row.vector_id
-                row.vector_id = None
-            if enter_index:
-                terms = self._terms(tenant, new_text)
-                row.doc_len = terms.length
-                added_vid = f"{row.id}.{row.version}"
-                self.vectors.add(tenant, okey, [added_vid], cipher.rotate(raw_vector[None, :]))  # type: ignore[index]
-                row.vector_id = added_vid
-                session.flush()
-                self._index_terms(session, tenant, owner, [(row.id, terms)])
-                stats.doc_count += 1
-                stats.total_len += terms.length
+        with self.vectors.cache.writing((tenant, okey)):  # readers keep the cache meanwhile
+            with self._write() as session:
+                stats = self._lock_stats(session, tenant, owner)
+                row = self._live_row(tenant, memory_id, session)
+                old_text, old_sources = self._open_payload(row)
+                was_active = row.state == State.ACTIVE.value
+                new_text = text if text is not None else old_text
+                new_sources = list(sources) if sources is not None else list(old_sources)
+                if metadata:
+                    if not new_sources:
+                        new_sources = [Source()]
+                    first = new_sources[0]
+                    new_sources[0] = Source(
+                        request_id=first.request_id,
+                        message_index=first.message_index,
+                        session=first.session,
+                        metadata={**(first.metadata or {}), **metadata},
+                    )
+                new_state = state if state is not None else State(row.state)
+                text_changed = new_text != old_text
+                now_active = new_state == State.ACTIVE
+                leave_index = was_active and (not now_active or text_changed)
+                enter_index = now_active and (not was_active or text_changed)
+                if enter_index and raw_vector is None:
+                    # the row changed between peek and lock; embed now (rare)
+                    raw_vector = self._embed([new_text])[0]
+                row.version += 1
+                row.updated_at = now
+                row.state = new_state.value
+                if importance is not None:
+                    row.importance = float(importance)
+                if kind is not None:
+                    row.kind = str(Kind(kind))
+                if scope is not None:
+                    row.scope = str(Scope(scope))
+                for name, value in (
+                    ("invalid_at", invalid_at),
+                    ("expires_at", expires_at),
+                    ("valid_from", valid_from),
+                    ("observed_at", observed_at),
+                ):
+                    if value is not None:
+                        setattr(row, name, _aware(value))
+                    elif name in clear:
+                        setattr(row, name, None)
+                if created_at is not None:
+                    row.created_at = created_at
+                if text_changed:
+                    row.content_hash = self._content_hash(tenant, new_text)
+                row.payload = self._seal_payload(tenant, row.id, row.version, new_text, new_sources)
+                prev_changes = stats.changes
+                if leave_index:
+                    self._unindex(session, tenant, owner, row.id)
+                    stats.doc_count -= 1
+                    stats.total_len -= row.doc_len
+                    removed_vid = row.vector_id
+                    row.vector_id = None
+                if enter_index:
+                    terms = self._terms(tenant, new_text)
+                    row.doc_len = terms.length
+                    added_vid = f"{row.id}.{row.version}"
+                    self.vectors.add(tenant, okey, [added_vid], cipher.rotate(raw_vector[None, :]))  # type: ignore[index]
+                    row.vector_id = added_vid
+                    session.flush()
+                    self._index_terms(session, tenant, owner, [(row.id, terms)])
+                    stats.doc_count += 1
+                    stats.total_len += terms.length
+                if leave_index or enter_index:
+                    stats.changes += 1
+                new_changes = stats.changes
+                item = self._to_item(row, new_text, new_sources)
+                session.add(row)
+                session.add(stats)
+                session.add(self._version_row(row, item, reason))
+                try:
+                    session.flush()
+                except BaseException:
+                    if added_vid:
+                        self._forget_vectors(tenant, [added_vid])
+                    raise
+            if removed_vid:
+                self._forget_vectors(tenant, [removed_vid])
             if leave_index or enter_index:
-                stats.changes += 1
-            new_changes = stats.changes
-            item = self._to_item(row, new_text, new_sources)
-            session.add(row)
-            session.add(stats)
-            session.add(self._version_row(row, item, reason))
-            try:
-                session.flush()
-            except BaseException:
-                if added_vid:
-                    self._forget_vectors(tenant, [added_vid])
-                raise
-        if removed_vid:
-            self._forget_vectors(tenant, [removed_vid])
-        if leave_index or enter_index:
-            self.vectors.cache.apply(
-                (tenant, okey),
-                prev_changes,
-                new_changes,
-                add_ids=[added_vid] if added_vid else (),
-                add_vectors=cipher.rotate(raw_vector[None, :]) if added_vid else None,  # type: ignore[index]
-                remove_ids=[removed_vid] if removed_vid else (),
-            )
+                self.vectors.cache.apply(
+                    (tenant, okey),
+                    prev_changes,
+                    new_changes,
+                    add_ids=[added_vid] if added_vid else (),
+                    add_vectors=cipher.rotate(raw_vector[None, :]) if added_vid else None,  # type: ignore[index]
+                    remove_ids=[removed_vid] if removed_vid else (),
+                )
         return item
 
     def _live_row(self, tenant: str, memory_id: str, session: Session | None = None) -> MemoryRow:
@@ -771,38 +775,39 @@ class MemVault:
         owner = peek.owner
         okey = self.owner_key(tenant, owner)
         now = utcnow()
-        with self._write() as session:
-            stats = self._lock_stats(session, tenant, owner)
-            row = self._live_row(tenant, memory_id, session)
-            was_active = row.state == State.ACTIVE.value
-            prev_changes = stats.changes
-            removed_vid = row.vector_id
+        with self.vectors.cache.writing((tenant, okey)):  # readers keep the cache meanwhile
+            with self._write() as session:
+                stats = self._lock_stats(session, tenant, owner)
+                row = self._live_row(tenant, memory_id, session)
+                was_active = row.state == State.ACTIVE.value
+                prev_changes = stats.changes
+                removed_vid = row.vector_id
+                if was_active:
+                    self._unindex(session, tenant, row.owner, row.id)
+                    stats.doc_count -= 1
+                    stats.total_len -= row.doc_len
+                    stats.changes += 1
+                new_changes = stats.changes
+                session.execute(
+                    update(MemoryVersionRow)
+                    .where(MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == row.id)
+                    .values(payload=None)
+                )
+                row.version += 1
+                row.state = State.DELETED.value
+                row.payload = None
+                row.vector_id = None
+                row.updated_at = now
+                item = self._to_item(row, "", [])
+                session.add(row)
+                session.add(stats)
+                session.add(self._version_row(row, item, reason))
+            if removed_vid:
+                self._forget_vectors(tenant, [removed_vid])
             if was_active:
-                self._unindex(session, tenant, row.owner, row.id)
-                stats.doc_count -= 1
-                stats.total_len -= row.doc_len
-                stats.changes += 1
-            new_changes = stats.changes
-            session.execute(
-                update(MemoryVersionRow)
-                .where(MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == row.id)
-                .values(payload=None)
-            )
-            row.version += 1
-            row.state = State.DELETED.value
-            row.payload = None
-            row.vector_id = None
-            row.updated_at = now
-            item = self._to_item(row, "", [])
-            session.add(row)
-            session.add(stats)
-            session.add(self._version_row(row, item, reason))
-        if removed_vid:
-            self._forget_vectors(tenant, [removed_vid])
-        if was_active:
-            self.vectors.cache.apply(
-                (tenant, okey), prev_changes, new_changes, remove_ids=[removed_vid] if removed_vid else ()
-            )
+                self.vectors.cache.apply(
+                    (tenant, okey), prev_changes, new_changes, remove_ids=[removed_vid] if removed_vid else ()
+                )
         return item
 
     def rollback(
@@ -833,15 +838,24 @@ class MemVault:
 
     def record_hits(self, tenant: str, ids: Iterable[str], when: datetime | None = None) -> None:
         """Usage statistics (not a new version): hits += 1, last_hit_at = now."""
-        ids = sorted(set(ids))
-        if not ids:
+        self.record_hit_counts(tenant, dict.fromkeys(ids, 1), when)
+
+    def record_hit_counts(self, tenant: str, counts: Mapping[str, int], when: datetime | None = None) -> None:
+        """hits += counts[id] and last_hit_at = now for each id, in one transaction (not a version)."""
+        by_count: dict[int, list[str]] = {}
+        for mid, n in sorted(counts.items()):
+            if n > 0:
+                by_count.setdefault(n, []).append(mid)
+        if not by_count:
             return
+        stamp = when or utcnow()
         with self.db.session() as session:
-            session.execute(
-                update(MemoryRow)
-                .where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
-                .values(hits=MemoryRow.hits + 1, last_hit_at=when or utcnow())
-            )
+            for n, ids in sorted(by_count.items()):
+                session.execute(
+                    update(MemoryRow)
+                    .where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
+                    .values(hits=MemoryRow.hits + n, last_hit_at=stamp)
+                )
 
     def erase_user(self, tenant: str, owner: str) -> int:
         """Remove every trace of an owner: rows, versions, postings, statistics and vectors."""

@@ -29,7 +29,8 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -49,11 +50,28 @@ def table_name(tenant: str, dim: int) -> str:
 class _Entry:
     changes: int
     ids: list[str]
-    matrix: np.ndarray  # (n, dim) float32, rows unit-normalised
+    buffer: np.ndarray  # (capacity, dim) float32; the first len(ids) rows are the vectors (unit norm)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.buffer[: len(self.ids)]
 
     @property
     def nbytes(self) -> int:
-        return int(self.matrix.nbytes) + 48 * len(self.ids)
+        return int(self.buffer.nbytes) + 48 * len(self.ids)
+
+    def appended(self, changes: int, ids: Sequence[str], vectors: np.ndarray) -> _Entry:
+        """This entry with rows added, in place when the buffer has room (amortised: the buffer grows
+        by half), so a write does not copy a large owner's whole matrix. Rows past len(ids) are no
+        entry's, so readers of this entry are unaffected."""
+        n, extra = len(self.ids), len(ids)
+        buffer = self.buffer
+        if n + extra > buffer.shape[0]:
+            grown = np.empty((max(n + extra, n + n // 2, 64), buffer.shape[1]), np.float32)
+            grown[:n] = buffer[:n]
+            buffer = grown
+        buffer[n : n + extra] = vectors
+        return _Entry(changes, self.ids + list(ids), buffer)
 
 
 class OwnerVectorCache:
@@ -64,6 +82,27 @@ class OwnerVectorCache:
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._writing: dict[tuple[str, str], int] = {}  # this process's writes in flight, per owner
+
+    @contextmanager
+    def writing(self, key: tuple[str, str]) -> Iterator[None]:
+        """Around one of this process's writes to the owner's vectors, up to its `apply`.
+
+        Between the write's commit (which bumps the SQL counter) and its `apply`, a search reads the
+        new counter while the entry still has the old one; it then uses the entry as it was before
+        the write (as if it had searched a moment earlier) rather than dropping it and reloading the
+        owner from LanceDB."""
+        with self._lock:
+            self._writing[key] = self._writing.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._writing[key] - 1
+                if left:
+                    self._writing[key] = left
+                else:
+                    del self._writing[key]
 
     def get(self, key: tuple[str, str], changes: int) -> _Entry | None:
         with self._lock:
@@ -71,6 +110,8 @@ class OwnerVectorCache:
             if entry is None:
                 return None
             if entry.changes != changes:
+                if entry.changes < changes and key in self._writing:
+                    return entry  # behind by a write of ours that is about to be applied
                 self._drop(key)
                 return None
             self._entries.move_to_end(key)
@@ -105,17 +146,15 @@ class OwnerVectorCache:
                 self._drop(key)
                 return
             self._bytes -= entry.nbytes
-            ids, matrix = entry.ids, entry.matrix
             if remove_ids:
                 gone = set(remove_ids)
-                keep = [i for i, mid in enumerate(ids) if mid not in gone]
-                if len(keep) != len(ids):
-                    ids = [ids[i] for i in keep]
-                    matrix = matrix[keep]
+                keep = [i for i, mid in enumerate(entry.ids) if mid not in gone]
+                if len(keep) != len(entry.ids):
+                    entry = _Entry(entry.changes, [entry.ids[i] for i in keep], entry.matrix[keep])
             if add_ids and add_vectors is not None:
-                ids = ids + list(add_ids)
-                matrix = np.concatenate([matrix, add_vectors.astype(np.float32)], axis=0)
-            entry = _Entry(new_changes, ids, matrix)
+                entry = entry.appended(new_changes, add_ids, add_vectors.astype(np.float32))
+            else:
+                entry = _Entry(new_changes, entry.ids, entry.buffer)
             self._entries[key] = entry
             self._bytes += entry.nbytes
             if entry.nbytes > self.max_bytes:

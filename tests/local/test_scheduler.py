@@ -4,6 +4,7 @@ the real vault, audited), caches and adapters used only while they match the vau
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -231,11 +232,28 @@ async def test_count_hits_feeds_promotion(env) -> None:  # type: ignore[no-untyp
     scheduler, vault, _, clock = env
     item = vault.add("acme", "alice", "I live in Lisbon.")
     for _ in range(2):
-        scheduler.count_hits("acme", [item.id])  # returns at once; the writes run in threads
-    await asyncio.gather(*scheduler._hit_writes)
+        scheduler.count_hits("acme", [item.id])  # returns at once; counted, written later
+    assert vault.get("acme", item.id).hits == 0
+    await scheduler.flush_hits()
     assert vault.get("acme", item.id).hits == 2
     clock.now += timedelta(minutes=5)
     assert [t.action for t in scheduler.lifecycle("acme", "alice")] == ["memory.promote"]
+
+
+async def test_counted_hits_are_written_within_the_flush_interval_and_at_stop(env) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _, _clock = env
+    item = vault.add("acme", "alice", "I live in Lisbon.")
+    scheduler.config = dataclasses.replace(scheduler.config, hit_flush_s=0.05)
+    scheduler.count_hits("acme", [item.id, item.id])
+    for _ in range(200):
+        if vault.get("acme", item.id).hits:
+            break
+        await asyncio.sleep(0.01)
+    assert vault.get("acme", item.id).hits == 2
+    scheduler.config = dataclasses.replace(scheduler.config, hit_flush_s=3600.0)
+    scheduler.count_hits("acme", [item.id])
+    await scheduler.stop()  # what is still counted is written on the way out
+    assert vault.get("acme", item.id).hits == 3
 
 
 async def test_a_cache_built_while_its_user_is_erased_is_not_stored(env, loaded) -> None:  # type: ignore[no-untyped-def]

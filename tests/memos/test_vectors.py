@@ -53,6 +53,37 @@ def test_cache_validation_deltas_and_lru() -> None:
     assert cache.get(("t", "o49"), 0) is None
 
 
+def test_a_search_during_our_own_write_keeps_the_entry() -> None:
+    """Between a local write's commit (counter bumped) and its apply, a search uses the entry as it
+    was; without a local write in flight, a newer counter means another replica wrote: dropped."""
+    cache = OwnerVectorCache(max_bytes=100_000)
+    key = ("t", "o")
+    cache.put(key, _Entry(3, ["a"], _vecs(1)))
+    with cache.writing(key):
+        assert cache.get(key, 4) is not None  # our write committed, not yet applied
+        cache.apply(key, 3, 4, add_ids=["b"], add_vectors=_vecs(1, 1))
+    assert cache.get(key, 4).ids == ["a", "b"]
+    assert cache.get(key, 5) is None  # nobody of ours is writing: another replica moved it
+
+
+def test_appends_grow_the_buffer_in_place_without_disturbing_older_entries() -> None:
+    cache = OwnerVectorCache(max_bytes=10_000_000)
+    key = ("t", "o")
+    start = _vecs(100)
+    cache.put(key, _Entry(0, [f"m{i}" for i in range(100)], start))
+    older = cache.get(key, 0)
+    added = _vecs(30, 7)
+    for i in range(30):
+        cache.apply(key, i, i + 1, add_ids=[f"n{i}"], add_vectors=added[i : i + 1])
+    entry = cache.get(key, 30)
+    assert entry is not None and len(entry.ids) == 130 and entry.matrix.shape == (130, start.shape[1])
+    assert np.array_equal(entry.matrix[:100], start) and np.array_equal(entry.matrix[100:], added)
+    assert entry.buffer.shape[0] < 130 * 2  # grown by half at a time, not per write
+    assert older.matrix.shape[0] == 100 and np.array_equal(older.matrix, start)
+    hits = top_k_cosine(entry.matrix, entry.ids, added[29], 1)
+    assert hits[0][0] == "n29"
+
+
 def test_index_roundtrip_and_no_text(tmp_path: Path) -> None:
     index = VectorIndex(str(tmp_path / "v"))
     m = _vecs(20)
