@@ -7,6 +7,7 @@ Table modules define SQLModel tables on the shared metadata and are listed in TA
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = _normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self._sqlite_writer = threading.RLock()  # see write()
         if self.is_sqlite:
             path = self.url.removeprefix("sqlite:///")
             if path and path != ":memory:":
@@ -67,6 +69,22 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction (commits on success). On SQLite it takes the write lock up front
+        (BEGIN IMMEDIATE: what it reads is what it extends, no stale-snapshot failure), and this
+        process's writers queue on one in-process lock first: SQLite admits one writer, and its busy
+        handler waits by sleeping (1, 2, 5, 10... ms), which under concurrent writers (a chat's audit
+        and outbox rows, the worker's write-back) cost more than the writes. Other processes (the
+        CLI) still meet the busy timeout. On PostgreSQL, a plain session (row locks serialise)."""
+        if not self.is_sqlite:
+            with self.session() as session:
+                yield session
+            return
+        with self._sqlite_writer, self.session() as session:
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()

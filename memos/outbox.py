@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -99,8 +98,6 @@ class Outbox:
         self.lease_s = lease_s
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
-        # SQLite has one writer; serialising this process's claims avoids needless busy retries.
-        self._sqlite_lock = threading.Lock() if db.is_sqlite else None
 
     # -- producer -------------------------------------------------------------------------------------
 
@@ -116,7 +113,7 @@ class Outbox:
             created_at=now,
             next_attempt_at=now,
         )
-        with self._db.session() as session:
+        with self._db.write() as session:
             session.add(row)
             session.flush()
             assert row.id is not None
@@ -187,10 +184,7 @@ class Outbox:
     def _run_claim(self, statement) -> list[Any]:  # type: ignore[no-untyped-def]
         for attempt in range(20):
             try:
-                if self._sqlite_lock is not None:
-                    with self._sqlite_lock, self._db.session() as session:
-                        return list(session.execute(statement).all())
-                with self._db.session() as session:
+                with self._db.write() as session:
                     return list(session.execute(statement).all())
             except OperationalError as exc:
                 # SQLite: another process holds the writer lock ("database is locked") or our snapshot was
@@ -205,7 +199,7 @@ class Outbox:
         """The row's memories are in the vault: delete it. LOST when the claim was lost meanwhile (another
         claimer has it); ERASED when its user was erased while it was being processed, so what was
         written from it must be erased again."""
-        with self._db.session() as session:
+        with self._db.write() as session:
             erased = session.execute(
                 select(OutboxRow.erased)
                 .where(OutboxRow.id == row_id)
@@ -227,7 +221,7 @@ class Outbox:
         """Release the claim and schedule a retry with capped exponential backoff (with jitter)."""
         now = time.time() if now is None else now
         kind = error if isinstance(error, str) else type(error).__name__
-        with self._db.session() as session:
+        with self._db.write() as session:
             attempts = session.execute(
                 select(OutboxRow.attempts)
                 .where(OutboxRow.id == row_id)
@@ -254,7 +248,7 @@ class Outbox:
     def extend(self, row_id: int, claim_token: str, *, now: float | None = None) -> bool:
         """Renew a lease while a row is still being worked on."""
         now = time.time() if now is None else now
-        with self._db.session() as session:
+        with self._db.write() as session:
             result = session.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id == row_id)
@@ -266,7 +260,7 @@ class Outbox:
 
     def release(self, row_id: int, claim_token: str) -> bool:
         """Give a claimed row back untouched (the worker is stopping); it is due again at once."""
-        with self._db.session() as session:
+        with self._db.write() as session:
             result = session.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id == row_id)
@@ -278,7 +272,7 @@ class Outbox:
 
     def release_all_claims(self) -> int:
         """At start of the only process using a SQLite database: claims left by a killed process are dead."""
-        with self._db.session() as session:
+        with self._db.write() as session:
             result = session.execute(
                 update(OutboxRow)
                 .where(OutboxRow.claim_token.is_not(None))

@@ -272,11 +272,9 @@ class MemVault:
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a
-        read-then-write inside it never fails on a stale snapshot."""
-        with self.db.session() as session:
-            if self.db.is_sqlite:
-                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        """A write transaction (Database.write: on SQLite the write lock is taken up front, so a
+        read-then-write inside it never fails on a stale snapshot)."""
+        with self.db.write() as session:
             yield session
 
     def _lock_stats(self, session: Any, tenant: str, owner: str) -> OwnerStatsRow:
@@ -849,7 +847,7 @@ class MemVault:
         if not by_count:
             return
         stamp = when or utcnow()
-        with self.db.session() as session:
+        with self.db.write() as session:
             for n, ids in sorted(by_count.items()):
                 session.execute(
                     update(MemoryRow)
@@ -1021,7 +1019,14 @@ class MemVault:
             changes = self.stats(tenant, owner).changes
         cipher = self.keyring.cipher(tenant)
         q = cipher.rotate(normalise(np.asarray(query_vector, np.float32)))[0]
-        hits = self.vectors.search(tenant, self.owner_key(tenant, owner), changes, q, k)
+        hits = self.vectors.search(
+            tenant,
+            self.owner_key(tenant, owner),
+            changes,
+            q,
+            k,
+            recheck=lambda: self.stats(tenant, owner).changes,
+        )
         return [(vid.rsplit(".", 1)[0], vid, score) for vid, score in hits]
 
     def warm_owner(self, tenant: str, owner: str, dim: int) -> None:

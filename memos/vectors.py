@@ -29,7 +29,7 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -109,8 +109,10 @@ class OwnerVectorCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if entry.changes != changes:
-                if entry.changes < changes and key in self._writing:
+            if entry.changes > changes:
+                return None  # the caller's counter is older than the entry: kept (the caller rechecks)
+            if entry.changes < changes:
+                if key in self._writing:
                     return entry  # behind by a write of ours that is about to be applied
                 self._drop(key)
                 return None
@@ -376,16 +378,30 @@ class VectorIndex:
         return 0 if table is None else int(table.count_rows(f"owner = {_quote(owner_key)}"))
 
     def search(
-        self, tenant: str, owner_key: str, changes: int, query: np.ndarray, k: int
+        self,
+        tenant: str,
+        owner_key: str,
+        changes: int,
+        query: np.ndarray,
+        k: int,
+        *,
+        recheck: Callable[[], int] | None = None,
     ) -> list[tuple[str, float]]:
         """[(id, cosine)] best first over the owner's vectors; `changes` is the owner's SQL counter.
 
-        Served from the cache when it is current. Otherwise a small owner is loaded at once; a large
-        one (more than `sync_load_max` vectors, e.g. after another replica wrote) is searched in
-        LanceDB directly while a background thread reloads the cache, so no search waits seconds."""
+        Served from the cache when it is current. When the cache is ahead of `changes` (a write landed
+        after the caller read its counter), `recheck` reads the counter again. Otherwise a small owner
+        is loaded at once; a large one (more than `sync_load_max` vectors, e.g. after another replica
+        wrote) is searched in LanceDB directly while a background thread reloads the cache, so no
+        search waits seconds."""
         dim = int(query.shape[-1])
         key = (tenant, owner_key)
         entry = self.cache.get(key, changes)
+        if entry is None and recheck is not None:
+            latest = recheck()
+            if latest != changes:
+                changes = latest
+                entry = self.cache.get(key, changes)
         if entry is None:
             count = self.owner_count_hint(tenant, owner_key, dim)
             if count * (dim * 4 + 48) > self.cache.max_bytes:

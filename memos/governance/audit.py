@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, SQLModel, select
 
 from memos.db import Database
 from memos.governance.policy import AuditLevel
@@ -316,53 +316,47 @@ class AuditLog:
         ids_json: str,
         detail_json: str,
     ) -> AuditEntry:
-        with Session(self._db.engine, expire_on_commit=False) as session:
-            try:
-                if self._db.is_sqlite:
-                    # Take the write lock now, so the head we read is the head we extend.
-                    session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-                head = session.exec(
-                    select(AuditHeadRow).where(AuditHeadRow.tenant == tenant).with_for_update()
+        # Database.write: on SQLite the write lock is taken first, so the head we read is the head we
+        # extend; on PostgreSQL the head row is locked (FOR UPDATE).
+        with self._db.write() as session:
+            head = session.exec(
+                select(AuditHeadRow).where(AuditHeadRow.tenant == tenant).with_for_update()
+            ).first()
+            if head is None:
+                last = session.exec(
+                    select(AuditEntryRow)
+                    .where(AuditEntryRow.tenant == tenant)
+                    .order_by(AuditEntryRow.seq.desc())  # type: ignore[union-attr]
+                    .limit(1)
                 ).first()
-                if head is None:
-                    last = session.exec(
-                        select(AuditEntryRow)
-                        .where(AuditEntryRow.tenant == tenant)
-                        .order_by(AuditEntryRow.seq.desc())  # type: ignore[union-attr]
-                        .limit(1)
-                    ).first()
-                    prev_seq, prev_mac = (last.seq, last.mac) if last is not None else (0, _GENESIS.hex())
-                    head = AuditHeadRow(tenant=tenant, seq=prev_seq, mac=prev_mac, mac_key_id="", seal="")
-                else:
-                    prev_seq, prev_mac = head.seq, head.mac
-                seq = prev_seq + 1
-                ts = datetime.now(UTC).isoformat(timespec="microseconds")
-                key, kid = self._key, self._key_id
-                canonical = _canonical(
-                    tenant, seq, ts, action, key_id, request_id, user, ids_json, detail_json, kid
-                )
-                mac = _mac(key, bytes.fromhex(prev_mac), canonical).hex()
-                row = AuditEntryRow(
-                    tenant=tenant,
-                    seq=seq,
-                    ts=ts,
-                    action=action,
-                    key_id=key_id,
-                    request_id=request_id,
-                    user_id=user,
-                    memory_ids=ids_json,
-                    detail=detail_json,
-                    mac_key_id=kid,
-                    mac=mac,
-                )
-                session.add(row)
-                head.seq, head.mac, head.mac_key_id = seq, mac, kid
-                head.seal = _seal(key, tenant, seq, mac)
-                session.add(head)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+                prev_seq, prev_mac = (last.seq, last.mac) if last is not None else (0, _GENESIS.hex())
+                head = AuditHeadRow(tenant=tenant, seq=prev_seq, mac=prev_mac, mac_key_id="", seal="")
+            else:
+                prev_seq, prev_mac = head.seq, head.mac
+            seq = prev_seq + 1
+            ts = datetime.now(UTC).isoformat(timespec="microseconds")
+            key, kid = self._key, self._key_id
+            canonical = _canonical(
+                tenant, seq, ts, action, key_id, request_id, user, ids_json, detail_json, kid
+            )
+            mac = _mac(key, bytes.fromhex(prev_mac), canonical).hex()
+            row = AuditEntryRow(
+                tenant=tenant,
+                seq=seq,
+                ts=ts,
+                action=action,
+                key_id=key_id,
+                request_id=request_id,
+                user_id=user,
+                memory_ids=ids_json,
+                detail=detail_json,
+                mac_key_id=kid,
+                mac=mac,
+            )
+            session.add(row)
+            head.seq, head.mac, head.mac_key_id = seq, mac, kid
+            head.seal = _seal(key, tenant, seq, mac)
+            session.add(head)
         return _to_entry(row)
 
     # ---------------------------------------------------------------- read

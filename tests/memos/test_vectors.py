@@ -63,7 +63,10 @@ def test_a_search_during_our_own_write_keeps_the_entry() -> None:
         assert cache.get(key, 4) is not None  # our write committed, not yet applied
         cache.apply(key, 3, 4, add_ids=["b"], add_vectors=_vecs(1, 1))
     assert cache.get(key, 4).ids == ["a", "b"]
+    assert cache.get(key, 3) is None  # a caller whose counter predates the entry: not served...
+    assert cache.get(key, 4) is not None  # ...and the entry is kept for the caller's recheck
     assert cache.get(key, 5) is None  # nobody of ours is writing: another replica moved it
+    assert cache.get(key, 4) is None  # dropped
 
 
 def test_appends_grow_the_buffer_in_place_without_disturbing_older_entries() -> None:
@@ -124,3 +127,24 @@ def test_large_owner_is_served_from_lancedb_while_the_cache_loads(tmp_path: Path
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert index.search("acme", "big", 7, m[11], 1)[0][0] == "id11.1"
+
+
+def test_a_search_behind_the_cache_rechecks_the_counter_instead_of_reloading(tmp_path: Path) -> None:
+    """A search whose counter was read just before a write landed finds the cache ahead: it reads the
+    counter again and is served from the cache; without a recheck it loads from LanceDB."""
+    index = VectorIndex(str(tmp_path / "v"))
+    m = _vecs(10)
+    index.add("acme", "o", [f"id{i}.1" for i in range(10)], m)
+    entry = index.warm("acme", "o", m.shape[1], 5)
+    loads: list[str] = []
+    real_load = index.load_owner
+
+    def counting_load(*args):  # type: ignore[no-untyped-def]
+        loads.append("load")
+        return real_load(*args)
+
+    index.load_owner = counting_load  # type: ignore[method-assign]
+    assert index.search("acme", "o", 4, m[2], 1, recheck=lambda: 5)[0][0] == "id2.1"
+    assert loads == [] and index.cache.get(("acme", "o"), 5) is entry
+    assert index.search("acme", "o", 4, m[2], 1)[0][0] == "id2.1"  # no recheck: loaded
+    assert loads == ["load"]
