@@ -36,6 +36,7 @@ _ROLE_MARKERS = re.compile(
 _HEADINGS = re.compile(r"#{2,}")  # markdown headings ("### System") in a one-line memory
 # Unicode categories dropped from memory text: controls, format (zero-width, bidi), private use, surrogates.
 _INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs"})
+_ASCII_CONTROLS = dict.fromkeys([*range(32), 127])  # the invisible characters ASCII has (all Cc)
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,27 @@ class RenderedMemory:
 
 def escape(text: str) -> str:
     """Neutralise a memory's text: one line, no markup, no fence or role markers."""
-    # Compatibility forms first, so look-alikes become what they look like and are escaped below
-    # (fullwidth '＜' -> '<', '：' -> ':', ligatures, ...).
-    text = unicodedata.normalize("NFKC", text)
-    text = " ".join(text.split())  # newlines, tabs, line separators and runs of spaces fold to one space
-    # Invisible characters (zero-width spaces and joiners, bidi overrides, other controls) could hide a
-    # marker from the checks below ("sys\u200btem:") or reorder what a reader sees: drop them.
-    text = "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE)
+    text = _one_visible_line_ascii(text) if text.isascii() else _one_visible_line(text)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("`", "'")
     text = _HEADINGS.sub("#", text)
     return _ROLE_MARKERS.sub(_defang, text)
+
+
+def _one_visible_line(text: str) -> str:
+    # Compatibility forms first, so look-alikes become what they look like and are escaped after
+    # (fullwidth '＜' -> '<', '：' -> ':', ligatures, ...).
+    text = unicodedata.normalize("NFKC", text)
+    text = " ".join(text.split())  # newlines, tabs, line separators and runs of spaces fold to one space
+    # Invisible characters (zero-width spaces and joiners, bidi overrides, other controls) could hide a
+    # marker from the later checks ("sys\u200btem:") or reorder what a reader sees: drop them.
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE)
+
+
+def _one_visible_line_ascii(text: str) -> str:
+    """`_one_visible_line` for ASCII text (the common case) without a per-character Unicode lookup:
+    NFKC changes no ASCII character, and ASCII's invisible characters are its controls."""
+    return " ".join(text.split()).translate(_ASCII_CONTROLS)
 
 
 def _defang(match: re.Match[str]) -> str:
@@ -121,6 +132,8 @@ def estimate_tokens(text: str) -> int:
     """A conservative token estimate (about 4 characters per token for English, more for other scripts)."""
     if not text:
         return 0
+    if text.isascii():
+        return (len(text) + 3) // 4
     ascii_chars = sum(1 for ch in text if ord(ch) < 128)
     other = len(text) - ascii_chars
     return (ascii_chars + 3) // 4 + other

@@ -150,6 +150,8 @@ class Outbox:
             )
             .execution_options(synchronize_session=False)
         )
+        if not self._any_due(now):
+            return []
         rows = self._run_claim(statement)
         records: list[OutboxRecord] = []
         for row in sorted(rows, key=lambda r: r.id):
@@ -181,6 +183,17 @@ class Outbox:
             )
         return records
 
+    def _any_due(self, now: float) -> bool:
+        """A read-only look first: most polls find nothing, and a claim is a write transaction."""
+        with self._db.session() as session:
+            found = session.execute(
+                select(OutboxRow.id)
+                .where(OutboxRow.next_attempt_at <= now)
+                .where((OutboxRow.claimed_until.is_(None)) | (OutboxRow.claimed_until < now))
+                .limit(1)
+            ).first()
+        return found is not None
+
     def _run_claim(self, statement) -> list[Any]:  # type: ignore[no-untyped-def]
         for attempt in range(20):
             try:
@@ -201,18 +214,14 @@ class Outbox:
         written from it must be erased again."""
         with self._db.write() as session:
             erased = session.execute(
-                select(OutboxRow.erased)
-                .where(OutboxRow.id == row_id)
-                .where(OutboxRow.claim_token == claim_token)
-            ).scalar_one_or_none()
-            if erased is None:
-                return Ack.LOST
-            session.execute(
                 delete(OutboxRow)
                 .where(OutboxRow.id == row_id)
                 .where(OutboxRow.claim_token == claim_token)
+                .returning(OutboxRow.erased)
                 .execution_options(synchronize_session=False)
-            )
+            ).scalar_one_or_none()
+            if erased is None:
+                return Ack.LOST
             return Ack.ERASED if erased else Ack.DONE
 
     def fail(

@@ -140,3 +140,19 @@ def test_fit_budget_keeps_rank_order_and_respects_the_budget() -> None:
     assert chosen == ranked[: len(chosen)] and 1 <= len(chosen) < 30
     assert fit_budget(ranked, 0) == []
     assert fit_budget(ranked, 100_000) == ranked
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=200))
+def test_the_ascii_fast_path_folds_like_the_unicode_path(text: str) -> None:
+    from memos.injection import _one_visible_line, _one_visible_line_ascii
+
+    assert _one_visible_line_ascii(text) == _one_visible_line(text)
+
+
+@given(st.text(max_size=200))
+def test_the_token_estimate_of_ascii_text_is_the_general_formula(text: str) -> None:
+    from memos.injection import estimate_tokens
+
+    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    expected = 0 if not text else (ascii_chars + 3) // 4 + len(text) - ascii_chars
+    assert estimate_tokens(text) == expected
