@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, insert, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, SQLModel, select
 
@@ -317,20 +317,21 @@ class AuditLog:
         detail_json: str,
     ) -> AuditEntry:
         # Database.write: on SQLite the write lock is taken first, so the head we read is the head we
-        # extend; on PostgreSQL the head row is locked (FOR UPDATE).
+        # extend; on PostgreSQL the head row is locked (FOR UPDATE). Core statements: this runs on
+        # every injected chat, and the ORM's unit of work cost more than the writes.
+        entries, heads = AuditEntryRow.__table__, AuditHeadRow.__table__
         with self._db.write() as session:
-            head = session.exec(
-                select(AuditHeadRow).where(AuditHeadRow.tenant == tenant).with_for_update()
+            head = session.execute(
+                select(heads.c.seq, heads.c.mac).where(heads.c.tenant == tenant).with_for_update()
             ).first()
             if head is None:
-                last = session.exec(
-                    select(AuditEntryRow)
-                    .where(AuditEntryRow.tenant == tenant)
-                    .order_by(AuditEntryRow.seq.desc())  # type: ignore[union-attr]
+                last = session.execute(
+                    select(entries.c.seq, entries.c.mac)
+                    .where(entries.c.tenant == tenant)
+                    .order_by(entries.c.seq.desc())
                     .limit(1)
                 ).first()
                 prev_seq, prev_mac = (last.seq, last.mac) if last is not None else (0, _GENESIS.hex())
-                head = AuditHeadRow(tenant=tenant, seq=prev_seq, mac=prev_mac, mac_key_id="", seal="")
             else:
                 prev_seq, prev_mac = head.seq, head.mac
             seq = prev_seq + 1
@@ -340,24 +341,37 @@ class AuditLog:
                 tenant, seq, ts, action, key_id, request_id, user, ids_json, detail_json, kid
             )
             mac = _mac(key, bytes.fromhex(prev_mac), canonical).hex()
-            row = AuditEntryRow(
-                tenant=tenant,
-                seq=seq,
-                ts=ts,
-                action=action,
-                key_id=key_id,
-                request_id=request_id,
-                user_id=user,
-                memory_ids=ids_json,
-                detail=detail_json,
-                mac_key_id=kid,
-                mac=mac,
-            )
-            session.add(row)
-            head.seq, head.mac, head.mac_key_id = seq, mac, kid
-            head.seal = _seal(key, tenant, seq, mac)
-            session.add(head)
-        return _to_entry(row)
+            row = {
+                "tenant": tenant,
+                "seq": seq,
+                "ts": ts,
+                "action": action,
+                "key_id": key_id,
+                "request_id": request_id,
+                "user_id": user,
+                "memory_ids": ids_json,
+                "detail": detail_json,
+                "mac_key_id": kid,
+                "mac": mac,
+            }
+            session.execute(insert(entries).values(**row))
+            new_head = {"seq": seq, "mac": mac, "mac_key_id": kid, "seal": _seal(key, tenant, seq, mac)}
+            if head is None:
+                session.execute(insert(heads).values(tenant=tenant, **new_head))
+            else:
+                session.execute(update(heads).where(heads.c.tenant == tenant).values(**new_head))
+        return AuditEntry(
+            tenant=tenant,
+            seq=seq,
+            ts=ts,
+            action=action,
+            key_id=key_id,
+            request_id=request_id,
+            user=user,
+            memory_ids=json.loads(ids_json),
+            detail=json.loads(detail_json),
+            mac=mac,
+        )
 
     # ---------------------------------------------------------------- read
 
