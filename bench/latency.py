@@ -25,6 +25,9 @@ Phases:
   (`X-Memos-User`) with `X-Memos-Memory: read` (injection only) and `on` (injection and write-back),
   interleaved with the direct call; every request asks a question not asked before (no cache hit);
   added p50/p95 over the direct call and how many memories were injected (`x-memos-memories`).
+  `memory-on` sends its requests back to back, so each one shares the CPU with the write-back of the
+  one before; `memory-on-paced` waits `--memory-pause-ms` (untimed) before each request, as a user
+  reading and typing between turns does.
 
 Prints a table and writes JSON (with the machine's CPU count and load average before and after).
 Never asserts on timings: it measures.
@@ -217,6 +220,7 @@ class Target:
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     pid: int | None = None  # the serving process, whose CPU time per request is reported
+    pause_s: float = 0.0  # untimed think time after each request (memory phase, paced target)
 
     def request(self, stream: bool) -> bytes:
         body: dict[str, Any] = {
@@ -680,6 +684,8 @@ async def sequential_questions(
             raws = [_chat_raw(t, next(pool), stream) for _ in range(per_round + 1)]
             await conn.request(raws[0])
             for raw in raws[1:]:
+                if t.pause_s:
+                    await asyncio.sleep(t.pause_s)
                 start = clock()
                 status, _ = await conn.request(raw)
                 out.append(clock() - start)
@@ -706,13 +712,13 @@ async def sequential_questions(
 
 
 async def measure_memory(
-    args: argparse.Namespace, direct: Target, read: Target, on: Target
+    args: argparse.Namespace, direct: Target, read: Target, on: Target, paced: list[Target]
 ) -> dict[str, Any]:
     per_round = max(1, args.memory_requests // args.rounds)
-    needed = 2 * 3 * (args.memory_warmup + args.rounds * (per_round + 1))
+    targets = [direct, read, on, *paced]
+    needed = 2 * len(targets) * (args.memory_warmup + args.rounds * (per_round + 1))
     asked = questions(needed)
     half = len(asked) // 2
-    targets = [direct, read, on]
     cpu_before = cpu_seconds(on.pid) if on.pid else 0.0
     seq = {
         "non_stream": await sequential_questions(
@@ -722,7 +728,7 @@ async def measure_memory(
             targets, True, args.memory_warmup, args.rounds, per_round, asked[half:]
         ),
     }
-    requests = 2 * 2 * (args.memory_warmup + args.rounds * (per_round + 1))
+    requests = 2 * (len(targets) - 1) * (args.memory_warmup + args.rounds * (per_round + 1))
     cpu = cpu_seconds(on.pid) - cpu_before if on.pid else 0.0
     return {"sequential": seq, "proxy_cpu_ms_per_request": round(cpu * 1000 / requests, 3)}
 
@@ -741,8 +747,22 @@ def run_memory_phase(args: argparse.Namespace, workdir: Path, up_port: int, dire
         base = {**target.headers, "x-memos-user": MEMORY_USER}
         read = Target("memory-read", target.port, target.path, {**base, "x-memos-memory": "read"}, proc.pid)
         on = Target("memory-on", target.port, target.path, {**base, "x-memos-memory": "on"}, proc.pid)
+        paced = (
+            [
+                Target(
+                    "memory-on-paced",
+                    target.port,
+                    target.path,
+                    {**base, "x-memos-memory": "on"},
+                    proc.pid,
+                    pause_s=args.memory_pause_ms / 1000,
+                )
+            ]
+            if args.memory_pause_ms > 0
+            else []
+        )
         load_before = os.getloadavg()
-        measured = uvloop.run(measure_memory(args, direct, read, on))
+        measured = uvloop.run(measure_memory(args, direct, read, on, paced))
         load_after = os.getloadavg()
     finally:
         for p in procs:
@@ -777,6 +797,9 @@ def run_memory_phase(args: argparse.Namespace, workdir: Path, up_port: int, dire
             "back to back, so the worker's write-back of earlier requests runs during later ones; the "
             "worker is let finish (proxy idle) after each round, before the next target's requests",
             "memory-read": "X-Memos-Memory: read (inject only)",
+            "memory-on-paced": f"as memory-on, with {args.memory_pause_ms} ms of untimed think time "
+            "before each request (a chat's user reads and types between turns; write-back of the "
+            "previous turn has time to finish)",
         },
         "seed": {**seeded, "idle_wait_s": waited},
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -882,6 +905,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memories", type=int, default=1000, help="memories seeded for the memory phase")
     parser.add_argument("--memory-requests", type=int, default=600, help="per memory target and mode")
     parser.add_argument("--memory-warmup", type=int, default=20)
+    parser.add_argument(
+        "--memory-pause-ms",
+        type=float,
+        default=100.0,
+        help="think time before each request of the paced memory-on target (0: no paced target)",
+    )
     args = parser.parse_args(argv)
 
     import uvloop
