@@ -148,3 +148,22 @@ def test_a_search_behind_the_cache_rechecks_the_counter_instead_of_reloading(tmp
     assert loads == [] and index.cache.get(("acme", "o"), 5) is entry
     assert index.search("acme", "o", 4, m[2], 1)[0][0] == "id2.1"  # no recheck: loaded
     assert loads == ["load"]
+
+
+def test_compaction_keeps_only_recent_table_versions(tmp_path: Path) -> None:
+    """Every add is a table version and adds slow down as versions pile up: compaction drops those
+    older than the retention."""
+    from datetime import timedelta
+
+    from memos.vectors import table_name
+
+    index = VectorIndex(str(tmp_path / "v"), compact_every=10_000, version_retention=timedelta(milliseconds=1))
+    m = _vecs(30)
+    for i in range(30):
+        index.add("acme", "o", [f"id{i}.1"], m[i : i + 1])
+    table = index._table("acme", m.shape[1], create=False)
+    assert len(table.list_versions()) > 30
+    index.compact_now("acme")
+    assert len(table.list_versions()) <= 2
+    assert table.name == table_name("acme", m.shape[1])
+    assert index.search_lance("acme", "o", m[7], 1)[0][0] == "id7.1"
