@@ -37,6 +37,19 @@ class Source:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+# Provenance kept per memory: the first source (where it was learned) and the latest ones. A fact a
+# user repeats in every chat would otherwise carry every request it was seen in, and each merge would
+# rewrite and version an ever longer list (measured: 90 sources on one memory after 900 chats).
+MAX_SOURCES = 20
+
+
+def bounded_sources(sources: list[Source]) -> list[Source]:
+    """The first source and the latest MAX_SOURCES - 1 (all of them when there are few)."""
+    if len(sources) <= MAX_SOURCES:
+        return sources
+    return [sources[0], *sources[-(MAX_SOURCES - 1) :]]
+
+
 @dataclass
 class MemoryItem:
     id: str

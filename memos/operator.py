@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from memos.embeddings import normalise
-from memos.item import Kind, MemoryItem, Source, State
+from memos.item import Kind, MemoryItem, Source, State, bounded_sources
 from memos.reader import Fact, Slot, TextCompleter, slots_of
 
 if TYPE_CHECKING:
@@ -75,10 +75,11 @@ def _key(source: Source) -> tuple[Any, ...]:
 
 
 def merge_sources(existing: list[Source], new: Source) -> list[Source] | None:
-    """The existing sources plus `new`; None when `new` is already among them (nothing to change)."""
+    """The existing sources plus `new` (bounded: memos.item.bounded_sources); None when `new` is
+    already among them (nothing to change)."""
     if any(_key(s) == _key(new) for s in existing):
         return None
-    return [*existing, new]
+    return bounded_sources([*existing, new])
 
 
 _CONTRADICTION_PROMPT = """You maintain a store of memories about a user.

@@ -37,7 +37,7 @@ from sqlmodel import Session
 
 from memos.db import Database
 from memos.embeddings import Embedder, normalise
-from memos.item import Kind, MemoryItem, Scope, Source, State, snapshot, source_dict
+from memos.item import Kind, MemoryItem, Scope, Source, State, bounded_sources, snapshot, source_dict
 from memos.keyring import Keyring
 from memos.keyword import Bm25, DocTerms, doc_terms, normalise_for_duplicate, tokenize
 from memos.logsafe import exception_summary
@@ -443,6 +443,7 @@ class MemVault:
                         for s in m.sources:
                             if source_dict(s) not in [source_dict(x) for x in srcs]:
                                 srcs.append(s)
+                        srcs[:] = bounded_sources(srcs)
                         results[i] = None  # filled below
                         continue
                     memory_id = new_memory_id()

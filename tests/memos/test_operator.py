@@ -47,6 +47,26 @@ async def test_exact_duplicates_collapse_and_merge_sources(env: VaultEnv) -> Non
     assert active_texts(env) == ["I have two cats."]
 
 
+async def test_a_fact_repeated_in_many_chats_keeps_its_first_and_latest_sources(env: VaultEnv) -> None:
+    from memos.item import MAX_SOURCES
+
+    op = MemOperator(env.vault)
+    for i in range(MAX_SOURCES + 15):
+        await op.apply("acme", "alice", [fact("I have two cats.", request=f"req-{i}")])
+    [item] = env.vault.list("acme", "alice", limit=10)[0]
+    kept = [s.request_id for s in item.sources]
+    assert kept == ["req-0", *[f"req-{i}" for i in range(16, MAX_SOURCES + 15)]]
+    # exact duplicates added through the API are bounded the same way
+    from memos.vault import NewMemory
+
+    for i in range(MAX_SOURCES + 3):
+        env.vault.add_many(
+            "acme", "bob", [NewMemory(text="I cycle to work.", sources=[Source(request_id=f"r{i}")])]
+        )
+    [bobs] = env.vault.list("acme", "bob", limit=10)[0]
+    assert [s.request_id for s in bobs.sources] == ["r0", *[f"r{i}" for i in range(4, MAX_SOURCES + 3)]]
+
+
 async def test_reading_the_same_exchange_twice_changes_nothing(env: VaultEnv) -> None:
     op = MemOperator(env.vault)
     first = await op.apply("acme", "alice", [fact("I have two cats.")])

@@ -157,7 +157,9 @@ def test_compaction_keeps_only_recent_table_versions(tmp_path: Path) -> None:
 
     from memos.vectors import table_name
 
-    index = VectorIndex(str(tmp_path / "v"), compact_every=10_000, version_retention=timedelta(milliseconds=1))
+    index = VectorIndex(
+        str(tmp_path / "v"), compact_every=10_000, version_retention=timedelta(milliseconds=1)
+    )
     m = _vecs(30)
     for i in range(30):
         index.add("acme", "o", [f"id{i}.1"], m[i : i + 1])
