@@ -99,10 +99,9 @@ def _compiled(model: Any, tokenizer: Any, device: str) -> Any:
     """The encoder as a TorchScript graph, frozen and optimised for inference on CPU.
 
     Why: a short query's eager forward pass is dominated by per-op Python dispatch and unpacked weights
-    (measured on 2 cores, 12 tokens, one thread: 9.2 ms eager, 4.5 ms optimised), and the graph runs
-    without holding the GIL, so it does not stall the event loop. Same float32 arithmetic (tests compare
-    it with the sentence-transformers encoding). Traced on a padded batch, so the attention mask is part
-    of the graph. Where tracing fails, the eager model is used.
+    (measured on 2 cores, 12 tokens, one thread: 9.2 ms eager, 4.5 ms optimised). Same float32
+    arithmetic (tests compare it with the sentence-transformers encoding). Traced on a padded batch, so
+    the attention mask is part of the graph. Where tracing fails, the eager model is used.
     """
     import torch
 
