@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import func, insert, update
@@ -210,7 +211,7 @@ def _check_scalar(key: str, value: Any, *, allow_list: bool) -> Any:
     raise ValueError(f"audit detail '{key}' must be a short scalar, not {type(value).__name__}")
 
 
-def _to_entry(row: AuditEntryRow) -> AuditEntry:
+def _to_entry(row: AuditEntryRow | SimpleNamespace) -> AuditEntry:
     return AuditEntry(
         tenant=row.tenant,
         seq=row.seq,
@@ -360,18 +361,7 @@ class AuditLog:
                 session.execute(insert(heads).values(tenant=tenant, **new_head))
             else:
                 session.execute(update(heads).where(heads.c.tenant == tenant).values(**new_head))
-        return AuditEntry(
-            tenant=tenant,
-            seq=seq,
-            ts=ts,
-            action=action,
-            key_id=key_id,
-            request_id=request_id,
-            user=user,
-            memory_ids=json.loads(ids_json),
-            detail=json.loads(detail_json),
-            mac=mac,
-        )
+        return _to_entry(SimpleNamespace(**row))
 
     # ---------------------------------------------------------------- read
 
