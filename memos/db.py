@@ -14,7 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
 
 # Every module that defines tables; add yours here.
 TABLE_MODULES: tuple[str, ...] = (
@@ -44,7 +47,7 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(
-                self.url, connect_args={"check_same_thread": False, "timeout": 30}
+                self.url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
             )
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
@@ -82,9 +85,15 @@ class Database:
             with self.session() as session:
                 yield session
             return
-        with self._sqlite_writer, self.session() as session:
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-            yield session
+        # Bounded like SQLite's own busy timeout: a wedged writer fails the others, never hangs them.
+        if not self._sqlite_writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise OperationalError("waiting for this process's SQLite writer", None, TimeoutError())
+        try:
+            with self.session() as session:
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+                yield session
+        finally:
+            self._sqlite_writer.release()
 
     def dispose(self) -> None:
         self.engine.dispose()
