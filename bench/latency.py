@@ -342,6 +342,33 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate every process (last started first), then wait for each; kill what does not exit."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def added_over_direct(sequential: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per mode and target: its p50 and p95 minus the direct call's."""
+    added: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, rows in sequential.items():
+        direct = rows["direct"]
+        added[kind] = {
+            name: {
+                "p50_ms": round(row["p50_ms"] - direct["p50_ms"], 3),
+                "p95_ms": round(row["p95_ms"] - direct["p95_ms"], 3),
+            }
+            for name, row in rows.items()
+            if name != "direct"
+        }
+    return added
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -765,23 +792,8 @@ def run_memory_phase(args: argparse.Namespace, workdir: Path, up_port: int, dire
         measured = uvloop.run(measure_memory(args, direct, read, on, paced))
         load_after = os.getloadavg()
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-    added: dict[str, dict[str, dict[str, float]]] = {}
-    for kind, rows in measured["sequential"].items():
-        d = rows["direct"]
-        added[kind] = {
-            name: {
-                "p50_ms": round(row["p50_ms"] - d["p50_ms"], 3),
-                "p95_ms": round(row["p95_ms"] - d["p95_ms"], 3),
-            }
-            for name, row in rows.items()
-            if name != "direct"
-        }
+        stop_all(procs)
+    added = added_over_direct(measured["sequential"])
     return {
         "config": {
             "memories": args.memories,
@@ -946,25 +958,9 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(timeout=20)
             memory = None if args.skip_memory else run_memory_phase(args, workdir, up_port, targets[0])
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all(procs)
 
-    added: dict[str, dict[str, dict[str, float]]] = {}
-    for kind, rows in measured["sequential"].items():
-        direct = rows["direct"]
-        added[kind] = {
-            name: {
-                "p50_ms": round(row["p50_ms"] - direct["p50_ms"], 3),
-                "p95_ms": round(row["p95_ms"] - direct["p95_ms"], 3),
-            }
-            for name, row in rows.items()
-            if name != "direct"
-        }
+    added = added_over_direct(measured["sequential"])
     ratios = {}
     if "litellm-proxy" in measured["throughput"]:
         memos_added = added["non_stream"]["memos-proxy"]["p50_ms"]

@@ -23,8 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -270,13 +269,6 @@ class MemVault:
 
     # ------------------------------------------------------------------ owner statistics
 
-    @contextmanager
-    def _write(self) -> Iterator[Any]:
-        """A write transaction (Database.write: on SQLite the write lock is taken up front, so a
-        read-then-write inside it never fails on a stale snapshot)."""
-        with self.db.write() as session:
-            yield session
-
     def _lock_stats(self, session: Any, tenant: str, owner: str) -> OwnerStatsRow:
         """The owner's statistics row, locked for this transaction (serialises writers per owner)."""
         if self.db.is_postgres:
@@ -415,7 +407,7 @@ class MemVault:
         results: list[MemoryItem | None] = [None] * len(memories)
         written_vids: list[str] = []
         with self.vectors.cache.writing((tenant, okey)):  # readers keep the cache meanwhile
-            with self._write() as session:
+            with self.db.write() as session:
                 stats = self._lock_stats(session, tenant, owner)
                 existing: dict[str, MemoryRow] = {}
                 if dedupe:
@@ -662,7 +654,7 @@ class MemVault:
         added_vid: str | None = None
         removed_vid: str | None = None
         with self.vectors.cache.writing((tenant, okey)):  # readers keep the cache meanwhile
-            with self._write() as session:
+            with self.db.write() as session:
                 stats = self._lock_stats(session, tenant, owner)
                 row = self._live_row(tenant, memory_id, session)
                 old_text, old_sources = self._open_payload(row)
@@ -775,7 +767,7 @@ class MemVault:
         okey = self.owner_key(tenant, owner)
         now = utcnow()
         with self.vectors.cache.writing((tenant, okey)):  # readers keep the cache meanwhile
-            with self._write() as session:
+            with self.db.write() as session:
                 stats = self._lock_stats(session, tenant, owner)
                 row = self._live_row(tenant, memory_id, session)
                 was_active = row.state == State.ACTIVE.value
@@ -835,12 +827,9 @@ class MemVault:
             ),
         )
 
-    def record_hits(self, tenant: str, ids: Iterable[str], when: datetime | None = None) -> None:
-        """Usage statistics (not a new version): hits += 1, last_hit_at = now."""
-        self.record_hit_counts(tenant, dict.fromkeys(ids, 1), when)
-
     def record_hit_counts(self, tenant: str, counts: Mapping[str, int], when: datetime | None = None) -> None:
-        """hits += counts[id] and last_hit_at = now for each id, in one transaction (not a version)."""
+        """Usage statistics (not a new version): hits += counts[id] and last_hit_at = now for each id,
+        in one transaction."""
         by_count: dict[int, list[str]] = {}
         for mid, n in sorted(counts.items()):
             if n > 0:
@@ -859,7 +848,7 @@ class MemVault:
     def erase_user(self, tenant: str, owner: str) -> int:
         """Remove every trace of an owner: rows, versions, postings, statistics and vectors."""
         okey = self.owner_key(tenant, owner)
-        with self._write() as session:
+        with self.db.write() as session:
             count = session.execute(
                 select(func.count())
                 .select_from(MemoryRow)
@@ -1112,7 +1101,7 @@ class MemVault:
 
     def reindex_keywords(self, tenant: str, owner: str) -> int:
         """Rebuild the owner's postings and BM25 statistics (after a tokenizer change)."""
-        with self._write() as session:
+        with self.db.write() as session:
             stats = self._lock_stats(session, tenant, owner)
             session.execute(delete(PostingRow).where(PostingRow.tenant == tenant, PostingRow.owner == owner))
             session.execute(

@@ -117,7 +117,7 @@ def test_lifecycle_promotes_demotes_and_archives(env) -> None:  # type: ignore[n
         "acme", "alice", "The meeting is on Thursday.", expires_at=clock.now + timedelta(hours=1)
     )
     for _ in range(2):
-        vault.record_hits("acme", [hot.id], when=clock.now)
+        vault.record_hit_counts("acme", {hot.id: 1}, when=clock.now)
 
     def state() -> dict[str, object]:
         return {i.id: i for i in vault.list("acme", "alice", states=list(State))[0]}

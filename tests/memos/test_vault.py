@@ -199,10 +199,10 @@ def test_list_cursor_pages_newest_first(env: VaultEnv) -> None:
 
 def test_record_hits_is_not_a_version(env: VaultEnv) -> None:
     item = env.vault.add("acme", "alice", "hit me")
-    env.vault.record_hits("acme", [item.id, item.id])
-    env.vault.record_hits("globex", [item.id])  # another tenant: no effect
+    env.vault.record_hit_counts("acme", {item.id: 2, "mem_absent": 1})
+    env.vault.record_hit_counts("globex", {item.id: 5})  # another tenant: no effect
     got = env.vault.get("acme", item.id)
-    assert got.hits == 1 and got.last_hit_at is not None and got.version == 1
+    assert got.hits == 2 and got.last_hit_at is not None and got.version == 1
 
 
 def test_replicas_stay_correct(env: VaultEnv) -> None:
