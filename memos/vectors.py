@@ -175,6 +175,49 @@ class OwnerVectorCache:
             self._bytes -= entry.nbytes
 
 
+class _SharedExclusive:
+    """Per table: writes and compaction share it; an erasure's purge holds it alone.
+
+    The purge deletes every file no committed version references (`delete_unverified`), including the
+    data file of an add or compaction still in flight, whose commit then points at a missing file and
+    breaks the table. A purge waiting keeps new shared holders out, so erasure is not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if self._shared == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 def top_k_cosine(
     matrix: np.ndarray, ids: Sequence[str], query: np.ndarray, k: int
 ) -> list[tuple[str, float]]:
@@ -224,6 +267,7 @@ class VectorIndex:
         self._locks: dict[str, threading.Lock] = {}
         self._writes: dict[str, int] = {}
         self._compacting: set[str] = set()
+        self._guards: dict[str, _SharedExclusive] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ tables
@@ -237,6 +281,10 @@ class VectorIndex:
                     # Strong consistency: every read sees other processes' (replicas') latest commits.
                     self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
         return self._db
+
+    def _guard(self, name: str) -> _SharedExclusive:
+        with self._lock:
+            return self._guards.setdefault(name, _SharedExclusive())
 
     def _table_lock(self, name: str) -> threading.Lock:
         with self._lock:
@@ -300,22 +348,29 @@ class VectorIndex:
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim),
             }
         )
-        table.add(data)
-        self._wrote(table_name(tenant, dim), table)
+        name = table_name(tenant, dim)
+        with self._guard(name).shared():
+            table.add(data)
+        self._wrote(name, table)
 
     def delete(self, tenant: str, ids: Sequence[str]) -> None:
         if not ids:
             return
         quoted = ", ".join(_quote(i) for i in ids)
         for name, table in self._tenant_tables(tenant):
-            table.delete(f"id IN ({quoted})")
+            with self._guard(name).shared():
+                table.delete(f"id IN ({quoted})")
             self._wrote(name, table)
 
     def delete_owner(self, tenant: str, owner_key: str, *, purge: bool = True) -> None:
         """Remove every vector of an owner; with purge, old table versions holding them are removed too."""
-        for _name, table in self._tenant_tables(tenant):
-            table.delete(f"owner = {_quote(owner_key)}")
-            if purge:
+        for name, table in self._tenant_tables(tenant):
+            if not purge:
+                with self._guard(name).shared():
+                    table.delete(f"owner = {_quote(owner_key)}")
+                continue
+            with self._guard(name).exclusive():  # no write of this process is in flight meanwhile
+                table.delete(f"owner = {_quote(owner_key)}")
                 try:
                     # Erasure outranks a concurrent reader of an old table version (it would retry).
                     with warnings.catch_warnings():
@@ -345,12 +400,17 @@ class VectorIndex:
     def _compact(self, name: str, table: Any) -> None:
         """Merge small fragments (one per write) and drop old versions; index large tables."""
         try:
-            table.optimize(cleanup_older_than=self.version_retention)
-            if self.ann_threshold and table.count_rows() >= self.ann_threshold and not table.list_indices():
-                rows = table.count_rows()
-                table.create_index(
-                    metric="cosine", index_type="IVF_HNSW_SQ", num_partitions=max(1, rows // 50_000)
-                )
+            with self._guard(name).shared():
+                table.optimize(cleanup_older_than=self.version_retention)
+                if (
+                    self.ann_threshold
+                    and table.count_rows() >= self.ann_threshold
+                    and not table.list_indices()
+                ):
+                    rows = table.count_rows()
+                    table.create_index(
+                        metric="cosine", index_type="IVF_HNSW_SQ", num_partitions=max(1, rows // 50_000)
+                    )
         except Exception as exc:
             log.warning("vector table maintenance failed: %s", exception_summary(exc))
         finally:

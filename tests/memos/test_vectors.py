@@ -169,3 +169,44 @@ def test_compaction_keeps_only_recent_table_versions(tmp_path: Path) -> None:
     assert len(table.list_versions()) <= 2
     assert table.name == table_name("acme", m.shape[1])
     assert index.search_lance("acme", "o", m[7], 1)[0][0] == "id7.1"
+
+
+def test_an_erasure_purge_beside_writes_and_compaction_leaves_a_working_table(tmp_path: Path) -> None:
+    """The purge deletes files no committed version references; run beside an add or a compaction in
+    flight it would delete their new files and break the table. Writes and the purge take turns."""
+    import threading
+
+    index = VectorIndex(str(tmp_path / "v"), compact_every=7)
+    m = _vecs(80)
+    index.add("acme", "gone", ["g0.1"], m[:1])
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(60):
+                index.add("acme", "keep", [f"k{i}.1"], m[i : i + 1])
+            index.compact_now("acme")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def erase() -> None:
+        try:
+            while not done.is_set():
+                index.add("acme", "gone", ["g1.1"], m[79:80])
+                index.delete_owner("acme", "gone", purge=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=erase)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    ids, _ = index.load_owner("acme", "keep", m.shape[1])
+    assert sorted(ids) == sorted(f"k{i}.1" for i in range(60))
+    index.add("acme", "keep", ["after.1"], m[70:71])  # still writable
+    assert index.search_lance("acme", "keep", m[70], 1)[0][0] == "after.1"
