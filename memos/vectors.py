@@ -24,8 +24,10 @@ cost a candidate slot but never return a wrong memory.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -180,13 +183,18 @@ class _SharedExclusive:
 
     The purge deletes every file no committed version references (`delete_unverified`), including the
     data file of an add or compaction still in flight, whose commit then points at a missing file and
-    breaks the table. A purge waiting keeps new shared holders out, so erasure is not starved."""
+    breaks the table. A purge waiting keeps new shared holders out, so erasure is not starved.
 
-    def __init__(self) -> None:
+    With `lock_file` (tables in a local directory), the hold also covers the other processes on this
+    host that write the same tables (replicas, a `memos-proxy worker`): a shared or exclusive `flock`
+    on that file, taken after this process's own turn."""
+
+    def __init__(self, lock_file: Path | None = None) -> None:
         self._cond = threading.Condition()
         self._shared = 0
         self._exclusive = False
         self._waiting = 0
+        self._lock_file = lock_file
 
     @contextmanager
     def shared(self) -> Iterator[None]:
@@ -195,7 +203,8 @@ class _SharedExclusive:
                 self._cond.wait()
             self._shared += 1
         try:
-            yield
+            with self._across_processes(fcntl.LOCK_SH):
+                yield
         finally:
             with self._cond:
                 self._shared -= 1
@@ -211,11 +220,33 @@ class _SharedExclusive:
             self._waiting -= 1
             self._exclusive = True
         try:
-            yield
+            with self._across_processes(fcntl.LOCK_EX):
+                yield
         finally:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
+
+    @contextmanager
+    def _across_processes(self, mode: int) -> Iterator[None]:
+        if self._lock_file is None:
+            yield
+            return
+        # One descriptor per holder: flock locks belong to the open file, so this process's shared
+        # holders coexist and its purge waits for them like another process's.
+        fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _local_dir(uri: str) -> Path | None:
+    """The directory of a local LanceDB URI (a path or file://); None for object storage."""
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None if "://" in uri else Path(uri)
 
 
 def top_k_cosine(
@@ -284,7 +315,17 @@ class VectorIndex:
 
     def _guard(self, name: str) -> _SharedExclusive:
         with self._lock:
-            return self._guards.setdefault(name, _SharedExclusive())
+            guard = self._guards.get(name)
+            if guard is None:
+                local = _local_dir(self.uri)
+                lock_file = None
+                if local is not None:
+                    # Beside the table directories, not among them (LanceDB lists that directory).
+                    locks = local.parent / f"{local.name}.locks"
+                    locks.mkdir(parents=True, exist_ok=True)
+                    lock_file = locks / name
+                guard = self._guards[name] = _SharedExclusive(lock_file)
+            return guard
 
     def _table_lock(self, name: str) -> threading.Lock:
         with self._lock:

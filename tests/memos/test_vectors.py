@@ -210,3 +210,55 @@ def test_an_erasure_purge_beside_writes_and_compaction_leaves_a_working_table(tm
     assert sorted(ids) == sorted(f"k{i}.1" for i in range(60))
     index.add("acme", "keep", ["after.1"], m[70:71])  # still writable
     assert index.search_lance("acme", "keep", m[70], 1)[0][0] == "after.1"
+
+
+def test_an_erasure_purge_waits_for_another_process_writing_the_table(tmp_path: Path) -> None:
+    """The purge deletes files no committed version references, so it must not run while another
+    process (a replica, a worker) has an add in flight on the same local table: the guard is also a
+    file lock. A child process holds the shared side; this process's exclusive side waits for it."""
+    import subprocess
+    import sys
+    import threading
+
+    uri, held, release = tmp_path / "vectors", tmp_path / "held", tmp_path / "release"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from memos.vectors import VectorIndex\n"
+            "uri, held, release = sys.argv[1:4]\n"
+            "with VectorIndex(uri)._guard('mem_t_16').shared():\n"
+            "    pathlib.Path(held).touch()\n"
+            "    while not pathlib.Path(release).exists():\n"
+            "        time.sleep(0.01)\n",
+            str(uri),
+            str(held),
+            str(release),
+        ]
+    )
+    try:
+        deadline = 60.0
+        while not held.exists():
+            assert child.poll() is None and deadline > 0
+            deadline -= 0.01
+            threading.Event().wait(0.01)
+        acquired = threading.Event()
+
+        def purge() -> None:
+            with VectorIndex(str(uri))._guard("mem_t_16").exclusive():
+                acquired.set()
+
+        thread = threading.Thread(target=purge, daemon=True)
+        thread.start()
+        assert not acquired.wait(0.5)  # the other process's add is still in flight
+        release.touch()
+        assert acquired.wait(60)
+        thread.join(10)
+        # Shared holders of this process and another's coexist (adds never wait for each other).
+        index = VectorIndex(str(uri))
+        with index._guard("mem_t_16").shared(), VectorIndex(str(uri))._guard("mem_t_16").shared():
+            pass
+    finally:
+        release.touch()
+        assert child.wait(60) == 0
