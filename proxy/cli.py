@@ -26,6 +26,7 @@ from proxy.settings import Settings
 # Every module that contributes subcommands; add yours here.
 COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.serve",
+    "proxy.commands.worker",
     "proxy.commands.keys",
     "proxy.commands.governance",
     "proxy.commands.local_memory",

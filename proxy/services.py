@@ -12,7 +12,7 @@ import inspect
 import logging
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from memos.chat import ChatMemory, NoChatMemory
 from memos.crypto import MasterKey
@@ -168,8 +168,13 @@ def build_upstreams(settings: Settings) -> UpstreamRouter:
     )
 
 
-def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
-    """Everything serving needs. Blocking; called from the app's lifespan in a worker thread."""
+def build_services(
+    settings: Settings, metrics: Metrics | None = None, *, role: Literal["server", "worker"] = "server"
+) -> Services:
+    """Everything serving needs. Blocking; called from the app's lifespan in a worker thread.
+
+    role "worker" (`memos-proxy worker`): the same parts, but the only background jobs are what drains
+    the outbox (and what keeps its settings current); the scheduler's pass runs in the server."""
     core = open_core(settings)
     services = Services(
         settings=settings,
@@ -226,7 +231,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         outbox,
         WriteBack(reader, operator, live_policies, core.audit).process,
         poll_interval_s=settings.worker_poll_interval_s,
-        recover_claims=core.db.is_sqlite,  # SQLite: this process alone serves the data dir
+        recover_claims=core.db.is_sqlite,  # SQLite: one worker per data dir; what is claimed is dead
         on_erased=memory.vault.erase_user,  # a row's user was erased mid-write: erase what it wrote
     )
     services.chat_memory = PlaintextChatMemory(
@@ -236,7 +241,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         audit=core.audit,
         on_enqueued=worker.notify,
     )
-    if settings.worker_enabled:
+    if settings.worker_enabled or role == "worker":
         services.background.append(worker)
     # -- local runtime and MemScheduler: `local/<name>` models (nothing loaded until first used),
     #    activation/parametric memory chosen per request by the scheduler, its background pass, and
@@ -249,5 +254,6 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     memory.register_eraser(scheduler)
     if local is not None:
         services.upstreams.local = local
-    services.background.append(scheduler)
+    if role == "server":
+        services.background.append(scheduler)
     return services
