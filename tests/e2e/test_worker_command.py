@@ -9,28 +9,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import openai
 
+from tests.support.memory import search, until
 from tests.support.proxy import CLI, ProxyProcess, proxy_env
 from tests.support.upstream import FakeUpstream
 
 DEADLINE_S = 90.0
 FACT = "I keep bees on the roof of the old library."
-
-
-def searchable(proc: ProxyProcess, key: str, user: str, text: str) -> bool:
-    reply = httpx.post(
-        f"{proc.base_url}/memories/search",
-        json={"user": user, "query": text, "top_k": 20},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    return any(hit["memory"] == FACT for hit in reply.json()["data"])
 
 
 def test_a_worker_process_drains_what_the_server_enqueued(tmp_path: Path) -> None:
@@ -47,18 +35,19 @@ def test_a_worker_process_drains_what_the_server_enqueued(tmp_path: Path) -> Non
                 extra_headers={"X-Memos-User": "carol"},
             )
             assert answer.choices[0].message.content == f"You said: {FACT}"
-            assert not searchable(proc, key, "carol", FACT)  # the server writes nothing back itself
+            assert FACT not in search(proc, key, "carol", FACT)  # the server writes nothing back itself
 
             log = (tmp_path / "worker.log").open("wb")
             # The same environment, worker setting included: the command is the worker whatever it says.
             worker = subprocess.Popen([str(CLI), "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
             log.close()
             try:
-                deadline = time.monotonic() + DEADLINE_S
-                while not searchable(proc, key, "carol", FACT):
-                    assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-                    assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
-                    time.sleep(0.1)
+                until(
+                    lambda: worker.poll() is not None or FACT in search(proc, key, "carol", FACT),
+                    "the worker wrote the chat back",
+                    DEADLINE_S,
+                )
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
                 worker.send_signal(signal.SIGTERM)
                 assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()
             finally:

@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.support.proxy import RunningProxy
+from tests.support.proxy import ProxyProcess, RunningProxy
 
 DEADLINE_S = 60.0
 
 
-def search_hits(running: RunningProxy, key: str, user: str, query: str) -> list[dict]:
+def search_hits(running: RunningProxy | ProxyProcess, key: str, user: str, query: str) -> list[dict]:
     reply = httpx.post(
         f"{running.base_url}/memories/search",
         json={"user": user, "query": query, "top_k": 20},
@@ -23,7 +23,7 @@ def search_hits(running: RunningProxy, key: str, user: str, query: str) -> list[
     return reply.json()["data"]
 
 
-def search(running: RunningProxy, key: str, user: str, query: str) -> list[str]:
+def search(running: RunningProxy | ProxyProcess, key: str, user: str, query: str) -> list[str]:
     return [hit["memory"] for hit in search_hits(running, key, user, query)]
 
 
