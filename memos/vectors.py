@@ -322,8 +322,11 @@ class VectorIndex:
                 if local is not None:
                     # Beside the table directories, not among them (LanceDB lists that directory).
                     locks = local.parent / f"{local.name}.locks"
-                    locks.mkdir(parents=True, exist_ok=True)
-                    lock_file = locks / name
+                    try:
+                        locks.mkdir(parents=True, exist_ok=True)
+                        lock_file = locks / name
+                    except OSError as exc:  # a read-only parent: writes still work, guarded in-process
+                        log.warning("no lock directory beside the vector tables: %s", exception_summary(exc))
                 guard = self._guards[name] = _SharedExclusive(lock_file)
             return guard
 
