@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from starlette.requests import Request
 
+from memos.governance.acl import AccessDenied, Operation, authorize, effective_user
 from memos.governance.apikeys import ApiKeyStore, hash_key, parse_key_id
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
@@ -132,3 +134,14 @@ async def _record_failure(services: Services, raw_key: str, request: Request) ->
         await anyio.to_thread.run_sync(record)
     except Exception as exc:
         log.error("could not audit an auth failure: %s", exception_summary(exc))
+
+
+def authorize_upstream_use(request: Request, caller: Caller, body: Mapping[str, Any]) -> None:
+    """Calls other than chat that spend the tenant's upstream budget (embeddings, passthrough) need
+    the chat right, for the user named by `X-Memos-User` or the body's `user`; 403 otherwise."""
+    named = request.headers.get("x-memos-user") or body.get("user")
+    user = effective_user(caller.principal, named if isinstance(named, str) else None)
+    try:
+        authorize(caller.principal, caller.policy, Operation.CHAT, user)
+    except AccessDenied as exc:
+        raise forbidden(str(exc)) from None

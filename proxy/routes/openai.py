@@ -13,12 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from memos.governance.acl import AccessDenied, Operation, authorize, effective_user
-from proxy.auth import Caller, authenticate
+from proxy.auth import Caller, authenticate, authorize_upstream_use
 from proxy.disconnect import ClientDisconnected, until_disconnect
 from proxy.errors import (
     client_gone_response,
-    forbidden,
     json_response,
     not_found,
     raw_json_response,
@@ -89,13 +87,7 @@ async def embeddings(request: Request) -> Response:
     body = await read_json_object(request)
     model = check_embeddings(body)
     # Embeddings spend the tenant's upstream budget just like a chat: the same right and allow-list.
-    principal = caller.principal
-    named = request.headers.get("x-memos-user") or body.get("user")
-    user = effective_user(principal, named if isinstance(named, str) else None)
-    try:
-        authorize(principal, caller.policy, Operation.CHAT, user)
-    except AccessDenied as exc:
-        raise forbidden(str(exc)) from None
+    authorize_upstream_use(request, caller, body)
     check_model_allowed(caller.policy, model)
     try:
         kind, upstream = services.upstreams.route(model)

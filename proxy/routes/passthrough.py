@@ -17,10 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from memos.governance.acl import AccessDenied, Operation, authorize, effective_user
-from proxy.auth import Caller, authenticate
+from proxy.auth import Caller, authenticate, authorize_upstream_use
 from proxy.disconnect import ClientDisconnected, until_disconnect
-from proxy.errors import client_gone_response, forbidden, not_found, upstream_error_response
+from proxy.errors import client_gone_response, not_found, upstream_error_response
 from proxy.services import Services
 from proxy.targets import check_model_allowed, upstream_target
 from proxy.upstream.base import UpstreamError, relayed_headers
@@ -88,13 +87,7 @@ def _check_allowed(request: Request, caller: Caller, body: bytes) -> None:
         except orjson.JSONDecodeError:
             data = None
     fields = data if isinstance(data, dict) else {}
-    principal = caller.principal
-    named = request.headers.get("x-memos-user") or fields.get("user")
-    user = effective_user(principal, named if isinstance(named, str) else None)
-    try:
-        authorize(principal, caller.policy, Operation.CHAT, user)
-    except AccessDenied as exc:
-        raise forbidden(str(exc)) from None
+    authorize_upstream_use(request, caller, fields)
     if "model" in fields:
         check_model_allowed(caller.policy, require_string(fields, "model"))
 

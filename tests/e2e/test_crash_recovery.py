@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import openai
 
+from tests.support.memory import search
 from tests.support.proxy import ProxyProcess, proxy_env
 from tests.support.upstream import FakeUpstream
 
@@ -45,14 +45,7 @@ def chat(client: openai.OpenAI, user: str, text: str, stream: bool) -> str:
 
 
 def searchable(proc: ProxyProcess, key: str, user: str, text: str) -> bool:
-    reply = httpx.post(
-        f"{proc.base_url}/memories/search",
-        json={"user": user, "query": text, "top_k": 50},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    return any(hit["memory"] == text for hit in reply.json()["data"])
+    return text in search(proc, key, user, text)
 
 
 def wait_all(proc: ProxyProcess, key: str, user: str, facts: list[str]) -> None:
