@@ -94,9 +94,12 @@ def generations(running: RunningProxy, monkeypatch: pytest.MonkeyPatch) -> list[
 
 
 def add_memories(running: RunningProxy, key: str, user: str, texts: list[str]) -> list[str]:
+    # A day apart: the block's order (oldest first, then by random id) and so the prompt, and what the
+    # random model generates from it, are the same in every run.
+    memories = [{"text": t, "observed_at": f"2026-01-{i + 1:02d}T12:00:00Z"} for i, t in enumerate(texts)]
     response = httpx.post(
         f"{running.base_url}/memories",
-        json={"user": user, "memories": [{"text": t} for t in texts], "infer": False},
+        json={"user": user, "memories": memories, "infer": False},
         headers={"Authorization": f"Bearer {key}"},
         timeout=60,
     )
