@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -118,15 +118,35 @@ class MemOperator:
         *,
         extractor: str = "heuristic",
         retention_days: int | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
     ) -> OperatorResult:
         """Apply facts in order (later facts see earlier ones). Vault calls run off the event loop.
-        With `retention_days`, new memories expire that many days after they were observed."""
+        With `retention_days`, new memories expire that many days after they were observed. `vectors`:
+        fact texts already embedded (`embed_facts`); the others are embedded one by one."""
         result = OperatorResult()
         model = extractor.removeprefix("llm:").strip() if extractor.startswith("llm:") else None
         retention = timedelta(days=retention_days) if retention_days else None
         for fact in facts:
-            await self._apply_one(tenant, owner, fact, result, model, retention)
+            vector = vectors.get(fact.text) if vectors is not None else None
+            await self._apply_one(tenant, owner, fact, result, model, retention, vector)
         return result
+
+    async def embed_facts(self, facts: Sequence[Fact]) -> dict[str, np.ndarray]:
+        """The vectors of these facts' texts, those not in the query cache embedded in one call (off the
+        event loop): for `apply(vectors=...)` over several exchanges."""
+        vectors: dict[str, np.ndarray] = {}
+        missing: list[str] = []
+        for text in dict.fromkeys(f.text for f in facts):
+            cached = self._cached_vector(text) if self._cached_vector is not None else None
+            if cached is not None:
+                vectors[text] = cached
+            else:
+                missing.append(text)
+        if missing:
+            computed = await asyncio.to_thread(self._embed_many, missing)
+            if computed is not None:
+                vectors.update(zip(missing, computed, strict=True))
+        return vectors
 
     async def _apply_one(
         self,
@@ -136,9 +156,11 @@ class MemOperator:
         result: OperatorResult,
         model: str | None,
         retention: timedelta | None,
+        vector: np.ndarray | None = None,
     ) -> None:
         # Embed once: the same vector finds the neighbours and is stored with a new memory.
-        vector = self._cached_vector(fact.text) if self._cached_vector is not None else None
+        if vector is None and self._cached_vector is not None:
+            vector = self._cached_vector(fact.text)
         if vector is None:
             vector = await asyncio.to_thread(self._embed, fact.text)
         probe = fact.text if vector is None else vector
@@ -211,10 +233,14 @@ class MemOperator:
             result.superseded.append(item.id)
 
     def _embed(self, text: str) -> Any:
+        vectors = self._embed_many([text])
+        return None if vectors is None else vectors[0]
+
+    def _embed_many(self, texts: list[str]) -> np.ndarray | None:
         embedder = getattr(self._vault, "embedder", None)
         if embedder is None:
             return None
-        return normalise(embedder.embed([text]))[0]
+        return normalise(embedder.embed(texts))
 
     async def _merge(self, tenant: str, existing: MemoryItem, fact: Fact, result: OperatorResult) -> None:
         sources = merge_sources(list(existing.sources), fact.source)

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -212,17 +213,24 @@ class Outbox:
         """The row's memories are in the vault: delete it. LOST when the claim was lost meanwhile (another
         claimer has it); ERASED when its user was erased while it was being processed, so what was
         written from it must be erased again."""
+        return self.ack_many([row_id], claim_token)[row_id]
+
+    def ack_many(self, row_ids: Sequence[int], claim_token: str) -> dict[int, Ack]:
+        """`ack` for rows of one claim, in one transaction."""
+        if not row_ids:
+            return {}
         with self._db.write() as session:
-            erased = session.execute(
+            deleted = session.execute(
                 delete(OutboxRow)
-                .where(OutboxRow.id == row_id)
+                .where(OutboxRow.id.in_(list(row_ids)))
                 .where(OutboxRow.claim_token == claim_token)
-                .returning(OutboxRow.erased)
+                .returning(OutboxRow.id, OutboxRow.erased)
                 .execution_options(synchronize_session=False)
-            ).scalar_one_or_none()
-            if erased is None:
-                return Ack.LOST
-            return Ack.ERASED if erased else Ack.DONE
+            ).all()
+        acks = dict.fromkeys(row_ids, Ack.LOST)
+        for row_id, erased in deleted:
+            acks[row_id] = Ack.ERASED if erased else Ack.DONE
+        return acks
 
     def fail(
         self, row_id: int, claim_token: str, error: BaseException | str, *, now: float | None = None

@@ -1,12 +1,15 @@
 """The write-back worker: drains the outbox through reader -> operator -> vault, and audits the writes.
 
-`WriteBack.process` turns one outbox record into vault changes; it is idempotent (a row processed twice,
-say after a crash between the vault write and the acknowledgement, finds its own facts as exact
-duplicates from the same source and changes nothing). `OutboxWorker` is the background asyncio task:
-it claims batches, processes each user's rows in order (different users concurrently), acknowledges
-what succeeded and releases what failed with a backoff, so no row is ever lost. It keeps claimed rows'
-leases fresh while it works, wakes early when `notify()` says a row was committed, survives database
-outages (it retries), and stops cleanly.
+`WriteBack.process_group` turns one user's outbox records, in order, into vault changes, with their facts
+embedded in one call; it is idempotent (a row processed twice, say after a crash between the vault
+write and the acknowledgement, finds its own facts as exact duplicates from the same source and
+changes nothing).
+`OutboxWorker` is the background asyncio task: it claims batches, processes each user's rows in order
+(different users concurrently), acknowledges what succeeded and releases what failed with a backoff,
+so no row is ever lost. It keeps claimed rows' leases fresh while it works, wakes early when
+`notify()` says a row was committed (then waits `batch_window_s`, so the rows of the next moments are
+written back as one batch rather than one claim, transaction and acknowledgement each), survives
+database outages (it retries), and stops cleanly.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -25,7 +29,7 @@ from memos.governance.policy import Policy
 from memos.logsafe import exception_summary
 from memos.operator import MemOperator, OperatorResult
 from memos.outbox import Ack, Outbox, OutboxRecord
-from memos.reader import Exchange, MemReader
+from memos.reader import Exchange, Fact, MemReader
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,17 @@ def exchange_from_record(record: OutboxRecord) -> Exchange:
     )
 
 
+@dataclass(frozen=True)
+class GroupOutcome:
+    """How far a group of one user's rows got: the first `done` were written back; when `error` is set,
+    row `done` failed with it and the rows after it were not tried."""
+
+    done: int
+    error: Exception | None = None
+
+
 class WriteBack:
-    """What happens to one outbox record: read facts, apply them to the vault, audit the result."""
+    """What happens to outbox records: read facts, apply them to the vault, audit the result."""
 
     def __init__(
         self,
@@ -75,21 +88,53 @@ class WriteBack:
         self._policies = policies
         self._audit = audit
 
-    async def process(self, record: OutboxRecord) -> OperatorResult:
-        policy = self._policies.get(record.tenant)
-        extractor = policy.memory.extractor
-        exchange = exchange_from_record(record)
-        facts = await self._reader.read(exchange, extractor)
-        result = await self._operator.apply(
-            record.tenant,
-            record.owner,
-            facts,
-            extractor=extractor,
-            retention_days=policy.memory.retention_days,
-        )
-        if self._audit is not None:
-            await asyncio.to_thread(self._audit_result, record, policy, result)
-        return result
+    async def process(self, record: OutboxRecord) -> None:
+        """One row (`process_group` of one); raises what made it fail."""
+        outcome = await self.process_group([record])
+        if outcome.error is not None:
+            raise outcome.error
+
+    async def process_group(self, records: Sequence[OutboxRecord]) -> GroupOutcome:
+        """One user's rows in order (a later row sees, and may supersede, what an earlier one wrote),
+        with the facts of all of them embedded in one call and the audit entries written after the last
+        (one thread hop). The rows before a failing one stay written (and are audited); the failing one
+        and those after it are for the caller to retry."""
+        read: list[tuple[OutboxRecord, Policy, list[Fact]]] = []
+        error: Exception | None = None
+        for record in records:
+            try:
+                policy = self._policies.get(record.tenant)
+                facts = await self._reader.read(exchange_from_record(record), policy.memory.extractor)
+            except Exception as exc:
+                error = exc
+                break
+            read.append((record, policy, facts))
+        done: list[tuple[OutboxRecord, Policy, OperatorResult]] = []
+        try:
+            vectors = await self._operator.embed_facts([f for _, _, facts in read for f in facts])
+            for record, policy, facts in read:
+                result = await self._operator.apply(
+                    record.tenant,
+                    record.owner,
+                    facts,
+                    extractor=policy.memory.extractor,
+                    retention_days=policy.memory.retention_days,
+                    vectors=vectors,
+                )
+                done.append((record, policy, result))
+        except Exception as exc:
+            error = exc
+        if self._audit is not None and done:
+            try:
+                await asyncio.to_thread(self._audit_results, done)
+            except Exception as exc:
+                # The writes stand; retried, they change nothing (and so are not audited twice).
+                return GroupOutcome(0, exc)
+        return GroupOutcome(len(done), error if len(done) < len(records) else None)
+
+    def _audit_results(self, done: list[tuple[OutboxRecord, Policy, OperatorResult]]) -> None:
+        for record, policy, result in done:
+            self._audit_result(record, policy, result)
 
     def _audit_result(self, record: OutboxRecord, policy: Policy, result: OperatorResult) -> None:
         assert self._audit is not None
@@ -117,6 +162,21 @@ class WriteBack:
 
 
 Processor = Callable[[OutboxRecord], Awaitable[Any]]
+GroupProcessor = Callable[[Sequence[OutboxRecord]], Awaitable[GroupOutcome]]
+
+
+def one_at_a_time(process: Processor) -> GroupProcessor:
+    """A group processor from a one-row processor: rows in order, stopping at the first failure."""
+
+    async def process_group(records: Sequence[OutboxRecord]) -> GroupOutcome:
+        for index, record in enumerate(records):
+            try:
+                await process(record)
+            except Exception as exc:
+                return GroupOutcome(index, exc)
+        return GroupOutcome(len(records))
+
+    return process_group
 
 
 class OutboxWorker:
@@ -125,30 +185,39 @@ class OutboxWorker:
     def __init__(
         self,
         outbox: Outbox,
-        process: Processor,
+        process: Processor | None = None,
         *,
+        process_group: GroupProcessor | None = None,
         poll_interval_s: float = 0.2,
+        batch_window_s: float = 0.0,
         batch_size: int = 16,
         concurrency: int = 4,
         recover_claims: bool = False,
         on_erased: Callable[[str, str], Any] | None = None,
         name: str | None = None,
     ) -> None:
+        if (process is None) == (process_group is None):
+            raise ValueError("give the worker one of process (a row) or process_group (a user's rows)")
         self._outbox = outbox
-        self._process = process
+        self._process_group = process_group or one_at_a_time(process)  # type: ignore[arg-type]
         # Called (blocking, in a thread) with (tenant, owner) when a row's user was erased while it was
         # being processed: what the row wrote must go too (the vault's erase_user).
         self._on_erased = on_erased
         self.poll_interval_s = poll_interval_s
+        # After a notify, how long to let further rows arrive before claiming: a row costs a claim, a
+        # vault pass, an audit and an acknowledgement when alone, and shares them in a batch.
+        self.batch_window_s = batch_window_s
         self.batch_size = batch_size
         self._concurrency = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         self._recover_claims = recover_claims
         self.name = name or f"outbox-worker-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
         self.failed = 0
+        self.batches = 0  # claims that found rows (observability and tests)
 
     @property
     def running(self) -> bool:
@@ -167,11 +236,13 @@ class OutboxWorker:
             if released:
                 log.info("released %d outbox claims left by a previous process", released)
         self._stopping = False
+        self._stop.clear()
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the batch in hand (up to `timeout_s`), then stop; unfinished rows stay in the outbox."""
         self._stopping = True
+        self._stop.set()
         self._wake.set()
         task, self._task = self._task, None
         if task is None:
@@ -198,45 +269,102 @@ class OutboxWorker:
                 log.warning("outbox worker: claim failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await self._sleep(delay)
                 continue
-            if handled == 0:
-                await self._sleep(self.poll_interval_s)
+            if handled < self.batch_size:  # caught up (a full batch means more may be due at once)
+                if await self._sleep(self.poll_interval_s):
+                    await self._gather()
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait for a notify (True) or `seconds` (False)."""
         if self._stopping:
-            return
+            return False
+        woken = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
+            woken = True
         self._wake.clear()
+        return woken
+
+    async def _gather(self) -> None:
+        """A row was just committed: give the rows of the next `batch_window_s` the same claim."""
+        if self.batch_window_s > 0 and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.batch_window_s)
 
     async def drain_once(self) -> int:
         """Claim one batch and process it; returns how many rows were claimed."""
         records = await asyncio.to_thread(self._outbox.claim, self.batch_size)
         if not records:
             return 0
+        self.batches += 1
         groups: dict[tuple[str, str], list[OutboxRecord]] = defaultdict(list)
         for record in records:
             groups[(record.tenant, record.owner)].append(record)
         heartbeat = asyncio.create_task(self._keep_leases(records))
         try:
-            await asyncio.gather(*(self._process_group(group) for group in groups.values()))
+            await asyncio.gather(*(self._run_group(group) for group in groups.values()))
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         return len(records)
 
-    async def _process_group(self, records: list[OutboxRecord]) -> None:
+    async def _run_group(self, records: list[OutboxRecord]) -> None:
         # One user's rows in commit order: a later statement must see (and may supersede) an earlier one.
-        for index, record in enumerate(records):
+        try:
             if self._concurrency is not None:
                 async with self._concurrency:
-                    ok = await self._process_one(record)
+                    outcome = await self._process_group(records)
             else:
-                ok = await self._process_one(record)
-            if not ok:
-                # Processing the later rows now would let the failed one be applied after them on retry.
-                await asyncio.to_thread(self._defer_behind, record, records[index + 1 :])
-                return
+                outcome = await self._process_group(records)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self._release, records))
+            raise
+        except Exception as exc:  # a group processor that raises instead of reporting: nothing is done
+            outcome = GroupOutcome(0, exc)
+        done = records[: outcome.done]
+        self.processed += len(done)
+        if done:
+            await self._acknowledge(done)
+        if outcome.error is not None and outcome.done < len(records):
+            failed = records[outcome.done]
+            self.failed += 1
+            log.warning(
+                "outbox row %s failed (attempt %d): %s",
+                failed.id,
+                failed.attempts + 1,
+                type(outcome.error).__name__,
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._outbox.fail, failed.id, failed.claim_token, outcome.error)
+            # Processing the later rows now would let the failed one be applied after them on retry.
+            later = records[outcome.done + 1 :]
+            if later:
+                await asyncio.to_thread(self._defer_behind, failed, later)
+
+    def _release(self, records: list[OutboxRecord]) -> None:
+        for record in records:
+            with contextlib.suppress(Exception):
+                self._outbox.release(record.id, record.claim_token)
+
+    async def _acknowledge(self, records: list[OutboxRecord]) -> None:
+        try:
+            acks = await asyncio.to_thread(
+                self._outbox.ack_many, [r.id for r in records], records[0].claim_token
+            )
+        except Exception as exc:
+            # The memories are written; the rows come back after their lease and are no-ops the second time.
+            log.warning(
+                "outbox rows %s: acknowledgement failed (%s)", [r.id for r in records], type(exc).__name__
+            )
+            return
+        erased = [r for r in records if acks.get(r.id) is Ack.ERASED]
+        if erased and self._on_erased is not None:
+            record = erased[0]
+            log.info("outbox row %s: its user was erased meanwhile; erasing its writes again", record.id)
+            try:
+                await asyncio.to_thread(self._on_erased, record.tenant, record.owner)
+            except Exception as exc:
+                log.error("outbox row %s: erasing again failed: %s", record.id, exception_summary(exc))
 
     def _defer_behind(self, failed: OutboxRecord, later: list[OutboxRecord]) -> None:
         """Give the user's later rows back, each due no earlier than the row before it can be retried
@@ -250,36 +378,6 @@ class OutboxWorker:
     def _longest_backoff(self, record: OutboxRecord) -> float:
         outbox = self._outbox
         return min(outbox.backoff_cap_s, outbox.backoff_base_s * (2**record.attempts))
-
-    async def _process_one(self, record: OutboxRecord) -> bool:
-        """Process and acknowledge one row; False when it failed and was scheduled for a retry."""
-        try:
-            await self._process(record)
-        except asyncio.CancelledError:
-            await asyncio.shield(asyncio.to_thread(self._outbox.release, record.id, record.claim_token))
-            raise
-        except Exception as exc:
-            self.failed += 1
-            log.warning(
-                "outbox row %s failed (attempt %d): %s", record.id, record.attempts + 1, type(exc).__name__
-            )
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._outbox.fail, record.id, record.claim_token, exc)
-            return False
-        self.processed += 1
-        try:
-            ack = await asyncio.to_thread(self._outbox.ack, record.id, record.claim_token)
-        except Exception as exc:
-            # The memories are written; the row comes back after its lease and is a no-op the second time.
-            log.warning("outbox row %s: acknowledgement failed (%s)", record.id, type(exc).__name__)
-            return True
-        if ack is Ack.ERASED and self._on_erased is not None:
-            log.info("outbox row %s: its user was erased meanwhile; erasing its writes again", record.id)
-            try:
-                await asyncio.to_thread(self._on_erased, record.tenant, record.owner)
-            except Exception as exc:
-                log.error("outbox row %s: erasing again failed: %s", record.id, exception_summary(exc))
-        return True
 
     async def _keep_leases(self, records: list[OutboxRecord]) -> None:
         interval = max(0.5, self._outbox.lease_s / 3)

@@ -229,8 +229,9 @@ def build_services(
     memory.register_eraser(outbox, first=True)  # before the vault: rows in flight are marked erased
     worker = OutboxWorker(
         outbox,
-        WriteBack(reader, operator, live_policies, core.audit).process,
+        process_group=WriteBack(reader, operator, live_policies, core.audit).process_group,
         poll_interval_s=settings.worker_poll_interval_s,
+        batch_window_s=settings.worker_batch_window_ms / 1000,
         recover_claims=core.db.is_sqlite,  # SQLite: one worker per data dir; what is claimed is dead
         on_erased=memory.vault.erase_user,  # a row's user was erased mid-write: erase what it wrote
     )

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Outbox worker.
     worker_enabled: bool = True
     worker_poll_interval_s: float = 0.2
+    # After a chat commits its exchange, how long the worker lets others arrive before claiming them as
+    # one batch (one claim, embedding call, audit pass and acknowledgement); 0 claims at once.
+    worker_batch_window_ms: float = Field(default=100.0, ge=0.0, le=10_000.0)
 
     @field_validator("local_models", mode="before")
     @classmethod

@@ -292,3 +292,65 @@ def test_dates_in_the_block_are_when_memories_were_recorded() -> None:
     assert (
         rendered(replace(item, observed_at=None, created_at=datetime(2025, 6, 1, tzinfo=UTC))).when.month == 6
     )
+
+
+class CountingEmbedder:
+    """The vault's embedder, counting its calls (how many texts went in each)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+        self.name, self.dim = inner.name, inner.dim
+
+    def embed(self, texts):
+        self.calls.append(list(texts))
+        return self.inner.embed(texts)
+
+
+async def told(stack: Stack, rid: str, text: str) -> None:
+    ctx = context("alice", rid=rid)
+    request = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    await stack.memory.complete(ctx, PreparedChat(body=request), FinishedExchange(request["messages"], "Ok."))
+
+
+async def test_a_users_rows_are_written_back_as_one_group(stack: Stack) -> None:
+    """process_group: later rows see earlier ones (a move supersedes, moving back supersedes the move, a
+    repeat merges), every row is audited with its own request id, and the group's facts are embedded in
+    one call."""
+    await told(stack, "req-1", "I live in Paris.")
+    await told(stack, "req-2", "I moved to Lyon last month.")
+    await told(stack, "req-3", "I live in Paris.")
+    await told(stack, "req-4", "My sister Ana plays the cello.")
+    await told(stack, "req-5", "My sister Ana plays the cello.")
+    records = stack.outbox.claim()
+    assert [r.request_id for r in records] == ["req-1", "req-2", "req-3", "req-4", "req-5"]
+    counting = CountingEmbedder(stack.env.vault.embedder)
+    stack.env.vault.embedder = counting
+    outcome = await stack.writeback.process_group(records)
+    assert (outcome.done, outcome.error) == (5, None)
+    assert len(counting.calls) == 1 and len(counting.calls[0]) == 3  # three distinct texts
+    items, _ = stack.env.vault.list("acme", "alice", limit=10, states=list(State))
+    states = sorted((i.created_at, i.text, i.state) for i in items)
+    assert [(text, state) for _, text, state in states] == [
+        ("I live in Paris.", State.SUPERSEDED),
+        ("I moved to Lyon last month.", State.SUPERSEDED),
+        ("I live in Paris.", State.ACTIVE),
+        ("My sister Ana plays the cello.", State.ACTIVE),
+    ]
+    [cello] = [i for i in items if "cello" in i.text]
+    assert [s.request_id for s in cello.sources] == ["req-4", "req-5"]
+    entries, _ = stack.audit.list("acme", 50, None)
+    writes = [e.request_id for e in entries if e.action == "memory.write"]
+    assert writes == ["req-1", "req-2", "req-3", "req-4", "req-5"]
+
+
+async def test_a_group_stops_at_a_row_that_fails_and_keeps_what_came_before(stack: Stack) -> None:
+    await told(stack, "req-1", "I keep bees in my garden.")
+    stack.outbox.enqueue("acme", "alice", "req-2", {"turns": [["not an index", {"role": "user"}]]})
+    await told(stack, "req-3", "I collect vintage cameras.")
+    records = stack.outbox.claim()
+    outcome = await stack.writeback.process_group(records)
+    assert outcome.done == 1 and isinstance(outcome.error, ValueError)
+    items, _ = stack.env.vault.list("acme", "alice", limit=10)
+    assert [i.text for i in items] == ["I keep bees in my garden."]
+    entries, _ = stack.audit.list("acme", 50, None)
+    assert [e.request_id for e in entries if e.action == "memory.write"] == ["req-1"]

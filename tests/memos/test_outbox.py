@@ -131,6 +131,23 @@ def test_erasing_a_user_whose_row_is_being_processed(outbox: Outbox) -> None:
     assert outbox.pending() == 0
 
 
+def test_ack_many_acknowledges_a_claims_rows_in_one_go(outbox: Outbox) -> None:
+    """Each row gets what `ack` would say: done, erased (its user went meanwhile), or lost (another
+    claim holds it now)."""
+    for i in range(3):
+        outbox.enqueue("acme", f"user-{i}", f"req-{i}", _payload())
+    held = outbox.claim()
+    token = held[0].claim_token
+    assert {r.claim_token for r in held} == {token}
+    outbox.erase_user("acme", "user-1")
+    outbox.release(held[2].id, token)
+    [retaken] = outbox.claim()
+    acks = outbox.ack_many([r.id for r in held], token)
+    assert acks == {held[0].id: Ack.DONE, held[1].id: Ack.ERASED, held[2].id: Ack.LOST}
+    assert outbox.pending() == 1 and outbox.ack(retaken.id, retaken.claim_token) is Ack.DONE
+    assert outbox.ack_many([], token) == {}
+
+
 def test_an_erased_row_left_by_a_dead_worker_is_dropped_when_claimed(outbox: Outbox) -> None:
     outbox.enqueue("acme", "alice", "req-1", _payload())
     now = time.time()

@@ -12,7 +12,7 @@ from memos.crypto import MasterKey
 from memos.db import Database
 from memos.keyring import Keyring
 from memos.outbox import Outbox, OutboxRecord
-from memos.worker import OutboxWorker
+from memos.worker import GroupOutcome, OutboxWorker
 
 
 @pytest.fixture
@@ -265,3 +265,73 @@ async def test_a_failed_row_is_retried_before_its_users_later_rows(
     # A later statement may supersede an earlier one, so alice's rows must land in commit order.
     assert [r for r in done if r != "req-b"] == ["req-0", "req-1", "req-2"]
     assert "req-b" in done and worker.failed == 1
+
+
+async def test_rows_committed_within_the_batch_window_are_claimed_together(
+    database: Database, keyring: Keyring
+) -> None:
+    """After a notify the worker waits `batch_window_s`: rows committed meanwhile share one claim and
+    reach the group processor together, in commit order."""
+    outbox = make_outbox(database, keyring)
+    groups: list[list[str]] = []
+
+    async def process_group(records) -> GroupOutcome:
+        groups.append([r.request_id for r in records])
+        return GroupOutcome(len(records))
+
+    worker = OutboxWorker(outbox, process_group=process_group, poll_interval_s=3600, batch_window_s=0.5)
+    await worker.start()
+    try:
+        await asyncio.sleep(0.05)  # the worker's first (empty) claim is done; it waits for a notify
+        outbox.enqueue("acme", "alice", "req-0", payload(0))
+        worker.notify()
+        await asyncio.sleep(0.05)  # the worker is woken and is inside its window
+        for i in (1, 2):
+            await asyncio.to_thread(outbox.enqueue, "acme", "alice", f"req-{i}", payload(i))
+            worker.notify()
+        await until(lambda: outbox.pending() == 0)
+    finally:
+        await worker.stop()
+    assert groups == [["req-0", "req-1", "req-2"]] and worker.batches == 1
+
+
+async def test_a_group_that_stops_part_way_acknowledges_what_was_done(
+    database: Database, keyring: Keyring
+) -> None:
+    """A group processor reporting that its second row failed: the first is acknowledged once, the
+    second retried, the third deferred behind it; all land, in order."""
+    outbox = make_outbox(database, keyring)
+    for i in range(3):
+        outbox.enqueue("acme", "alice", f"req-{i}", payload(i))
+    done: list[str] = []
+    failed_once: list[bool] = []
+
+    async def process_group(records) -> GroupOutcome:
+        for index, record in enumerate(records):
+            if record.request_id == "req-1" and not failed_once:
+                failed_once.append(True)
+                return GroupOutcome(index, ConnectionError("vault unreachable"))
+            done.append(record.request_id)
+        return GroupOutcome(len(records))
+
+    worker = OutboxWorker(outbox, process_group=process_group, poll_interval_s=0.01)
+    await worker.start()
+    try:
+        await until(lambda: outbox.pending() == 0)
+    finally:
+        await worker.stop()
+    assert done == ["req-0", "req-1", "req-2"]
+    assert (worker.processed, worker.failed) == (3, 1)
+
+
+def test_a_worker_takes_exactly_one_kind_of_processor(database: Database, keyring: Keyring) -> None:
+    async def process(record) -> None:
+        return None
+
+    async def process_group(records) -> GroupOutcome:
+        return GroupOutcome(len(records))
+
+    with pytest.raises(ValueError):
+        OutboxWorker(make_outbox(database, keyring))
+    with pytest.raises(ValueError):
+        OutboxWorker(make_outbox(database, keyring), process, process_group=process_group)
