@@ -7,9 +7,8 @@ changes nothing).
 `OutboxWorker` is the background asyncio task: it claims batches, processes each user's rows in order
 (different users concurrently), acknowledges what succeeded and releases what failed with a backoff,
 so no row is ever lost. It keeps claimed rows' leases fresh while it works, wakes early when
-`notify()` says a row was committed (then waits `batch_window_s`, so the rows of the next moments are
-written back as one batch rather than one claim, transaction and acknowledgement each), survives
-database outages (it retries), and stops cleanly.
+`notify()` says a row was committed (then lets the rows of the next moments join: see `_gather`),
+survives database outages (it retries), and stops cleanly.
 """
 
 from __future__ import annotations
@@ -190,6 +189,7 @@ class OutboxWorker:
         process_group: GroupProcessor | None = None,
         poll_interval_s: float = 0.2,
         batch_window_s: float = 0.0,
+        batch_quiet_s: float = 0.025,
         batch_size: int = 16,
         concurrency: int = 4,
         recover_claims: bool = False,
@@ -204,15 +204,18 @@ class OutboxWorker:
         # being processed: what the row wrote must go too (the vault's erase_user).
         self._on_erased = on_erased
         self.poll_interval_s = poll_interval_s
-        # After a notify, how long to let further rows arrive before claiming: a row costs a claim, a
-        # vault pass, an audit and an acknowledgement when alone, and shares them in a batch.
+        # After a notify, further rows may join the claim (alone, a row pays a claim, an embedding call,
+        # an audit hop and an acknowledgement; in a batch it shares them): the worker claims once no row
+        # came for `batch_quiet_s` (a lone chat is written back right after it, in its user's think
+        # time), and at the latest `batch_window_s` after the notify (chats that keep coming are
+        # written back together).
         self.batch_window_s = batch_window_s
+        self.batch_quiet_s = batch_quiet_s
         self.batch_size = batch_size
         self._concurrency = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         self._recover_claims = recover_claims
         self.name = name or f"outbox-worker-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
@@ -236,13 +239,11 @@ class OutboxWorker:
             if released:
                 log.info("released %d outbox claims left by a previous process", released)
         self._stopping = False
-        self._stop.clear()
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the batch in hand (up to `timeout_s`), then stop; unfinished rows stay in the outbox."""
         self._stopping = True
-        self._stop.set()
         self._wake.set()
         task, self._task = self._task, None
         if task is None:
@@ -285,10 +286,13 @@ class OutboxWorker:
         return woken
 
     async def _gather(self) -> None:
-        """A row was just committed: give the rows of the next `batch_window_s` the same claim."""
-        if self.batch_window_s > 0 and not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.batch_window_s)
+        """A row was just committed: wait until none came for `batch_quiet_s`, at most `batch_window_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_window_s
+        while not self._stopping:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._sleep(min(self.batch_quiet_s, remaining)):
+                return
 
     async def drain_once(self) -> int:
         """Claim one batch and process it; returns how many rows were claimed."""

@@ -64,9 +64,10 @@ class Settings(BaseSettings):
     # Outbox worker.
     worker_enabled: bool = True
     worker_poll_interval_s: float = 0.2
-    # After a chat commits its exchange, how long the worker lets others arrive before claiming them as
-    # one batch (one claim, embedding call, audit pass and acknowledgement); 0 claims at once.
-    worker_batch_window_ms: float = Field(default=100.0, ge=0.0, le=10_000.0)
+    # After a chat commits its exchange, the worker claims once no other came for 25 ms, at the latest
+    # this long after the first: chats that keep coming are written back as one batch (one claim,
+    # embedding call, audit pass and acknowledgement). 0: claim at once.
+    worker_batch_window_ms: float = Field(default=250.0, ge=0.0, le=10_000.0)
 
     @field_validator("local_models", mode="before")
     @classmethod

@@ -270,8 +270,8 @@ async def test_a_failed_row_is_retried_before_its_users_later_rows(
 async def test_rows_committed_within_the_batch_window_are_claimed_together(
     database: Database, keyring: Keyring
 ) -> None:
-    """After a notify the worker waits `batch_window_s`: rows committed meanwhile share one claim and
-    reach the group processor together, in commit order."""
+    """After a notify the worker waits while rows keep coming (each within `batch_quiet_s` of the last):
+    they share one claim and reach the group processor together, in commit order."""
     outbox = make_outbox(database, keyring)
     groups: list[list[str]] = []
 
@@ -279,13 +279,15 @@ async def test_rows_committed_within_the_batch_window_are_claimed_together(
         groups.append([r.request_id for r in records])
         return GroupOutcome(len(records))
 
-    worker = OutboxWorker(outbox, process_group=process_group, poll_interval_s=3600, batch_window_s=0.5)
+    worker = OutboxWorker(
+        outbox, process_group=process_group, poll_interval_s=3600, batch_window_s=30, batch_quiet_s=0.5
+    )
     await worker.start()
     try:
         await asyncio.sleep(0.05)  # the worker's first (empty) claim is done; it waits for a notify
         outbox.enqueue("acme", "alice", "req-0", payload(0))
         worker.notify()
-        await asyncio.sleep(0.05)  # the worker is woken and is inside its window
+        await asyncio.sleep(0.05)  # the worker is woken and gathering
         for i in (1, 2):
             await asyncio.to_thread(outbox.enqueue, "acme", "alice", f"req-{i}", payload(i))
             worker.notify()
@@ -293,6 +295,26 @@ async def test_rows_committed_within_the_batch_window_are_claimed_together(
     finally:
         await worker.stop()
     assert groups == [["req-0", "req-1", "req-2"]] and worker.batches == 1
+
+
+async def test_a_lone_row_is_claimed_once_things_are_quiet_not_at_the_end_of_the_window(
+    database: Database, keyring: Keyring
+) -> None:
+    outbox = make_outbox(database, keyring)
+    done: list[str] = []
+
+    async def process(record: OutboxRecord) -> None:
+        done.append(record.request_id)
+
+    worker = OutboxWorker(outbox, process, poll_interval_s=3600, batch_window_s=3600, batch_quiet_s=0.05)
+    await worker.start()
+    try:
+        await asyncio.sleep(0.05)
+        outbox.enqueue("acme", "alice", "req-0", payload(0))
+        worker.notify()
+        await until(lambda: done == ["req-0"])  # an hour-long window would fail this
+    finally:
+        await worker.stop()
 
 
 async def test_a_group_that_stops_part_way_acknowledges_what_was_done(
