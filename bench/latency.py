@@ -25,9 +25,9 @@ Phases:
   (`X-Memos-User`) with `X-Memos-Memory: read` (injection only) and `on` (injection and write-back),
   interleaved with the direct call; every request asks a question not asked before (no cache hit);
   added p50/p95 over the direct call and how many memories were injected (`x-memos-memories`).
-  `memory-on` sends its requests back to back, so each one shares the CPU with the write-back of the
-  one before; `memory-on-paced` waits `--memory-pause-ms` (untimed) before each request, as a user
-  reading and typing between turns does.
+  `memory-on` sends its requests back to back, so they share the CPU with the write-back of earlier
+  ones (batched by the worker: MEMOS_WORKER_BATCH_WINDOW_MS at its default); `memory-on-paced` waits
+  `--memory-pause-ms` (untimed) before each request, as a user reading and typing between turns does.
 
 Prints a table and writes JSON (with the machine's CPU count and load average before and after).
 Never asserts on timings: it measures.
