@@ -37,17 +37,46 @@ class Source:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-# Provenance kept per memory: the first source (where it was learned) and the latest ones. A fact a
-# user repeats in every chat would otherwise carry every request it was seen in, and each merge would
-# rewrite and version an ever longer list (measured: 90 sources on one memory after 900 chats).
+# Provenance kept per memory: the first source (where it was learned), a count of the sources left out,
+# and the latest ones. A fact a user repeats in every chat would otherwise carry every request it was
+# seen in, and each merge would rewrite and version an ever longer list (measured: 90 sources on one
+# memory after 900 chats). The count keeps the cut visible: no source vanishes without trace.
 MAX_SOURCES = 20
+# The metadata key of the one source that stands for those left out (second in the list, no request).
+OMITTED_SOURCES = "memos.omitted_sources"
+
+
+def omitted_marker(count: int) -> Source:
+    """The source that records `count` sources left out of a memory's list."""
+    return Source(metadata={OMITTED_SOURCES: count})
+
+
+def omitted_count(source: Source) -> int | None:
+    """How many sources `source` stands for when it is the left-out marker; None for a real source."""
+    if source.request_id is not None or source.message_index is not None or source.session is not None:
+        return None
+    metadata = source.metadata or {}
+    value = metadata.get(OMITTED_SOURCES)
+    if len(metadata) != 1 or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def omitted_sources(sources: list[Source]) -> int:
+    """How many sources were left out of this list (0 when it holds every one)."""
+    return sum(n for n in (omitted_count(s) for s in sources) if n is not None)
 
 
 def bounded_sources(sources: list[Source]) -> list[Source]:
-    """The first source and the latest MAX_SOURCES - 1 (all of them when there are few)."""
-    if len(sources) <= MAX_SOURCES:
+    """At most MAX_SOURCES entries: the first source, a marker counting those left out (earlier ones
+    included), and the latest; the list as it is when nothing needs to be left out."""
+    omitted = omitted_sources(sources)
+    if not omitted and len(sources) <= MAX_SOURCES:
         return sources
-    return [sources[0], *sources[-(MAX_SOURCES - 1) :]]
+    real = [s for s in sources if omitted_count(s) is None]
+    latest = MAX_SOURCES - 2
+    dropped = max(0, len(real) - 1 - latest)
+    return [*real[:1], omitted_marker(omitted + dropped), *real[1:][-latest:]]
 
 
 @dataclass

@@ -13,6 +13,16 @@ For every fact, the user's nearest active memories are fetched once (vault.neare
    "teaches violin" / "teaches piano" 0.86, "two cats" / "two dogs" 0.74.)
 4. otherwise the fact is added.
 
+The merge rule: a fact merges into a memory (steps 2 and 3, and a duplicate the extractor model names)
+only when one of the two says nothing the other does not. Cosine is a precondition, never enough:
+"Flight AZ611 leaves from gate B14." and "Flight AZ610 leaves from gate B12." score above the threshold.
+So the content words of one (`content_words`: numbers, codes such as "AZ611" or "kq003x", dates and
+times kept whole, capitalised names, every other word that is not a stopword; casefolded, possessive
+and plural "s" dropped) must all appear in the other, and both must be negated or neither ("I don't
+like coffee" is not "I like coffee"). When the memory is the one that says less, it takes the fact's
+text (a new version; the old wording stays in history), so a merge never loses a word that mattered.
+A merged memory keeps its first and latest sources and counts those left out (memos.item.bounded_sources).
+
 A fact older than the memory it conflicts with (a backlog drained late, an import out of order) does
 not win: it is stored already superseded, valid until the newer statement.
 """
@@ -30,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from memos.embeddings import normalise
-from memos.item import Kind, MemoryItem, Source, State, bounded_sources
+from memos.item import Kind, MemoryItem, Source, State, bounded_sources, omitted_count
 from memos.reader import Fact, Slot, TextCompleter, slots_of
 
 if TYPE_CHECKING:
@@ -77,9 +87,90 @@ def _key(source: Source) -> tuple[Any, ...]:
 def merge_sources(existing: list[Source], new: Source) -> list[Source] | None:
     """The existing sources plus `new` (bounded: memos.item.bounded_sources); None when `new` is
     already among them (nothing to change)."""
-    if any(_key(s) == _key(new) for s in existing):
+    if any(_key(s) == _key(new) for s in existing if omitted_count(s) is None):
         return None
     return bounded_sources([*existing, new])
+
+
+# ------------------------------------------------------------------------------------- merge rule
+
+# Words that carry no fact of their own: articles, pronouns, auxiliaries, common prepositions and
+# conjunctions, fillers. Modals, quantities, number words and negations are not here: they change what
+# a sentence says ("may", "two", "every", "not").
+_STOPWORDS = frozenset(
+    """
+    a an the this that these those there here it its it's that's there's what's
+    i me my mine myself i'm i've i'd i'll im ive we us our ours ourselves we're we've we'd we'll
+    you your yours yourself you're you've he him his himself he's she her hers herself she's
+    they them their theirs themselves they're they've user user's
+    is am are was were be been being have has had having do does did doing get gets got
+    of in on at to for from by with about as into onto upon
+    and or but so then than also too as well just really very quite actually
+    remember please let's
+    """.split()
+)
+_NEGATIONS = frozenset(
+    "not no never nor neither none nothing nobody nowhere without cannot nope".split()
+)
+_I_FORMS = frozenset(("i", "i'm", "i've", "i'd", "i'll"))
+# A word, kept whole across inner marks ("AZ611", "2026-03-10", "10:30", "4.5", "don't", "alice's").
+_TOKEN = re.compile(r"[^\W_]+(?:['’.,:/-][^\W_]+)*", re.UNICODE)
+_INNER_MARK = re.compile(r"[.,:/-]")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a memory says, for the merge rule: its content words and whether it is negated."""
+
+    words: frozenset[str]
+    negated: bool
+
+    def within(self, other: Content) -> bool:
+        """True when this says nothing `other` does not."""
+        return self.negated == other.negated and self.words <= other.words
+
+
+def _word(word: str) -> str:
+    if word.endswith("'s"):
+        word = word[:-2]
+    word = word.rstrip("'")
+    if any(ch.isdigit() for ch in word) or len(word) <= 3 or word.endswith("ss"):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    return word[:-1] if word.endswith("s") else word
+
+
+def content_words(text: str) -> Content:
+    """The content words of a text (see the module docstring) and whether it negates."""
+    words: set[str] = set()
+    negated = False
+    for sentence in _SENTENCE.split(text):
+        for position, match in enumerate(_TOKEN.finditer(sentence)):
+            token = match.group().replace("’", "'")
+            # Numbers, dates and codes stay whole; "well-known" is "well" and "known".
+            parts = [token] if any(ch.isdigit() for ch in token) else _INNER_MARK.split(token)
+            for part in parts:
+                folded = part.casefold()
+                if folded in _NEGATIONS or folded.endswith("n't"):
+                    negated = True
+                    continue
+                # A capitalised word inside a sentence is a name even when it is a common word
+                # ("in May", "Will called").
+                is_name = position > 0 and part[:1].isupper() and folded not in _I_FORMS
+                if folded in _STOPWORDS and not is_name:
+                    continue
+                word = _word(folded)
+                if word:
+                    words.add(word)
+    return Content(frozenset(words), negated)
+
+
+def mergeable(a: str, b: str) -> bool:
+    """True when one of the two texts says nothing the other does not (the merge rule)."""
+    ca, cb = content_words(a), content_words(b)
+    return ca.within(cb) or cb.within(ca)
 
 
 _CONTRADICTION_PROMPT = """You maintain a store of memories about a user.
@@ -179,16 +270,20 @@ class MemOperator:
             conflicting = [item for item, _ in active if _conflicts(fact.slots, item)]
         conflicting_ids = {item.id for item in conflicting}
 
+        if duplicate is not None and not mergeable(fact.text, duplicate.text):
+            duplicate = None  # the model's "same thing" is held to the merge rule too
         if duplicate is None:
             wanted = normalise_text(fact.text)
             for item, cos in active:
                 if item.id in conflicting_ids:
                     continue
-                if normalise_text(item.text) == wanted or cos >= self.near_threshold:
+                if (normalise_text(item.text) == wanted or cos >= self.near_threshold) and mergeable(
+                    fact.text, item.text
+                ):
                     duplicate = item
                     break
         if duplicate is not None and duplicate.id not in conflicting_ids:
-            await self._merge(tenant, duplicate, fact, result)
+            await self._merge(tenant, duplicate, fact, result, vector)
             return
 
         fact_time = _aware(fact.valid_from or fact.observed_at)
@@ -242,14 +337,28 @@ class MemOperator:
             return None
         return normalise(embedder.embed(texts))
 
-    async def _merge(self, tenant: str, existing: MemoryItem, fact: Fact, result: OperatorResult) -> None:
+    async def _merge(
+        self,
+        tenant: str,
+        existing: MemoryItem,
+        fact: Fact,
+        result: OperatorResult,
+        vector: np.ndarray | None = None,
+    ) -> None:
         sources = merge_sources(list(existing.sources), fact.source)
         importance = max(existing.importance, fact.importance)
-        if sources is None and importance == existing.importance:
+        # The memory says less than the fact ("... every summer" / "... every single summer"): it takes
+        # the fuller wording, so the merge keeps every content word of both.
+        fuller = not content_words(fact.text).within(content_words(existing.text))
+        if sources is None and importance == existing.importance and not fuller:
             return  # the same exchange read twice (a retried row): nothing new
         fields: dict[str, Any] = {"importance": importance, "reason": "merged duplicate"}
         if sources is not None:
             fields["sources"] = sources
+        if fuller:
+            fields.update(text=fact.text, reason="merged duplicate, fuller wording")
+            if vector is not None:
+                fields["vector"] = vector
         await asyncio.to_thread(self._vault.update, tenant, existing.id, **fields)
         result.merged.append(existing.id)
 
