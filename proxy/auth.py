@@ -5,6 +5,11 @@ Normal mode: `Authorization: Bearer <tenant key>`. Pass-through mode (a tenant p
 in `Authorization`, which is then sent upstream instead of the configured one. A missing, malformed,
 unknown or revoked key answers 401 in the OpenAI envelope.
 
+Failed attempts are held back per client address and per key id (proxy.auth_limits: 429 with
+Retry-After once an address has spent its budget) and audited in aggregate, with the address, by
+`AuthFailureAudit`: never one chained entry per guess. The address is the one uvicorn reports, so
+behind a reverse proxy it is the forwarded one only when uvicorn is told to trust that proxy.
+
 Resolved keys are cached for `settings.key_cache_ttl_s` (by the key's hash) so the hot path does not
 touch the database; a revocation through this process's store is seen at once, one made by another
 process within the TTL.
@@ -13,6 +18,8 @@ process within the TTL.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +33,9 @@ from memos.governance.apikeys import ApiKeyStore, hash_key, parse_key_id
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from memos.logsafe import exception_summary
-from proxy.errors import forbidden, unauthorized
+from memos.polling import PollingThread
+from proxy.auth_limits import Admission, FailureSummary
+from proxy.errors import ApiError, forbidden, unauthorized
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -89,6 +98,22 @@ def bearer_token(value: str | None) -> str | None:
     return token or None
 
 
+def client_address(request: Request) -> str:
+    client = request.client
+    return client.host if client is not None and client.host else "unknown"
+
+
+def throttled(retry_after: float) -> ApiError:
+    seconds = max(1, math.ceil(retry_after))
+    return ApiError(
+        429,
+        f"Too many failed authentication attempts; retry after {seconds} s.",
+        type="rate_limit_error",
+        code="auth_rate_limited",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
 async def authenticate(request: Request, services: Services) -> Caller:
     headers = request.headers
     bearer = bearer_token(headers.get("authorization"))
@@ -96,10 +121,23 @@ async def authenticate(request: Request, services: Services) -> Caller:
     raw_key = memos_key.strip() if memos_key else bearer
     if not raw_key:
         raise unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
-    principal = await services.keys.resolve(raw_key)
+    limits = services.auth_limits
+    admission = limits.admit(client_address(request), parse_key_id(raw_key))
+    if admission.retry_after is not None:
+        raise throttled(admission.retry_after)
+    try:
+        principal = await services.keys.resolve(raw_key)
+    except BaseException:
+        limits.abandon(admission)
+        raise
     if principal is None:
-        await _record_failure(services, raw_key, request)
+        retry_after = await anyio.to_thread.run_sync(
+            _record_failure, services, admission, raw_key, request.state.request_id
+        )
+        if retry_after is not None:
+            raise throttled(retry_after)
         raise unauthorized("Incorrect API key provided.")
+    limits.success(admission, principal.key_id)
     request.state.tenant = principal.tenant
     policy = services.policies.get(principal.tenant)
     upstream_key = None
@@ -114,26 +152,63 @@ async def authenticate(request: Request, services: Services) -> Caller:
     return Caller(principal, policy, upstream_key)
 
 
-async def _record_failure(services: Services, raw_key: str, request: Request) -> None:
-    """Audit an auth failure in the tenant its key id names (revoked key, wrong secret). The entry
-    names the key id (public) so an operator can tell which key is failing; never the secret."""
+def _record_failure(
+    services: Services, admission: Admission, raw_key: str, request_id: str | None
+) -> float | None:
+    """Count a failed check (blocking) and audit what is due; returns the Retry-After of a 429.
 
-    def record() -> None:
-        tenant = services.api_keys.tenant_of_failed(raw_key)
-        if tenant is not None:
-            level = services.policies.get(tenant).audit_level
-            services.audit.record(
-                tenant,
-                "auth.failure",
-                key_id=parse_key_id(raw_key),
-                request_id=request.state.request_id,
-                level=level,
-            )
-
+    The tenant is the one the key id names (revoked key, wrong secret); a key id that names no key
+    is counted against the address only, as it has no tenant's log to go to."""
     try:
-        await anyio.to_thread.run_sync(record)
-    except Exception as exc:
-        log.error("could not audit an auth failure: %s", exception_summary(exc))
+        tenant = services.api_keys.tenant_of_failed(raw_key)
+    except Exception as exc:  # still counted against the address; only the per-key part is lost
+        log.error("could not look up the key id of an auth failure: %s", exception_summary(exc))
+        tenant = None
+    verdict = services.auth_limits.failure(admission, tenant, request_id)
+    write_failure_summaries(services, verdict.summaries)
+    return verdict.retry_after
+
+
+def write_failure_summaries(services: Services, summaries: list[FailureSummary]) -> None:
+    """Audit auth failures (blocking): each entry names the key id (public) and the address, with
+    counts; never the secret."""
+    for summary in summaries:
+        try:
+            services.audit.record(
+                summary.tenant,
+                "auth.failure",
+                key_id=summary.key_id,
+                request_id=summary.request_id,
+                detail=summary.detail(),
+                level=services.policies.get(summary.tenant).audit_level,
+            )
+        except Exception as exc:
+            log.error("could not audit an auth failure: %s", exception_summary(exc))
+
+
+class AuthFailureAudit:
+    """Background job: writes the summaries of auth-failure windows that ended (checked every
+    `interval_s` in its own thread), and every open one when the app stops."""
+
+    def __init__(self, services: Services, interval_s: float = 1.0) -> None:
+        self._services = services
+        self._thread = PollingThread("auth-failure-audit", interval_s, self.flush)
+        # One flush at a time, so a caller of flush() finds what another flush took already written.
+        self._flushing = threading.Lock()
+
+    def flush(self, everything: bool = False) -> int:
+        """Write what is due now (blocking); returns the number of entries."""
+        with self._flushing:
+            summaries = self._services.auth_limits.due(everything)
+            write_failure_summaries(self._services, summaries)
+        return len(summaries)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def stop(self) -> None:
+        await anyio.to_thread.run_sync(self._thread.stop)
+        await anyio.to_thread.run_sync(self.flush, True)
 
 
 def authorize_upstream_use(request: Request, caller: Caller, body: Mapping[str, Any]) -> None:

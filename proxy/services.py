@@ -25,7 +25,8 @@ from memos.governance.policy import Policy
 from memos.governance.policy_store import PolicyStore
 from memos.keyring import Keyring
 from memos.logsafe import exception_summary
-from proxy.auth import KeyResolver
+from proxy.auth import AuthFailureAudit, KeyResolver
+from proxy.auth_limits import AuthLimiter
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 from proxy.upstream.http import HttpUpstream
@@ -115,6 +116,8 @@ class Services:
     memory: Any = None  # memos.service.MemoryService (memory API); None until wired
     chat_memory: ChatMemory = field(default_factory=NoChatMemory)
     scheduler: Any = None  # memos.scheduler.MemScheduler (memory modes, tier lifecycle)
+    auth_limits: AuthLimiter = field(default_factory=AuthLimiter)  # failed-auth back-off
+    auth_audit: AuthFailureAudit | None = None
     # Started in order with the app, stopped in reverse; start()/stop() may be sync or async.
     background: list[Background] = field(default_factory=list)
 
@@ -183,8 +186,16 @@ def build_services(
         policies=(policies := PolicyStore(settings.resolved_policy_dir, audit=core.audit)),
         upstreams=build_upstreams(settings),
         metrics=metrics or Metrics(),
+        auth_limits=AuthLimiter(
+            window_s=settings.auth_failure_window_s,
+            per_address=settings.auth_failures_per_address,
+            per_key=settings.auth_failures_per_key,
+            max_entries=settings.auth_limiter_entries,
+        ),
     )
     services.background.append(policies)  # hot reload
+    services.auth_audit = AuthFailureAudit(services)  # auth failures, audited per window
+    services.background.append(services.auth_audit)
     if core.master_keys is not None:
         services.background.append(MasterKeyWatcher(core.master_keys))  # adopt a rotated master key
     # -- memory: the vault, retrieval and the memory API (services.memory.vault / .retriever /

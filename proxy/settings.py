@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     # How long a resolved API key is trusted without asking the database again. A key revoked by
     # another process (the CLI, another replica) stops working within this many seconds.
     key_cache_ttl_s: float = 2.0
+    # Failed authentication (proxy.auth_limits): per window, an address may fail this many checks
+    # before it is answered 429 (one more per window/limit seconds after), and a key id this many
+    # over all addresses before guesses at it back off; 0 turns a limit off. Each table of the
+    # limiter holds at most auth_limiter_entries. Failures are audited once per window per
+    # (key id, address).
+    auth_failure_window_s: float = Field(default=60.0, gt=0.0)
+    auth_failures_per_address: int = Field(default=10, ge=0)
+    auth_failures_per_key: int = Field(default=20, ge=0)
+    auth_limiter_entries: int = Field(default=100_000, ge=1)
 
     upstream_base_url: str = "https://api.openai.com/v1"
     upstream_api_key: SecretStr | None = None
