@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Index, LargeBinary, delete, func, select, update
+from sqlalchemy import Column, Index, LargeBinary, case, delete, exists, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, SQLModel
 
@@ -122,22 +122,30 @@ class Outbox:
 
     # -- consumer -------------------------------------------------------------------------------------
 
-    def claim(self, limit: int = 16, *, now: float | None = None) -> list[OutboxRecord]:
-        """Take up to `limit` due rows under a fresh lease, oldest first."""
+    def claim(
+        self,
+        limit: int = 16,
+        *,
+        per_owner: int | None = None,
+        max_owners: int | None = None,
+        max_bytes: int | None = None,
+        now: float | None = None,
+    ) -> list[OutboxRecord]:
+        """Take up to `limit` due rows under a fresh lease.
+
+        Fair across users: at most `per_owner` rows of one (tenant, owner) and at most `max_owners`
+        users per claim, taken round-robin (every user's oldest row before anyone's second, users whose
+        oldest row waits longest first), and the rows' payloads together at most `max_bytes` (the
+        first row always goes, whatever its size). In order per user: only a user's oldest rows can be
+        claimed, and only while none before them is held by another claim or waiting for its retry, so
+        a later row is never applied before (or beside) an earlier one. None: no such limit."""
         now = time.time() if now is None else now
         token = uuid.uuid4().hex
-        due = (
-            select(OutboxRow.id)
-            .where(OutboxRow.next_attempt_at <= now)
-            .where((OutboxRow.claimed_until.is_(None)) | (OutboxRow.claimed_until < now))
-            .order_by(OutboxRow.id)
-            .limit(limit)
-        )
-        if self._db.is_postgres:
-            due = due.with_for_update(skip_locked=True)
+        if not self._any_due(now):
+            return []
         statement = (
             update(OutboxRow)
-            .where(OutboxRow.id.in_(due.scalar_subquery()))
+            .where(OutboxRow.id.in_(self._claimable(limit, per_owner, max_owners, max_bytes, now)))
             .values(claim_token=token, claimed_until=now + self.lease_s)
             .returning(
                 OutboxRow.id,
@@ -151,11 +159,14 @@ class Outbox:
             )
             .execution_options(synchronize_session=False)
         )
-        if not self._any_due(now):
-            return []
-        rows = self._run_claim(statement)
+        rows = self._run_claim(statement, token)
         records: list[OutboxRecord] = []
+        stopped: set[tuple[str, str]] = set()  # users whose row could not be opened: the rest waits
         for row in sorted(rows, key=lambda r: r.id):
+            who = (row.tenant, row.owner)
+            if who in stopped:
+                self.release(row.id, token)
+                continue
             if row.erased:
                 # Its user was erased while a worker (now gone) held it: nothing left to write back.
                 self.ack(row.id, token)
@@ -166,9 +177,11 @@ class Outbox:
                 )
                 payload = orjson.loads(plain)
             except Exception as exc:
-                # Unreadable now (e.g. the tenant's key is gone): keep the row, retry later with backoff.
+                # Unreadable now (e.g. the tenant's key is gone): keep the row, retry later with backoff;
+                # the user's later rows wait behind it.
                 log.warning("outbox row %s could not be opened: %s", row.id, type(exc).__name__)
                 self.fail(row.id, token, exc)
+                stopped.add(who)
                 continue
             records.append(
                 OutboxRecord(
@@ -184,6 +197,68 @@ class Outbox:
             )
         return records
 
+    def _claimable(
+        self,
+        limit: int,
+        per_owner: int | None,
+        max_owners: int | None,
+        max_bytes: int | None,
+        now: float,
+    ) -> Any:
+        """The ids one claim takes (see `claim`), as a subquery of window functions over the table."""
+        row = OutboxRow.__table__.c
+        user = (row.tenant, row.owner)
+        ready = (row.next_attempt_at <= now) & (row.claimed_until.is_(None) | (row.claimed_until < now))
+        # Per user: each row's place in commit order, and the first row that cannot be taken now.
+        ranked = select(
+            row.id,
+            row.tenant,
+            row.owner,
+            func.row_number().over(partition_by=user, order_by=row.id).label("place"),
+            func.min(case((ready, None), else_=row.id)).over(partition_by=user).label("blocked"),
+        ).cte("ranked")
+        # A user's claimable rows: the oldest ones, up to the first that cannot be taken.
+        eligible = select(
+            ranked.c.id,
+            ranked.c.place,
+            func.min(ranked.c.id).over(partition_by=(ranked.c.tenant, ranked.c.owner)).label("head"),
+        ).where(ranked.c.blocked.is_(None) | (ranked.c.id < ranked.c.blocked))
+        if per_owner is not None:
+            eligible = eligible.where(ranked.c.place <= max(1, per_owner))
+        eligible_cte = eligible.cte("eligible")
+        # Users in the order they have waited (their oldest row's id), the first `max_owners` of them.
+        users = select(
+            eligible_cte.c.id,
+            eligible_cte.c.place,
+            eligible_cte.c.head,
+            func.dense_rank().over(order_by=eligible_cte.c.head).label("user_rank"),
+        ).cte("users")
+        round_robin = (users.c.place, users.c.head)
+        taken = select(
+            users.c.id,
+            func.row_number().over(order_by=round_robin).label("position"),
+            func.sum(func.length(row.payload))
+            .over(order_by=round_robin, rows=(None, 0))
+            .label("bytes_through"),
+        ).join(OutboxRow.__table__, row.id == users.c.id)
+        if max_owners is not None:
+            taken = taken.where(users.c.user_rank <= max(1, max_owners))
+        taken_cte = taken.cte("taken")
+        chosen = select(taken_cte.c.id).where(taken_cte.c.position <= limit)
+        if max_bytes is not None:
+            chosen = chosen.where((taken_cte.c.position == 1) | (taken_cte.c.bytes_through <= max_bytes))
+        if not self._db.is_postgres:
+            return chosen.scalar_subquery()
+        # PostgreSQL: lock what is still due, skipping rows another claimer is taking right now (their
+        # users' later rows are then given back by `_run_claim`).
+        return (
+            select(row.id)
+            .where(row.id.in_(chosen.scalar_subquery()))
+            .where(ready)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+
     def _any_due(self, now: float) -> bool:
         """A read-only look first: most polls find nothing, and a claim is a write transaction."""
         with self._db.session() as session:
@@ -195,11 +270,15 @@ class Outbox:
             ).first()
         return found is not None
 
-    def _run_claim(self, statement) -> list[Any]:  # type: ignore[no-untyped-def]
+    def _run_claim(self, statement: Any, token: str) -> list[Any]:
         for attempt in range(20):
             try:
                 with self._db.write() as session:
-                    return list(session.execute(statement).all())
+                    rows = list(session.execute(statement).all())
+                    if rows and self._db.is_postgres:
+                        given_back = self._give_back_out_of_order(session, token)
+                        rows = [r for r in rows if r.id not in given_back]
+                    return rows
             except OperationalError as exc:
                 # SQLite: another process holds the writer lock ("database is locked") or our snapshot was
                 # stale; nothing was claimed, so trying again is safe.
@@ -208,6 +287,28 @@ class Outbox:
                 log.debug("outbox claim retry after %s", type(exc).__name__)
                 time.sleep(0.01 * (attempt + 1))
         return []
+
+    @staticmethod
+    def _give_back_out_of_order(session: Any, token: str) -> set[int]:
+        """PostgreSQL: concurrent claimers choose from snapshots, so one may have skipped a user's row that
+        another was locking and taken the user's next. This statement sees every committed row: give
+        back each row of ours that has an earlier row of its user outside this claim."""
+        outbox = OutboxRow.__table__
+        earlier = outbox.alias("earlier")
+        given_back = session.execute(
+            update(outbox)
+            .where(outbox.c.claim_token == token)
+            .where(
+                exists()
+                .where(earlier.c.tenant == outbox.c.tenant)
+                .where(earlier.c.owner == outbox.c.owner)
+                .where(earlier.c.id < outbox.c.id)
+                .where(earlier.c.claim_token.is_(None) | (earlier.c.claim_token != token))
+            )
+            .values(claim_token=None, claimed_until=None)
+            .returning(outbox.c.id)
+        ).scalars()
+        return set(given_back)
 
     def ack(self, row_id: int, claim_token: str) -> Ack:
         """The row's memories are in the vault: delete it. LOST when the claim was lost meanwhile (another

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -179,7 +178,14 @@ def one_at_a_time(process: Processor) -> GroupProcessor:
 
 
 class OutboxWorker:
-    """Background task draining the outbox. `start()` / `stop()` from the application's lifespan."""
+    """Background task draining the outbox. `start()` / `stop()` from the application's lifespan.
+
+    Fair across users: up to `concurrency` users' groups are in flight at once, each its own task, and
+    the worker claims again as soon as one ends (or a row is committed), so a slow user's group (a huge
+    exchange, a slow extractor) holds one slot, never the others. A claim takes at most `per_owner`
+    rows of a user and `batch_bytes` of payload (see Outbox.claim); a user's later rows stay in the
+    outbox until the earlier ones are done, so each user's rows are applied one group at a time, in
+    commit order."""
 
     def __init__(
         self,
@@ -191,6 +197,8 @@ class OutboxWorker:
         batch_window_s: float = 0.0,
         batch_quiet_s: float = 0.025,
         batch_size: int = 16,
+        per_owner: int = 4,
+        batch_bytes: int = 2 * 1024 * 1024,
         concurrency: int = 4,
         recover_claims: bool = False,
         on_erased: Callable[[str, str], Any] | None = None,
@@ -212,12 +220,19 @@ class OutboxWorker:
         self.batch_window_s = batch_window_s
         self.batch_quiet_s = batch_quiet_s
         self.batch_size = batch_size
-        self._concurrency = asyncio.Semaphore(concurrency) if concurrency > 0 else None
+        # One user's rows per claim (their group shares one embedding call) and the claim's payload
+        # bytes (what a batch holds in memory at once, decrypted).
+        self.per_owner = per_owner
+        self.batch_bytes = batch_bytes
+        # Users' groups in flight at once (0: as many as a batch holds).
+        self.concurrency = concurrency if concurrency > 0 else batch_size
         self._recover_claims = recover_claims
         self.name = name or f"outbox-worker-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
+        self._notified = False  # the last wake was a notify (a row committed), not a group ending
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._groups: set[asyncio.Task[None]] = set()
         self.processed = 0
         self.failed = 0
         self.batches = 0  # claims that found rows (observability and tests)
@@ -226,8 +241,14 @@ class OutboxWorker:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def in_flight(self) -> int:
+        """Users' groups being processed now."""
+        return len(self._groups)
+
     def notify(self) -> None:
         """A row was committed: look now rather than at the next poll. Safe from the event loop only."""
+        self._notified = True
         self._wake.set()
 
     async def start(self) -> None:
@@ -242,7 +263,7 @@ class OutboxWorker:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the batch in hand (up to `timeout_s`), then stop; unfinished rows stay in the outbox."""
+        """Finish the groups in hand (up to `timeout_s`), then stop; unfinished rows stay in the outbox."""
         self._stopping = True
         self._wake.set()
         task, self._task = self._task, None
@@ -259,10 +280,30 @@ class OutboxWorker:
             raise
 
     async def _run(self) -> None:
+        try:
+            await self._claim_loop()
+            # Stopping: the groups in hand finish.
+            if self._groups:
+                await asyncio.gather(*list(self._groups))
+        except asyncio.CancelledError:
+            # Past stop's timeout: the groups still running give their rows back, untouched.
+            groups = list(self._groups)
+            for group in groups:
+                group.cancel()
+            if groups:
+                await asyncio.wait(groups)
+            raise
+
+    async def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping:
+            free = self.concurrency - len(self._groups)
+            if free <= 0:
+                # Every slot is taken: claim again when a group ends (it wakes us), not before.
+                await self._sleep(self.poll_interval_s)
+                continue
             try:
-                handled = await self.drain_once()
+                started = await self._claim_and_start(free)
                 failures = 0
             except Exception as exc:  # database unreachable and the like: wait, then try again
                 failures += 1
@@ -270,12 +311,17 @@ class OutboxWorker:
                 log.warning("outbox worker: claim failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 await self._sleep(delay)
                 continue
-            if handled < self.batch_size:  # caught up (a full batch means more may be due at once)
-                if await self._sleep(self.poll_interval_s):
-                    await self._gather()
+            if started:
+                continue  # more may be due at once (a claim is capped per user, in users and in bytes)
+            if await self._sleep(self.poll_interval_s) and self._take_notified():
+                await self._gather()
+
+    def _take_notified(self) -> bool:
+        notified, self._notified = self._notified, False
+        return notified
 
     async def _sleep(self, seconds: float) -> bool:
-        """Wait for a notify (True) or `seconds` (False)."""
+        """Wait for a wake (True: a notify or a group's end) or `seconds` (False)."""
         if self._stopping:
             return False
         woken = False
@@ -286,45 +332,72 @@ class OutboxWorker:
         return woken
 
     async def _gather(self) -> None:
-        """A row was just committed: wait until none came for `batch_quiet_s`, at most `batch_window_s`."""
+        """A row was just committed: wait until none came for `batch_quiet_s`, at most `batch_window_s`
+        (a group ending meanwhile ends the wait: a slot is free and rows are waiting)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_window_s
         while not self._stopping:
             remaining = deadline - loop.time()
             if remaining <= 0 or not await self._sleep(min(self.batch_quiet_s, remaining)):
                 return
+            if not self._take_notified():
+                return
 
     async def drain_once(self) -> int:
-        """Claim one batch and process it; returns how many rows were claimed."""
-        records = await asyncio.to_thread(self._outbox.claim, self.batch_size)
+        """Claim one batch and process it to the end; returns how many rows were claimed."""
+        free = max(1, self.concurrency - len(self._groups))
+        records, tasks = await self._claim_and_start_tasks(free)
+        if tasks:
+            await asyncio.gather(*tasks)
+        return len(records)
+
+    async def _claim_and_start(self, free: int) -> int:
+        records, _ = await self._claim_and_start_tasks(free)
+        return len(records)
+
+    async def _claim_and_start_tasks(
+        self, free: int
+    ) -> tuple[list[OutboxRecord], list[asyncio.Task[None]]]:
+        """Claim rows of at most `free` users and start one task per user's group."""
+        records = await asyncio.to_thread(
+            self._outbox.claim,
+            self.batch_size,
+            per_owner=self.per_owner,
+            max_owners=free,
+            max_bytes=self.batch_bytes,
+        )
         if not records:
-            return 0
+            return [], []
         self.batches += 1
         groups: dict[tuple[str, str], list[OutboxRecord]] = defaultdict(list)
         for record in records:
             groups[(record.tenant, record.owner)].append(record)
-        heartbeat = asyncio.create_task(self._keep_leases(records))
-        try:
-            await asyncio.gather(*(self._run_group(group) for group in groups.values()))
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-        return len(records)
+        tasks = []
+        for group in groups.values():
+            task = asyncio.create_task(self._run_group(group), name=f"{self.name}-group")
+            self._groups.add(task)
+            task.add_done_callback(self._group_ended)
+            tasks.append(task)
+        return records, tasks
+
+    def _group_ended(self, task: asyncio.Task[None]) -> None:
+        self._groups.discard(task)
+        self._wake.set()  # a slot is free, and the user's later rows may be claimable now
 
     async def _run_group(self, records: list[OutboxRecord]) -> None:
         # One user's rows in commit order: a later statement must see (and may supersede) an earlier one.
+        heartbeat = asyncio.create_task(self._keep_leases(records))
         try:
-            if self._concurrency is not None:
-                async with self._concurrency:
-                    outcome = await self._process_group(records)
-            else:
-                outcome = await self._process_group(records)
+            outcome = await self._process_group(records)
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self._release, records))
             raise
         except Exception as exc:  # a group processor that raises instead of reporting: nothing is done
             outcome = GroupOutcome(0, exc)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
         done = records[: outcome.done]
         self.processed += len(done)
         if done:
@@ -340,10 +413,11 @@ class OutboxWorker:
             )
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._outbox.fail, failed.id, failed.claim_token, outcome.error)
-            # Processing the later rows now would let the failed one be applied after them on retry.
+            # The later rows go back untouched: the outbox hands a user's rows out only behind their
+            # earlier ones, so they wait for the failed row's retry (and are not charged an attempt).
             later = records[outcome.done + 1 :]
             if later:
-                await asyncio.to_thread(self._defer_behind, failed, later)
+                await asyncio.to_thread(self._release, later)
 
     def _release(self, records: list[OutboxRecord]) -> None:
         for record in records:
@@ -369,19 +443,6 @@ class OutboxWorker:
                 await asyncio.to_thread(self._on_erased, record.tenant, record.owner)
             except Exception as exc:
                 log.error("outbox row %s: erasing again failed: %s", record.id, exception_summary(exc))
-
-    def _defer_behind(self, failed: OutboxRecord, later: list[OutboxRecord]) -> None:
-        """Give the user's later rows back, each due no earlier than the row before it can be retried
-        (`fail` adds a jittered backoff of at most `_longest_backoff`), so they stay in commit order."""
-        after = time.time() + self._longest_backoff(failed)
-        for record in later:
-            with contextlib.suppress(Exception):
-                self._outbox.fail(record.id, record.claim_token, "waiting for an earlier row", now=after)
-            after += self._longest_backoff(record)
-
-    def _longest_backoff(self, record: OutboxRecord) -> float:
-        outbox = self._outbox
-        return min(outbox.backoff_cap_s, outbox.backoff_base_s * (2**record.attempts))
 
     async def _keep_leases(self, records: list[OutboxRecord]) -> None:
         interval = max(0.5, self._outbox.lease_s / 3)

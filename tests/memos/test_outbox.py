@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from memos.crypto import MasterKey
 from memos.db import Database
@@ -104,11 +104,22 @@ def test_release_all_claims_recovers_rows_of_a_killed_process(outbox: Outbox) ->
 
 
 def test_claims_are_oldest_first_and_limited(outbox: Outbox) -> None:
-    ids = [outbox.enqueue("acme", "alice", f"req-{i}", _payload()) for i in range(5)]
+    ids = [outbox.enqueue("acme", f"user-{i}", f"req-{i}", _payload()) for i in range(5)]
     first = outbox.claim(limit=2)
     second = outbox.claim(limit=10)
     assert [r.id for r in first] == ids[:2]
     assert [r.id for r in second] == ids[2:]
+
+
+def test_a_users_later_rows_wait_while_an_earlier_one_is_held(outbox: Outbox) -> None:
+    """Only a user's oldest rows are handed out, and only while none before them is claimed: two
+    claims never hold rows of one user at once, so their rows are applied in commit order."""
+    ids = [outbox.enqueue("acme", "alice", f"req-{i}", _payload()) for i in range(5)]
+    [first] = outbox.claim(limit=1)
+    assert first.id == ids[0]
+    assert outbox.claim(limit=10) == []
+    assert outbox.ack(first.id, first.claim_token) is Ack.DONE
+    assert [r.id for r in outbox.claim(limit=10)] == ids[1:]
 
 
 def test_erase_user_drops_only_that_users_rows(outbox: Outbox) -> None:
@@ -202,3 +213,146 @@ def test_concurrent_claimers_never_take_the_same_row(database: Database) -> None
     assert len(seen) == total
     assert max(seen.values()) == 1
     assert producer.pending() == 0
+
+
+# -- fairness: round-robin across users, in order per user, bounded in bytes -----------------------------
+
+
+def _by_user(records) -> dict[str, list[str]]:
+    users: dict[str, list[str]] = {}
+    for record in records:
+        users.setdefault(record.owner, []).append(record.request_id)
+    return users
+
+
+def test_a_claim_takes_users_round_robin_not_one_users_backlog(outbox: Outbox) -> None:
+    """One user's backlog committed first does not fill the claim: every waiting user's oldest rows
+    come first, at most `per_owner` of each."""
+    for i in range(20):
+        outbox.enqueue("acme", "big", f"big-{i}", _payload())
+    for user in ("ann", "bob"):
+        for i in range(3):
+            outbox.enqueue("acme", user, f"{user}-{i}", _payload())
+    claimed = outbox.claim(limit=6, per_owner=2)
+    assert _by_user(claimed) == {
+        "big": ["big-0", "big-1"],
+        "ann": ["ann-0", "ann-1"],
+        "bob": ["bob-0", "bob-1"],
+    }
+    # Under a tighter limit the first row of everyone comes before anyone's second.
+    for record in claimed:
+        outbox.release(record.id, record.claim_token)
+    firsts = outbox.claim(limit=3, per_owner=2)
+    assert _by_user(firsts) == {"big": ["big-0"], "ann": ["ann-0"], "bob": ["bob-0"]}
+
+
+def test_a_claim_takes_at_most_max_owners_users_those_waiting_longest(outbox: Outbox) -> None:
+    for user in ("ann", "bob", "cid"):
+        outbox.enqueue("acme", user, f"{user}-0", _payload())
+    outbox.enqueue("other", "ann", "other-ann-0", _payload())  # another tenant's user of the same name
+    claimed = outbox.claim(limit=16, per_owner=4, max_owners=2)
+    assert [(r.tenant, r.owner) for r in claimed] == [("acme", "ann"), ("acme", "bob")]
+    rest = outbox.claim(limit=16, per_owner=4, max_owners=2)
+    assert [(r.tenant, r.owner) for r in rest] == [("acme", "cid"), ("other", "ann")]
+
+
+def test_a_claims_payload_bytes_are_capped_but_one_row_always_goes(outbox: Outbox) -> None:
+    big = _payload("x" * 50_000)
+    for user in ("ann", "bob", "cid"):
+        outbox.enqueue("acme", user, f"{user}-0", big)
+    [first] = outbox.claim(limit=16, max_bytes=1000)  # larger than the cap on its own: taken alone
+    assert first.owner == "ann"
+    two = outbox.claim(limit=16, max_bytes=110_000)
+    assert [r.owner for r in two] == ["bob", "cid"]
+    assert outbox.claim(limit=16, max_bytes=1000) == []
+
+
+def test_a_failed_row_holds_back_only_its_users_later_rows(outbox: Outbox) -> None:
+    for i in range(3):
+        outbox.enqueue("acme", "ann", f"ann-{i}", _payload())
+    outbox.enqueue("acme", "bob", "bob-0", _payload())
+    now = time.time()
+    [head] = outbox.claim(limit=1, now=now)
+    outbox.fail(head.id, head.claim_token, ConnectionError("vault down"), now=now)
+    # ann's later rows are due, but not before her failed one: only bob's row is handed out.
+    [bob] = outbox.claim(now=now + 0.001)
+    assert bob.request_id == "bob-0"
+    outbox.ack(bob.id, bob.claim_token)
+    later = now + outbox.backoff_cap_s + 1
+    assert _by_user(outbox.claim(per_owner=4, now=later)) == {"ann": ["ann-0", "ann-1", "ann-2"]}
+
+
+def test_an_unreadable_row_holds_back_its_users_later_rows_in_the_same_claim(outbox: Outbox) -> None:
+    ids = [outbox.enqueue("acme", "ann", f"ann-{i}", _payload()) for i in range(3)]
+    outbox.enqueue("acme", "bob", "bob-0", _payload())
+    with outbox._db.session() as session:
+        session.execute(update(OutboxRow).where(OutboxRow.id == ids[0]).values(request_id="moved"))
+    assert _by_user(outbox.claim(per_owner=4)) == {"bob": ["bob-0"]}
+    with outbox._db.session() as session:
+        found = session.execute(select(OutboxRow).where(OutboxRow.owner == "ann")).scalars()
+        rows = {row.id: row for row in found}
+    assert rows[ids[0]].last_error == "DecryptionError"
+    assert all(rows[i].claim_token is None and rows[i].attempts == 0 for i in ids[1:])  # given back
+
+
+@pytest.mark.postgres
+def test_postgres_a_claim_skipping_a_locked_row_gives_back_that_users_later_rows(pg_url: str) -> None:
+    """Concurrent claimers choose from snapshots: one that skips a user's row another is locking must
+    not take that user's next rows (they would be applied beside or before it)."""
+    db = Database(pg_url)
+    db.create_all()
+    try:
+        box = Outbox(db, Keyring(db, MasterKey.generate()))
+        ids = [box.enqueue("acme", "ann", f"ann-{i}", _payload()) for i in range(3)]
+        box.enqueue("acme", "bob", "bob-0", _payload())
+        with db.engine.connect() as other:  # another claimer, mid-claim: ann's first row locked
+            other.exec_driver_sql(f"SELECT id FROM outbox WHERE id = {ids[0]} FOR UPDATE")
+            assert _by_user(box.claim(per_owner=4)) == {"bob": ["bob-0"]}
+            other.rollback()
+        assert _by_user(box.claim(per_owner=4)) == {"ann": ["ann-0", "ann-1", "ann-2"]}
+    finally:
+        db.dispose()
+
+
+def test_concurrent_fair_claimers_keep_each_users_rows_in_order(database: Database) -> None:
+    """Four claimers (as four replicas) drain six users' rows: no two claims ever hold rows of one user
+    at once, and each user's rows are acknowledged in commit order."""
+    keyring = Keyring(database, MasterKey.generate())
+    producer = Outbox(database, keyring)
+    total = 60
+    ids = [producer.enqueue("acme", f"user-{i % 6}", f"req-{i}", _payload(f"fact {i}")) for i in range(total)]
+    acked: list[tuple[str, int]] = []
+    holding: dict[str, int] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def drain(box: Outbox) -> None:
+        try:
+            while producer.pending() > 0:
+                records = box.claim(limit=4, per_owner=2, max_owners=3)
+                if not records:
+                    time.sleep(0.001)
+                    continue
+                users = {r.owner for r in records}
+                with lock:
+                    assert not users & holding.keys(), "two claims hold one user's rows"
+                    holding.update(dict.fromkeys(users, 1))
+                with lock:
+                    for record in records:
+                        acked.append((record.owner, record.id))
+                        holding.pop(record.owner, None)
+                acks = box.ack_many([r.id for r in records], records[0].claim_token)
+                assert set(acks.values()) == {Ack.DONE}
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drain, args=(Outbox(database, keyring),)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert sorted(row_id for _, row_id in acked) == ids
+    for user in {owner for owner, _ in acked}:
+        mine = [row_id for owner, row_id in acked if owner == user]
+        assert mine == sorted(mine), user

@@ -357,3 +357,102 @@ def test_a_worker_takes_exactly_one_kind_of_processor(database: Database, keyrin
         OutboxWorker(make_outbox(database, keyring))
     with pytest.raises(ValueError):
         OutboxWorker(make_outbox(database, keyring), process, process_group=process_group)
+
+
+async def test_a_slow_users_group_does_not_hold_other_users(database: Database, keyring: Keyring) -> None:
+    """While one user's exchange is still being written (a huge one, a slow extractor), rows other users
+    commit meanwhile are claimed and written back: the slow group holds one slot, not the worker."""
+    outbox = make_outbox(database, keyring)
+    outbox.enqueue("acme", "big", "big-0", payload(0))
+    big_started, big_may_finish = asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+
+    async def process_group(records) -> GroupOutcome:
+        if records[0].owner == "big":
+            big_started.set()
+            await big_may_finish.wait()
+        done.extend(r.request_id for r in records)
+        return GroupOutcome(len(records))
+
+    worker = OutboxWorker(outbox, process_group=process_group, poll_interval_s=3600, concurrency=4)
+    await worker.start()
+    try:
+        await asyncio.wait_for(big_started.wait(), 10)
+        for user in ("ann", "bob"):
+            await asyncio.to_thread(outbox.enqueue, "acme", user, f"{user}-0", payload(1))
+            worker.notify()
+        await until(lambda: sorted(done) == ["ann-0", "bob-0"] and outbox.pending() == 1)
+        assert worker.in_flight == 1 and not big_may_finish.is_set()  # big's row: claimed, still running
+        big_may_finish.set()
+        await until(lambda: outbox.pending() == 0)
+    finally:
+        big_may_finish.set()
+        await worker.stop()
+    assert done[-1] == "big-0"
+
+
+async def test_a_users_backlog_does_not_fill_the_claim_and_stays_in_order(
+    database: Database, keyring: Keyring
+) -> None:
+    """One user's 30 rows committed before two other users' rows: the first claim already carries the
+    others (at most `per_owner` rows of a user per claim), and the backlog lands in commit order, one
+    group of that user at a time."""
+    outbox = make_outbox(database, keyring)
+    for i in range(30):
+        outbox.enqueue("acme", "big", f"big-{i}", payload(i))
+    for user in ("ann", "bob"):
+        for i in range(2):
+            outbox.enqueue("acme", user, f"{user}-{i}", payload(i))
+    calls: list[tuple[str, list[int]]] = []
+    running: Counter[str] = Counter()
+    overlapped: list[str] = []
+
+    async def process_group(records) -> GroupOutcome:
+        owner = records[0].owner
+        calls.append((owner, [r.id for r in records]))
+        running[owner] += 1
+        if running[owner] > 1:
+            overlapped.append(owner)
+        await asyncio.sleep(0.001)
+        running[owner] -= 1
+        return GroupOutcome(len(records))
+
+    worker = OutboxWorker(
+        outbox, process_group=process_group, poll_interval_s=0.01, batch_size=16, per_owner=4
+    )
+    await worker.start()
+    try:
+        await until(lambda: outbox.pending() == 0)
+    finally:
+        await worker.stop()
+    # Groups start in claim order: the first claim's groups are the first calls.
+    assert {owner for owner, _ in calls[:3]} == {"big", "ann", "bob"}
+    assert all(len(ids) <= 4 for _, ids in calls)
+    assert not overlapped
+    for user in ("big", "ann", "bob"):
+        ids = [row_id for owner, group in calls if owner == user for row_id in group]
+        assert ids == sorted(ids) and len(ids) == (30 if user == "big" else 2)
+
+
+async def test_a_claims_payload_bytes_are_bounded(database: Database, keyring: Keyring) -> None:
+    """Rows of 40 KB under a 100 KB batch cap: no claim hands the worker more than two of them."""
+    outbox = make_outbox(database, keyring)
+    for i in range(6):
+        outbox.enqueue(
+            "acme", f"user-{i}", f"req-{i}", {"turns": [[0, {"role": "user", "content": "x" * 40_000}]]}
+        )
+    claims: dict[str, int] = Counter()
+
+    async def process_group(records) -> GroupOutcome:
+        claims[records[0].claim_token] += len(records)
+        return GroupOutcome(len(records))
+
+    worker = OutboxWorker(
+        outbox, process_group=process_group, poll_interval_s=0.01, batch_bytes=100_000, concurrency=8
+    )
+    await worker.start()
+    try:
+        await until(lambda: outbox.pending() == 0)
+    finally:
+        await worker.stop()
+    assert sum(claims.values()) == 6 and max(claims.values()) <= 2
