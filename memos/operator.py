@@ -9,8 +9,8 @@ For every fact, the user's nearest active memories are fetched once (vault.neare
    model is asked which neighbours the fact contradicts (the heuristic answers when it fails).
 2. exact duplicate (same normalised text): collapses into the existing memory, sources merged.
 3. near duplicate (cosine >= `near_threshold`): merges into the existing memory, sources merged.
-   (With all-MiniLM-L6-v2 a paraphrase scores ~0.99 and distinct facts of one shape stay below ~0.87:
-   "teaches violin" / "teaches piano" 0.86, "two cats" / "two dogs" 0.74.)
+   (With all-MiniLM-L6-v2 a paraphrase scores ~0.99 and most distinct facts of one shape stay below
+   ~0.87: "teaches violin" / "teaches piano" 0.86, "two cats" / "two dogs" 0.74; not all, see below.)
 4. otherwise the fact is added.
 
 The merge rule: a fact merges into a memory (steps 2 and 3, and a duplicate the extractor model names)
