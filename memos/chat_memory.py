@@ -34,7 +34,7 @@ from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
 from memos.item import MemoryItem
 from memos.outbox import Outbox
-from memos.reader import message_text
+from memos.reader import bound_turns, message_text
 from memos.worker import AuditSink, PolicySource
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ def query_of(messages: Sequence[dict[str, Any]]) -> str:
 
 def new_turns(messages: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
     """The turns new in this request: the user messages after the last assistant message, with that
-    assistant message first (context). Indices are positions in the client's messages."""
+    assistant message first (context), within what one exchange may be written back as
+    (memos.reader.bound_turns). Indices are positions in the client's messages."""
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
     turns: list[tuple[int, dict[str, Any]]] = []
     if last_assistant >= 0:
@@ -135,7 +136,7 @@ def new_turns(messages: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, A
             text = message_text(messages[i])
             if text.strip():
                 turns.append((i, {"role": "user", "content": text}))
-    return turns
+    return bound_turns(turns)
 
 
 def caller_metadata(body: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from memos.reader import Exchange, MemReader, Slot, parse_facts, slots_of
+from memos.reader import (
+    MAX_EXCHANGE_CHARS,
+    MAX_EXCHANGE_TURNS,
+    MAX_FACTS_PER_EXCHANGE,
+    Exchange,
+    MemReader,
+    Slot,
+    bound_turns,
+    parse_facts,
+    slots_of,
+)
 
 WHEN = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
 
@@ -207,3 +217,46 @@ async def test_heuristic_extractor_never_calls_the_model() -> None:
     completer = Completer()
     facts = await MemReader(completer).read(exchange((0, user("I live in Oslo."))), "heuristic")
     assert [f.text for f in facts] == ["I live in Oslo."] and completer.calls == []
+
+
+# -- what one exchange may yield -------------------------------------------------------------------------
+
+
+def test_bound_turns_keeps_the_latest_user_turns_and_the_context_turn() -> None:
+    context = (0, {"role": "assistant", "content": "Earlier answer."})
+    turns = [context] + [(i, user(f"I have pet number {i}.")) for i in range(1, 2001)]
+    kept = bound_turns(turns)
+    assert kept[0] == context
+    assert [i for i, _ in kept[1:]] == list(range(2001 - MAX_EXCHANGE_TURNS, 2001))
+
+
+def test_bound_turns_caps_the_characters_newest_first_cutting_the_turn_that_crosses() -> None:
+    half = "x" * (MAX_EXCHANGE_CHARS // 2)
+    turns = [(1, user("older " + half)), (2, user(half)), (3, user([{"type": "text", "text": half}]))]
+    kept = bound_turns(turns)
+    assert [i for i, _ in kept] == [2, 3]  # the newest two fill the budget: the oldest goes
+    assert sum(len(m["content"]) for _, m in kept) == MAX_EXCHANGE_CHARS
+    [(_, alone)] = bound_turns([(0, user("y" * (MAX_EXCHANGE_CHARS + 5)))])
+    assert alone["content"] == "y" * MAX_EXCHANGE_CHARS
+
+
+async def test_a_huge_exchange_yields_at_most_the_capped_facts_the_newest() -> None:
+    turns = [(i, user(f"My locker code number {i} is {i:05d}. I live in Town{i}.")) for i in range(10_000)]
+    facts = await MemReader().read(exchange(*turns))
+    assert len(facts) == MAX_FACTS_PER_EXCHANGE
+    assert min(f.source.message_index for f in facts) >= 10_000 - MAX_EXCHANGE_TURNS
+    assert facts[-1].source.message_index == 9_999  # the newest statement is kept
+
+
+async def test_an_extractors_facts_are_capped_and_it_sees_only_the_bounded_turns() -> None:
+    many = '{"facts": [' + ",".join(f'{{"text": "The user owns bike {i}."}}' for i in range(500)) + "]}"
+    completer = Completer(many)
+    turns = [(i, user(f"I own bike {i}.")) for i in range(3000)]
+    facts = await MemReader(completer).read(exchange(*turns), "llm:m")
+    assert len(facts) == MAX_FACTS_PER_EXCHANGE
+    assert facts[-1].text == "The user owns bike 499."
+    [(_, prompt)] = completer.calls
+    transcript = prompt[-1]["content"]
+    assert "I own bike 2999." in transcript
+    oldest_kept = 3000 - MAX_EXCHANGE_TURNS
+    assert f"I own bike {oldest_kept}." in transcript and f"I own bike {oldest_kept - 1}." not in transcript
