@@ -2,20 +2,31 @@
 
 Table modules define SQLModel tables on the shared metadata and are listed in TABLE_MODULES so that
 `Database.create_all` sees every table without anything being imported at module import time.
+
+Storage failures are told apart from contention here (`storage_failure`): a full disk (SQLite's
+"database or disk is full", ENOSPC from the vector files, PostgreSQL's disk_full) is raised as
+`StorageFull` at once, never retried like a busy lock; a lost database connection is
+`StorageUnavailable`. `Database.health` remembers whether the last write transaction failed that way,
+which is what readiness reports; `probe_write` is the small real write that tells when it works again.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import Column, LargeBinary, delete, event, insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import Field, Session, SQLModel, create_engine
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -27,6 +38,134 @@ TABLE_MODULES: tuple[str, ...] = (
     "memos.outbox",
     "memos.vault_tables",
 )
+
+
+class StorageError(Exception):
+    """The storage refused a write or could not be reached (not contention, not bad input)."""
+
+    kind = "unavailable"
+
+
+class StorageFull(StorageError):
+    """The disk (or the database's quota) is full: nothing more can be written until space is freed."""
+
+    kind = "full"
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached (connection refused, lost or terminated)."""
+
+    kind = "unavailable"
+
+
+_FULL_PHRASES = ("database or disk is full", "no space left on device", "os error 28", "disk quota exceeded")
+_SQLITE_FULL = 13
+# PostgreSQL SQLSTATEs: 53100 disk_full; class 08 connection exceptions; 57P01-57P03 the server is
+# shutting down or terminated this backend (pg_terminate_backend).
+_PG_UNAVAILABLE = ("57P01", "57P02", "57P03")
+
+
+def storage_failure(exc: BaseException) -> StorageError | None:
+    """What `exc` says about the storage, if anything: StorageFull, StorageUnavailable, or None (the
+    failure is something else: a lock wait, a constraint, a bug). Looks through wrapped causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    unavailable = False
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageError):
+            return current
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFull(_describe(current))
+        if (
+            isinstance(current, sqlite3.Error)
+            and ((getattr(current, "sqlite_errorcode", 0) or 0) & 0xFF) == _SQLITE_FULL
+        ):
+            return StorageFull(_describe(current))
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            if sqlstate == "53100":
+                return StorageFull(_describe(current))
+            if sqlstate.startswith("08") or sqlstate in _PG_UNAVAILABLE:
+                unavailable = True
+        elif _is_lost_pg_connection(current):
+            unavailable = True
+        if any(phrase in str(current).lower() for phrase in _FULL_PHRASES):
+            return StorageFull(_describe(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            unavailable = True
+        nxt = current.orig if isinstance(current, DBAPIError) else None
+        current = nxt or current.__cause__ or current.__context__
+    return StorageUnavailable("the database connection failed") if unavailable else None
+
+
+def _is_lost_pg_connection(exc: BaseException) -> bool:
+    # psycopg raises OperationalError without a SQLSTATE when the server went away mid-call.
+    return type(exc).__module__.startswith("psycopg") and type(exc).__name__ == "OperationalError"
+
+
+def _describe(exc: BaseException) -> str:
+    # The error's kind and the engine's short reason (no statement, no parameters).
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+@dataclass(frozen=True)
+class HealthState:
+    failing: bool
+    kind: str | None  # "full" | "unavailable" while failing
+    since: float | None  # time.time() of the first failure of this run of failures
+    last_ok_at: float | None
+    failures: int  # write transactions that failed on storage since the process started
+
+
+class StorageHealth:
+    """Whether this process's last write transaction failed on storage (readiness). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failing_kind: str | None = None
+        self._since: float | None = None
+        self._last_ok_at: float | None = None
+        self._failures = 0
+
+    def ok(self) -> None:
+        with self._lock:
+            self._failing_kind, self._since = None, None
+            self._last_ok_at = time.time()
+
+    def failed(self, error: StorageError) -> None:
+        with self._lock:
+            if self._failing_kind is None:
+                self._since = time.time()
+            self._failing_kind = error.kind
+            self._failures += 1
+
+    @property
+    def failing(self) -> bool:
+        return self._failing_kind is not None
+
+    def state(self) -> HealthState:
+        with self._lock:
+            return HealthState(
+                failing=self._failing_kind is not None,
+                kind=self._failing_kind,
+                since=self._since,
+                last_ok_at=self._last_ok_at,
+                failures=self._failures,
+            )
+
+
+class StorageProbeRow(SQLModel, table=True):
+    """Scratch rows of `Database.probe_write` (written and deleted in one transaction)."""
+
+    __tablename__ = "storage_probe"
+
+    id: str = Field(primary_key=True, max_length=64)
+    pad: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+# A probe writes a few pages, like a small real write would (a one-byte write may fit a full disk).
+PROBE_BYTES = 16 * 1024
 
 
 def _normalise_url(url: str) -> str:
@@ -42,6 +181,7 @@ class Database:
         self.url = _normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self._sqlite_writer = threading.RLock()  # see write()
+        self.health = StorageHealth()
         if self.is_sqlite:
             path = self.url.removeprefix("sqlite:///")
             if path and path != ":memory:":
@@ -69,8 +209,12 @@ class Database:
             try:
                 yield session
                 session.commit()
-            except BaseException:
+            except BaseException as exc:
                 session.rollback()
+                failure = storage_failure(exc) if isinstance(exc, Exception) else None
+                if isinstance(failure, StorageFull) and failure is not exc:
+                    # Not an OperationalError: the retry loops for busy locks must not wait on it.
+                    raise failure from exc
                 raise
 
     @contextmanager
@@ -80,7 +224,20 @@ class Database:
         process's writers queue on one in-process lock first: SQLite admits one writer, and its busy
         handler waits by sleeping (1, 2, 5, 10... ms), which under concurrent writers (a chat's audit
         and outbox rows, the worker's write-back) cost more than the writes. Other processes (the
-        CLI) still meet the busy timeout. On PostgreSQL, a plain session (row locks serialise)."""
+        CLI) still meet the busy timeout. On PostgreSQL, a plain session (row locks serialise).
+        A storage failure (full disk, lost connection) marks `health` failing; a commit marks it ok."""
+        try:
+            with self._write() as session:
+                yield session
+        except Exception as exc:
+            failure = storage_failure(exc)
+            if failure is not None:
+                self.health.failed(failure)
+            raise
+        self.health.ok()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
         if not self.is_sqlite:
             with self.session() as session:
                 yield session
@@ -94,6 +251,14 @@ class Database:
                 yield session
         finally:
             self._sqlite_writer.release()
+
+    def probe_write(self) -> None:
+        """A small real write, rolled forward and deleted in one transaction: raises while storage
+        fails, and through `write` turns `health` ok again when it works."""
+        probe_id = f"probe-{os.getpid()}-{threading.get_ident()}"
+        with self.write() as session:
+            session.execute(insert(StorageProbeRow).values(id=probe_id, pad=os.urandom(PROBE_BYTES)))
+            session.execute(delete(StorageProbeRow).where(StorageProbeRow.id == probe_id))
 
     def dispose(self) -> None:
         self.engine.dispose()

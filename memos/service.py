@@ -241,18 +241,29 @@ class MemoryService:
         vectors = await self.embedder.embed([n.text for n in news])
         for n, v in zip(news, vectors, strict=True):
             n.vector = v
-        items = await asyncio.to_thread(self.vault.add_many, principal.tenant, owner, news)
-        items = list({i.id: i for i in items}.values())
-        await self._audit(
-            principal,
-            policy,
-            "memory.write",
-            user=owner,
-            ids=[i.id for i in items],
-            request_id=request_id,
-            detail={"count": len(items), "infer": False},
+
+        def audit_in(session: Any, added: list[MemoryItem]) -> None:
+            # In the vault's transaction: the memories and their audit entry commit together or not at
+            # all, so an answer of 5xx leaves nothing behind.
+            if self.audit is None:
+                return
+            unique = list(dict.fromkeys(i.id for i in added))
+            self.audit.record(
+                principal.tenant,
+                "memory.write",
+                key_id=principal.key_id,
+                request_id=request_id,
+                user=owner,
+                memory_ids=unique,
+                detail={"count": len(unique), "infer": False},
+                level=policy.audit_level,
+                session=session,
+            )
+
+        items = await asyncio.to_thread(
+            lambda: self.vault.add_many(principal.tenant, owner, news, before_commit=audit_in)
         )
-        return items
+        return list({i.id: i for i in items}.values())
 
     async def _add_inferred(
         self,

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -379,11 +380,21 @@ class MemVault:
         return self.add_many(tenant, owner, [new], dedupe=dedupe)[0]
 
     def add_many(
-        self, tenant: str, owner: str, memories: Sequence[NewMemory], *, dedupe: bool = True
+        self,
+        tenant: str,
+        owner: str,
+        memories: Sequence[NewMemory],
+        *,
+        dedupe: bool = True,
+        before_commit: Callable[[Session, list[MemoryItem]], None] | None = None,
     ) -> list[MemoryItem]:
         """Add memories of one owner in one transaction. An exact duplicate of an active memory (same
         normalised text) is not stored twice: its sources are merged into the existing item (a new
-        version when a source is new) and that item is returned in its place."""
+        version when a source is new) and that item is returned in its place.
+
+        All or nothing: when anything fails (the vector write, a row, the commit) no row is committed
+        and the vectors already written are deleted again. `before_commit(session, items)` runs inside
+        the transaction (the memory API writes its audit entry there, so both commit or neither)."""
         if not memories:
             return []
         for m in memories:
@@ -407,7 +418,8 @@ class MemVault:
         results: list[MemoryItem | None] = [None] * len(memories)
         written_vids: list[str] = []
         with self.vectors.cache.writing((tenant, okey)):  # readers keep the cache meanwhile
-            with self.db.write() as session:
+            # the vectors of a transaction that did not commit are deleted again
+            with self._vectors_undone_on_failure(tenant, written_vids), self.db.write() as session:
                 stats = self._lock_stats(session, tenant, owner)
                 existing: dict[str, MemoryRow] = {}
                 if dedupe:
@@ -498,31 +510,29 @@ class MemVault:
                     vids = [f[1].vector_id for f in fresh]
                     vecs = np.stack([raw_vectors[f[0]] for f in fresh])
                     rotated = cipher.rotate(vecs)
+                    written_vids.extend(vids)  # before the write: a partial write is undone too
                     self.vectors.add(tenant, okey, vids, rotated)  # type: ignore[arg-type]
-                    written_vids = list(vids)  # type: ignore[arg-type]
-                try:
-                    if fresh:
-                        session.execute(insert(MemoryRow), [dict(vars(f[1])) for f in fresh])
-                        session.execute(
-                            insert(MemoryVersionRow),
-                            [self._version_values(f[1], f[2], "create") for f in fresh],
-                        )
-                    self._index_terms(
-                        session, tenant, owner, [(row.id, terms) for _i, row, _item, terms in fresh]
+                if fresh:
+                    session.execute(insert(MemoryRow), [dict(vars(f[1])) for f in fresh])
+                    session.execute(
+                        insert(MemoryVersionRow),
+                        [self._version_values(f[1], f[2], "create") for f in fresh],
                     )
-                    prev_changes = stats.changes
-                    if fresh:
-                        stats.next_seq = seq
-                        stats.doc_count += len(fresh)
-                        stats.total_len += sum(f[3].length for f in fresh)
-                        stats.changes += 1
-                        session.add(stats)
-                    new_changes = stats.changes
-                    session.flush()
-                except BaseException:
-                    if written_vids:
-                        self._forget_vectors(tenant, written_vids)
-                    raise
+                self._index_terms(
+                    session, tenant, owner, [(row.id, terms) for _i, row, _item, terms in fresh]
+                )
+                prev_changes = stats.changes
+                if fresh:
+                    stats.next_seq = seq
+                    stats.doc_count += len(fresh)
+                    stats.total_len += sum(f[3].length for f in fresh)
+                    stats.changes += 1
+                    session.add(stats)
+                new_changes = stats.changes
+                session.flush()
+                out = self._added_in_order(memories, hashes, fresh, merged_items, existing)
+                if before_commit is not None:
+                    before_commit(session, out)
             if fresh:
                 self.vectors.cache.apply(
                     (tenant, okey),
@@ -533,17 +543,37 @@ class MemVault:
                 )
         if len(fresh) >= self.analyze_after:
             self.analyze()
+        return out
+
+    @staticmethod
+    def _added_in_order(
+        memories: Sequence[NewMemory],
+        hashes: Sequence[str],
+        fresh: Sequence[tuple[int, Any, MemoryItem, DocTerms]],
+        merged_items: Mapping[str, MemoryItem],
+        existing: Mapping[str, Any],
+    ) -> list[MemoryItem]:
+        """add_many's answer: per memory asked for, the item it became (new, or the one it merged into)."""
         by_id = {f[1].id: f[2] for f in fresh}
         by_id.update(merged_items)
-        out: list[MemoryItem] = []
         fresh_by_index = {f[0]: f[2] for f in fresh}
+        out: list[MemoryItem] = []
         for i in range(len(memories)):
             if i in fresh_by_index:
                 out.append(fresh_by_index[i])
             else:
-                target = existing[hashes[i]]
-                out.append(by_id[target.id])
+                out.append(by_id[existing[hashes[i]].id])
         return out
+
+    @contextmanager
+    def _vectors_undone_on_failure(self, tenant: str, vids: list[str]) -> Iterator[None]:
+        """Delete the vectors named in `vids` (filled while the block runs) when the block fails."""
+        try:
+            yield
+        except BaseException:
+            if vids:
+                self._forget_vectors(tenant, vids)
+            raise
 
     def analyze(self) -> None:
         """Refresh the query planner's statistics (after bulk loads: without them PostgreSQL plans the
@@ -561,8 +591,9 @@ class MemVault:
     def _forget_vectors(self, tenant: str, vids: Sequence[str]) -> None:
         try:
             self.vectors.delete(tenant, vids)
-        except Exception:
-            pass
+        except Exception as exc:
+            # Left behind, they are never returned: every hit is re-checked against SQL (vector id).
+            log.warning("deleting %d uncommitted vectors failed: %s", len(vids), exception_summary(exc))
 
     def update(
         self,

@@ -69,6 +69,37 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
 
 
+def storage_error(exc: BaseException) -> ApiError | None:
+    """A failure of the storage as the client sees it (None when `exc` is something else): a full
+    disk answers 507, an unreachable database 503, both at once and saying what to do."""
+    from memos.db import StorageFull, storage_failure
+
+    failure = storage_failure(exc)
+    if failure is None:
+        return None
+    if isinstance(failure, StorageFull):
+        return ApiError(
+            507,
+            "Storage is full: the memory store cannot write (database or disk full). Retry once space "
+            "has been freed.",
+            type="server_error",
+            code="insufficient_storage",
+            headers={"Retry-After": "30"},
+        )
+    return ApiError(
+        503,
+        "Storage is unavailable: the memory database cannot be reached. Retry shortly.",
+        type="server_error",
+        code="storage_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
+def server_error(exc: BaseException) -> ApiError:
+    """What an exception no route handled answers: a storage failure as such, anything else 500."""
+    return storage_error(exc) or ApiError(500, "Internal error.", type="server_error", code="internal_error")
+
+
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
 

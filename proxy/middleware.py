@@ -5,8 +5,9 @@
 - The body limit: a Content-Length over the limit is refused before reading; a body that grows past
   it while being read raises `BodyTooLarge`; both answer 413 in the OpenAI envelope.
 - Metrics: requests and latency by tenant (`request.state.tenant`, set by auth) and route template.
-- An exception nobody handled becomes a 500 envelope if no byte was sent yet (the message stays in
-  the log, which never holds bodies).
+- An exception nobody handled becomes an error envelope if no byte was sent yet (the message stays in
+  the log, which never holds bodies): 507 for a full disk, 503 for an unreachable database
+  (proxy.errors.storage_error), else 500.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memos.logsafe import exception_summary
-from proxy.errors import error_envelope
+from proxy.errors import error_envelope, server_error
 from proxy.metrics import NO_TENANT, Metrics
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,18 @@ class ProxyMiddleware:
                 send_with_id, 413, f"Request body is larger than {limit} bytes.", "request_too_large"
             )
         except Exception as exc:
-            log.error("unhandled error (request %s): %s", request_id, exception_summary(exc))
+            error = server_error(exc)  # a storage failure answers 507/503, anything else 500
+            log.error(
+                "unhandled error (request %s, answered %d): %s",
+                request_id,
+                error.status,
+                exception_summary(exc),
+            )
             if response_started:
                 raise
-            await _send_error(send_with_id, 500, "Internal error.", "internal_error", "server_error")
+            await _send_error(
+                send_with_id, error.status, error.message, str(error.code), error.type, error.headers
+            )
         finally:
             route = scope.get("route")
             self.metrics.observe_request(
@@ -111,14 +120,24 @@ class ProxyMiddleware:
 
 
 async def _send_error(
-    send: Send, status: int, message: str, code: str, type: str = "invalid_request_error"
+    send: Send,
+    status: int,
+    message: str,
+    code: str,
+    type: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
 ) -> None:
     body = orjson.dumps(error_envelope(message, type=type, code=code))
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -37,7 +38,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, select
 
 from memos.db import Database
 from memos.governance.policy import AuditLevel
@@ -283,8 +284,10 @@ class AuditLog:
         memory_ids: Iterable[str] = (),
         detail: dict[str, Any] | None = None,
         level: AuditLevel | str | None = None,
+        session: Session | None = None,
     ) -> AuditEntry | None:
-        """Append one entry (or nothing, when `level` excludes this action). Blocking."""
+        """Append one entry (or nothing, when `level` excludes this action). Blocking. With `session`
+        (a write transaction of the caller's) the entry commits with the caller's rows, or not at all."""
         if not should_record(level, action):
             return None
         if not tenant or not action:
@@ -297,6 +300,8 @@ class AuditLog:
         detail_json = json.dumps(
             _check_detail(detail), separators=(",", ":"), ensure_ascii=True, sort_keys=True
         )
+        if session is not None:  # no retry here: a conflict fails the caller's whole transaction
+            return self._append(tenant, action, key_id, request_id, user, ids_json, detail_json, session)
         with self._locks.get(tenant):
             for attempt in range(_APPEND_ATTEMPTS):
                 try:
@@ -316,12 +321,13 @@ class AuditLog:
         user: str | None,
         ids_json: str,
         detail_json: str,
+        outer: Session | None = None,
     ) -> AuditEntry:
         # Database.write: on SQLite the write lock is taken first, so the head we read is the head we
         # extend; on PostgreSQL the head row is locked (FOR UPDATE). Core statements: this runs on
         # every injected chat, and the ORM's unit of work cost more than the writes.
         entries, heads = AuditEntryRow.__table__, AuditHeadRow.__table__
-        with self._db.write() as session:
+        with self._db.write() if outer is None else nullcontext(outer) as session:
             head = session.execute(
                 select(heads.c.seq, heads.c.mac).where(heads.c.tenant == tenant).with_for_update()
             ).first()
