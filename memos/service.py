@@ -458,6 +458,7 @@ class MemoryService:
         item = await self._item_for(principal, policy, memory_id, Operation.MEMORY_WRITE)
         if patch.rollback_to is not None:
             return await self.rollback(principal, policy, memory_id, patch.rollback_to, request_id)
+        _check_validity(item, patch)
         redact = self._redactor_for(policy)
         text = None
         vector = None
@@ -618,6 +619,29 @@ class EmbedderWarmup:
 
     def stop(self) -> None:
         return None
+
+
+def _check_validity(item: MemoryItem, patch: Patch) -> None:
+    """A memory is valid from `valid_from` until `invalid_at`: the patched range (a side not patched
+    keeps its stored value, a cleared one is open) must not end before it starts."""
+
+    def after(name: str, stored: datetime | None) -> datetime | None:
+        given: datetime | None = getattr(patch, name)
+        if given is not None:
+            return given
+        return None if name in patch.clear else stored
+
+    valid_from = after("valid_from", item.valid_from)
+    invalid_at = after("invalid_at", item.invalid_at)
+    if valid_from is None or invalid_at is None:
+        return
+    if valid_from.tzinfo is None:
+        valid_from = valid_from.replace(tzinfo=UTC)
+    if invalid_at.tzinfo is None:
+        invalid_at = invalid_at.replace(tzinfo=UTC)
+    if valid_from > invalid_at:
+        param = "valid_from" if patch.valid_from is not None else "invalid_at"
+        raise InvalidRequest("`valid_from` must not be after `invalid_at`.", param)
 
 
 def _is_async(eraser: Any) -> bool:

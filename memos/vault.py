@@ -40,6 +40,7 @@ from memos.embeddings import Embedder, normalise
 from memos.item import Kind, MemoryItem, Scope, Source, State, bounded_sources, snapshot, source_dict
 from memos.keyring import Keyring
 from memos.keyword import Bm25, DocTerms, doc_terms, normalise_for_duplicate, tokenize
+from memos.limits import metadata_problem
 from memos.logsafe import exception_summary
 from memos.vault_tables import (
     MemoryRow,
@@ -200,6 +201,10 @@ class MemVault:
     def _seal_payload(
         self, tenant: str, memory_id: str, version: int, text: str, sources: list[Source]
     ) -> bytes:
+        # Never seal what could not be read back and answered as JSON (metadata nested too deep).
+        for s in sources:
+            if s.metadata and (problem := metadata_problem(s.metadata)) is not None:
+                raise ValueError(f"source metadata {problem}: not stored")
         body = json.dumps({"text": text, "sources": [source_dict(s) for s in sources]}, ensure_ascii=False)
         return self.keyring.cipher(tenant).encrypt_text(body, item_aad(tenant, memory_id, version))
 
