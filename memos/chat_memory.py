@@ -36,6 +36,7 @@ from memos.item import MemoryItem
 from memos.outbox import Outbox
 from memos.reader import bound_turns, message_text
 from memos.worker import AuditSink, PolicySource
+from memos.write_retry import WriteRetryQueue
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class PlaintextChatMemory:
         audit: AuditSink | None = None,
         local: LocalPlanner | None = None,
         on_enqueued: Callable[[], None] | None = None,
+        write_retry: WriteRetryQueue | None = None,
         recall_timeout_s: float = 5.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -166,6 +168,8 @@ class PlaintextChatMemory:
         self._audit = audit
         self.local = local  # set by the composition root when the local runtime is configured
         self._on_enqueued = on_enqueued
+        # Fail-open exchanges whose outbox commit failed wait there (memos.write_retry).
+        self._write_retry = write_retry
         self.recall_timeout_s = recall_timeout_s
         self._now = now
 
@@ -173,6 +177,7 @@ class PlaintextChatMemory:
 
     async def prepare(self, ctx: ChatContext, body: dict[str, Any]) -> PreparedChat:
         policy = self._policies.get(ctx.principal.tenant)
+        self._refuse_unrecordable(ctx, policy)
         if (
             ctx.user is None
             or ctx.switch not in (MemorySwitch.ON, MemorySwitch.READ)
@@ -254,6 +259,26 @@ class PlaintextChatMemory:
 
     # -- after the answer -----------------------------------------------------------------------------
 
+    def _refuse_unrecordable(self, ctx: ChatContext, policy: Policy) -> None:
+        """A fail-closed tenant's chat that would be written back is refused before the upstream call
+        while storage is known to fail (exchanges wait for it, or the last write failed): its answer
+        could not be recorded, and the upstream's work would be wasted."""
+        if (
+            self._write_retry is not None
+            and policy.memory.fail_mode == FailMode.CLOSED
+            and ctx.user is not None
+            and ctx.switch in (MemorySwitch.ON, MemorySwitch.WRITE)
+            and policy.memory.write
+            and self._write_retry.storage_failing
+        ):
+            log.warning(
+                "memory storage failing (request %s); failing closed before the upstream", ctx.request_id
+            )
+            raise MemoryUnavailable(
+                "Memory storage is failing (full or unreachable) and this tenant's policy fails closed; "
+                "retry later."
+            )
+
     async def complete(self, ctx: ChatContext, prepared: PreparedChat, exchange: FinishedExchange) -> None:
         policy = self._policies.get(ctx.principal.tenant)
         if (
@@ -266,16 +291,27 @@ class PlaintextChatMemory:
         if not any(message["role"] == "user" for _, message in turns):
             return
         payload = self.payload(ctx, policy, turns, exchange.assistant_text, prepared.body)
+        fails_open = policy.memory.fail_mode != FailMode.CLOSED
+        retry = self._write_retry
+        if fails_open and retry is not None and retry.holding:
+            # Earlier exchanges wait for storage: this one queues behind them (commit order per user).
+            retry.hold(ctx.principal.tenant, ctx.user, ctx.request_id, payload)
+            return
         try:
             await asyncio.to_thread(
                 self._outbox.enqueue, ctx.principal.tenant, ctx.user, ctx.request_id, payload
             )
         except Exception as exc:
-            if policy.memory.fail_mode == FailMode.CLOSED:
+            if not fails_open:
                 raise MemoryUnavailable("The exchange could not be recorded for memory.") from exc
-            log.warning(
-                "write-back lost (request %s): %s; policy fails open", ctx.request_id, type(exc).__name__
-            )
+            if retry is None:
+                log.warning(
+                    "write-back lost (request %s): %s; policy fails open and no retry queue is wired",
+                    ctx.request_id,
+                    type(exc).__name__,
+                )
+                return
+            retry.hold(ctx.principal.tenant, ctx.user, ctx.request_id, payload, exc)
             return
         if self._on_enqueued is not None:
             self._on_enqueued()

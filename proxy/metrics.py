@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from memos.write_retry import RetrySnapshot
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 NO_TENANT = "-"
@@ -51,5 +59,51 @@ class Metrics:
     def upstream_error(self, tenant: str, route: str, kind: str) -> None:
         self.upstream_errors.labels(tenant, route, kind).inc()
 
+    def watch_write_retry(self, snapshot: Callable[[], RetrySnapshot]) -> None:
+        """Export the write-back retry queue (memos.write_retry) and the storage's write health, read
+        at each scrape."""
+        self.registry.register(_WriteRetryCollector(snapshot))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _WriteRetryCollector(Collector):
+    def __init__(self, snapshot: Callable[[], RetrySnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # collected on demand only (the registry must not call snapshot at registration)
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        yield GaugeMetricFamily(
+            "memos_write_retry_waiting",
+            "Acknowledged exchanges whose outbox commit failed, waiting in memory for storage.",
+            value=snap.waiting,
+        )
+        yield GaugeMetricFamily(
+            "memos_write_retry_capacity",
+            "How many exchanges the retry queue holds at most.",
+            value=snap.capacity,
+        )
+        yield GaugeMetricFamily(
+            "memos_write_retry_oldest_age_seconds",
+            "How long the oldest waiting exchange has waited (0 when none waits).",
+            value=snap.oldest_age_s,
+        )
+        yield CounterMetricFamily(
+            "memos_write_retry_written",
+            "Exchanges that waited in the retry queue and were then committed to the outbox.",
+            value=snap.written,
+        )
+        yield CounterMetricFamily(
+            "memos_write_retry_lost",
+            "Acknowledged exchanges lost: the retry queue was full, or the row was refused repeatedly.",
+            value=snap.lost,
+        )
+        yield GaugeMetricFamily(
+            "memos_storage_writes_failing",
+            "1 while storage is known to fail (the last write failed on it, or exchanges wait), else 0.",
+            value=1 if snap.storage_failing else 0,
+        )

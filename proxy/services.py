@@ -116,6 +116,7 @@ class Services:
     memory: Any = None  # memos.service.MemoryService (memory API); None until wired
     chat_memory: ChatMemory = field(default_factory=NoChatMemory)
     scheduler: Any = None  # memos.scheduler.MemScheduler (memory modes, tier lifecycle)
+    write_retry: Any = None  # memos.write_retry.WriteRetryQueue (exchanges waiting for storage)
     auth_limits: AuthLimiter = field(default_factory=AuthLimiter)  # failed-auth back-off
     auth_audit: AuthFailureAudit | None = None
     # Started in order with the app, stopped in reverse; start()/stop() may be sync or async.
@@ -246,12 +247,29 @@ def build_services(
         recover_claims=core.db.is_sqlite,  # SQLite: one worker per data dir; what is claimed is dead
         on_erased=memory.vault.erase_user,  # a row's user was erased mid-write: erase what it wrote
     )
+    # Fail-open exchanges whose outbox commit failed wait in memory and are committed when storage
+    # takes writes again (before the outbox's eraser: erasure forgets them too).
+    from memos.write_retry import WriteRetryQueue
+
+    write_retry = WriteRetryQueue(
+        outbox,
+        core.db.health,
+        capacity=settings.write_retry_capacity,
+        capacity_bytes=settings.write_retry_capacity_mb * 1024 * 1024,
+        probe=core.db.probe_write,
+        on_written=worker.notify,
+    )
+    services.write_retry = write_retry
+    memory.register_eraser(write_retry, first=True)
+    services.metrics.watch_write_retry(write_retry.snapshot)
+    services.background.append(write_retry)
     services.chat_memory = PlaintextChatMemory(
         recall=RetrieverRecall(memory.retriever, memory.embedder.embed_one, neighbours=memory.neighbours),
         outbox=outbox,
         policies=live_policies,
         audit=core.audit,
         on_enqueued=worker.notify,
+        write_retry=write_retry,
     )
     if settings.worker_enabled or role == "worker":
         services.background.append(worker)

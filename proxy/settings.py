@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     # embedding call, audit pass and acknowledgement). 0: claim at once.
     worker_batch_window_ms: float = Field(default=250.0, ge=0.0, le=10_000.0)
 
+    # Chats of fail-open tenants whose outbox commit failed (full disk, lost database) wait in memory,
+    # at most this many (and this many MiB of payload), until storage takes writes again; an exchange
+    # that finds the queue full is lost, counted and logged (memos/write_retry.py).
+    write_retry_capacity: int = Field(default=10_000, ge=1)
+    write_retry_capacity_mb: int = Field(default=256, ge=1)
+
     @field_validator("local_models", mode="before")
     @classmethod
     def _parse_local_models(cls, value: Any) -> Any:

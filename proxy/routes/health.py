@@ -1,6 +1,15 @@
-"""GET /healthz (liveness) and GET /metrics (Prometheus text of this app's registry)."""
+"""GET /healthz (liveness), GET /readyz (readiness) and GET /metrics (Prometheus text of this app's registry).
+
+/healthz answers 200 while the process serves. /readyz answers 503 while this process's writes fail
+on storage (full disk, lost database: `Database.health`, turned ok again by the next write that
+commits, or the retry queue's probe) and while acknowledged exchanges are being lost because the
+write-back retry queue is full; else 200. Both bodies hold counts and states only.
+"""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,12 +22,38 @@ from proxy.services import Services
 def routes() -> list[BaseRoute]:
     return [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
 
 
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    health = services.db.health.state()
+    storage: dict[str, Any] = {"writes": "failing" if health.failing else "ok"}
+    if health.failing:
+        storage["failure"] = health.kind
+        storage["failing_for_s"] = round(time.time() - health.since, 3) if health.since else None
+    body: dict[str, Any] = {"storage": storage}
+    ready = not health.failing
+    retry = services.write_retry
+    if retry is not None:
+        snap = retry.snapshot()
+        losing = retry.full or retry.losing
+        body["write_retry"] = {
+            "waiting": snap.waiting,
+            "capacity": snap.capacity,
+            "oldest_age_s": round(snap.oldest_age_s, 3),
+            "lost": snap.lost,
+            "losing": losing,
+        }
+        ready = ready and not losing
+    body["status"] = "ready" if ready else "not_ready"
+    return json_response(body, 200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
