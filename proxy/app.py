@@ -62,8 +62,19 @@ def create_app(settings: Settings, *, configure: Callable[[Services], None] | No
             if exc.status_code == 405
             else None
         )
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route matching the path only; a path
+            # served by several routes (one per method) answers with all of them.
+            refused = passthrough.method_not_allowed(request)
+            if refused is not None:
+                return error_response(refused)
         return error_response(
-            ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=kind)
+            ApiError(
+                exc.status_code,
+                f"{exc.detail}: {request.method} {request.url.path}",
+                code=kind,
+                headers=exc.headers,
+            )
         )
 
     return Starlette(

@@ -36,6 +36,7 @@ from memos.logsafe import exception_summary
 from memos.polling import PollingThread
 from proxy.auth_limits import Admission, FailureSummary
 from proxy.errors import ApiError, forbidden, unauthorized
+from proxy.wire import header_user
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -214,7 +215,7 @@ class AuthFailureAudit:
 def authorize_upstream_use(request: Request, caller: Caller, body: Mapping[str, Any]) -> None:
     """Calls other than chat that spend the tenant's upstream budget (embeddings, passthrough) need
     the chat right, for the user named by `X-Memos-User` or the body's `user`; 403 otherwise."""
-    named = request.headers.get("x-memos-user") or body.get("user")
+    named = header_user(request) or body.get("user")
     user = effective_user(caller.principal, named if isinstance(named, str) else None)
     try:
         authorize(caller.principal, caller.policy, Operation.CHAT, user)

@@ -2,16 +2,32 @@
 
 Everything else in the body (tools, response_format, n, logprobs, unknown fields) is the upstream's
 business and passes through untouched. Errors name the field in `param`.
+
+Every JSON body read here (and every JSON body relayed, see `check_json_shape`) is bounded in shape:
+containers nest at most MAX_JSON_DEPTH levels (the body object is level 1) and no array or object
+has more than MAX_JSON_ITEMS members. Deeper bodies could not be re-encoded for the upstream or the
+outbox (orjson stops at 255 levels), so they are refused here with a 400 naming the field.
+
+User ids follow one rule (memos.limits) wherever they come from. `X-Memos-User` is read as UTF-8:
+the header's raw bytes are decoded as UTF-8 (no percent-decoding), so the same name sent in the
+header and in a body's `user` is the same user; bytes that are not UTF-8 are a 400, and so is a
+header that is present but empty.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
 
+from memos.limits import json_shape_problem, user_id_problem
 from proxy.errors import bad_request
+
+MAX_JSON_DEPTH = 64
+MAX_JSON_ITEMS = 100_000
+USER_HEADER = "X-Memos-User"
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
@@ -25,7 +41,88 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    check_json_shape(body, data)
     return data
+
+
+def check_json_shape(raw: bytes, data: Any) -> None:
+    """400 when a parsed JSON body breaks the depth or member limits (names the field)."""
+    # Fast path, almost every body: fewer brackets than the depth limit cannot nest deeper, and no
+    # container has more members than there are commas plus one (brackets and commas inside strings
+    # only overcount).
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH and raw.count(b",") < MAX_JSON_ITEMS:
+        return
+    found = json_shape_problem(data, max_depth=MAX_JSON_DEPTH, max_items=MAX_JSON_ITEMS)
+    if found is None:
+        return
+    path, reason = found
+    # The first three steps name the field (`messages[0].content`, `memories[0].metadata`); the
+    # rest of a path that deep says nothing more.
+    param = field_path(path[:3]) or None
+    where = f"'{param}'" if param else "The request body"
+    raise bad_request(
+        f"{where} {reason} (JSON bodies nest at most {MAX_JSON_DEPTH} levels and hold at most "
+        f"{MAX_JSON_ITEMS} members per array or object).",
+        param=param,
+        code="invalid_value",
+    )
+
+
+def field_path(path: list[str | int]) -> str:
+    """`["memories", 0, "metadata"]` -> `memories[0].metadata`."""
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
+
+
+def user_id(value: Any, param: str) -> str:
+    """`value` if it is a valid user id (memos.limits), else a 400 naming `param`."""
+    problem = user_id_problem(value)
+    if problem is not None:
+        raise bad_request(
+            f"Invalid value for '{param}': a user id {problem}.", param=param, code="invalid_value"
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def header_user(request: Request) -> str | None:
+    """The user named by `X-Memos-User` (raw bytes as UTF-8), None when the header is absent."""
+    raw = request.headers.get(USER_HEADER)
+    if raw is None:
+        return None
+    try:
+        # Starlette decodes header bytes as latin-1, which gives the raw bytes back losslessly.
+        value = raw.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(
+            f"Invalid value for header {USER_HEADER}: it must be UTF-8.",
+            param=USER_HEADER,
+            code="invalid_value",
+        ) from None
+    return user_id(value, USER_HEADER)
+
+
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter decoded strictly (percent-escapes must spell UTF-8), the last one if repeated.
+
+    Starlette's own decoding replaces bad bytes with U+FFFD, which would make different raw values
+    the same one."""
+    found: str | None = None
+    # latin-1 keeps every byte as it came; only the parameter asked for is then read as UTF-8.
+    for key, value in parse_qsl(
+        request.scope["query_string"].decode("latin-1"), keep_blank_values=True, encoding="latin-1"
+    ):
+        if key == name:
+            found = value
+    if found is None:
+        return None
+    try:
+        return found.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(
+            f"Invalid value for '{name}': percent-escapes must spell UTF-8.", param=name, code="invalid_value"
+        ) from None
 
 
 def _type_name(value: Any) -> str:
@@ -105,7 +202,8 @@ class ChatRequest:
                     code="invalid_type",
                 )
             self.include_usage = bool(include)
-        self.user: str | None = optional(body, "user", str, "a string")
+        user = body.get("user")
+        self.user: str | None = None if user is None else user_id(user, "user")
 
 
 def check_embeddings(body: dict[str, Any]) -> str:

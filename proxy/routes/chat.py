@@ -58,7 +58,7 @@ from proxy.sse import (
 from proxy.targets import check_model_allowed, upstream_target
 from proxy.upstream.base import ChatCall, EventStream, Upstream, UpstreamError, UpstreamHTTPError
 from proxy.upstream.router import UnknownModel, UpstreamKind
-from proxy.wire import ChatRequest, read_json_object
+from proxy.wire import ChatRequest, header_user, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ async def chat_completions(request: Request) -> Response:
     requested_switch = _header_enum(request, "x-memos-memory", MemorySwitch, MemorySwitch.ON)
     requested_mode = _header_enum(request, "x-memos-memory-mode", MemoryMode, MemoryMode.AUTO)
     principal, policy = caller.principal, caller.policy
-    user = effective_user(principal, request.headers.get("x-memos-user") or chat.user)
+    user = effective_user(principal, header_user(request) or chat.user)
     try:
         authorize(principal, policy, Operation.CHAT, user)
     except AccessDenied as exc:

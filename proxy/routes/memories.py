@@ -15,6 +15,7 @@ The handlers only translate between the wire and memos.service.MemoryService.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,32 @@ from starlette.routing import BaseRoute, Route
 
 from memos.governance.acl import AccessDenied
 from memos.item import MemoryItem, State
+from memos.limits import (
+    METADATA_MAX_DEPTH,
+    METADATA_MAX_VALUES,
+    TIMESTAMP_END,
+    TIMESTAMP_MIN,
+    USER_ID_MAX_CHARS,
+    USER_ID_PATTERN,
+    YEAR_MAX,
+    YEAR_MIN,
+    YEAR_PATTERN,
+    metadata_problem,
+    time_problem,
+)
 from memos.retrieval import Hit
-from memos.service import Entry, InvalidRequest, MemoryNotFound, Patch
+from memos.service import MAX_ENTRIES, MAX_TEXT_CHARS, Entry, InvalidRequest, MemoryNotFound, Patch
 from proxy.auth import Caller, authenticate
 from proxy.errors import ApiError, bad_request, forbidden, json_response, not_found
-from proxy.wire import read_json_object
+from proxy.wire import (
+    MAX_JSON_DEPTH,
+    MAX_JSON_ITEMS,
+    USER_HEADER,
+    header_user,
+    query_param,
+    read_json_object,
+    user_id,
+)
 
 if TYPE_CHECKING:
     from memos.service import MemoryService
@@ -36,6 +58,24 @@ if TYPE_CHECKING:
 
 MAX_LIMIT = 1000
 MAX_TOP_K = 200
+MAX_QUERY_CHARS = MAX_TEXT_CHARS
+MAX_VERSION = 10**9
+# A list cursor is the vault's opaque token: URL-safe base64 (unpadded) of "s:<sequence number>"
+# (memos.vault.encode_cursor). The pattern admits exactly those tokens for numbers of up to 18
+# digits (the vault's sequence numbers stay far below; more could overflow the database's integer),
+# so what the document admits the server accepts. Empty means the first page.
+_DIGITS3 = "(?:M[DTjz]|N[DTjz]|O[DT])[AEIMQUYcgk][w-z0-5]"  # three digits
+_DIGITS2 = "(?:M[DTjz]|N[DTjz]|O[DT])[AEIMQUYcgk]"
+_DIGITS1 = "(?:M[AQgw]|N[AQgw]|O[AQ])"
+CURSOR_PATTERN = f"^(?:czo[w-z0-5](?:{_DIGITS3}){{0,5}}(?:{_DIGITS2}|{_DIGITS1})?)?$"
+CURSOR_MAX_CHARS = 27  # the longest the pattern admits ("s:" and 18 digits)
+_CURSOR = re.compile(CURSOR_PATTERN)
+# Memory ids are "mem_" and 28 hex digits (memos.vault.new_memory_id); ids of another shape name no
+# memory (404) and never reach the database.
+MEMORY_ID_PATTERN = "^[A-Za-z0-9_-]+$"
+MEMORY_ID_MAX_CHARS = 40
+_MEMORY_ID = re.compile(MEMORY_ID_PATTERN)
+_TEXT_PATTERN = r"\S"  # not only whitespace
 
 
 def routes() -> list[BaseRoute]:
@@ -118,10 +158,10 @@ def _parse_time(value: Any, param: str) -> datetime | None:
         raise bad_request(f"'{param}' must be an ISO 8601 date-time or a Unix timestamp.", param=param)
     if isinstance(value, int | float):
         try:
-            return datetime.fromtimestamp(float(value), UTC)
+            parsed = datetime.fromtimestamp(float(value), UTC)
         except (OverflowError, OSError, ValueError):
             raise bad_request(f"'{param}' is not a valid Unix timestamp.", param=param) from None
-    if isinstance(value, str):
+    elif isinstance(value, str):
         text = value.strip()
         if text.endswith("Z"):
             text = text[:-1] + "+00:00"
@@ -131,12 +171,18 @@ def _parse_time(value: Any, param: str) -> datetime | None:
             raise bad_request(
                 f"'{param}' must be an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z).", param=param
             ) from None
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-    raise bad_request(f"'{param}' must be an ISO 8601 date-time or a Unix timestamp.", param=param)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+    else:
+        raise bad_request(f"'{param}' must be an ISO 8601 date-time or a Unix timestamp.", param=param)
+    problem = time_problem(parsed)
+    if problem is not None:
+        raise bad_request(f"'{param}' {problem}.", param=param, code="invalid_value")
+    return parsed
 
 
 def _int_param(raw: Any, name: str, low: int, high: int, default: int | None) -> int | None:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if isinstance(raw, bool):
         raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
@@ -152,14 +198,43 @@ def _int_param(raw: Any, name: str, low: int, high: int, default: int | None) ->
 
 
 def _user_from(request: Request, body: dict[str, Any] | None = None) -> str | None:
-    value: Any = None
-    if body is not None and "user" in body:
-        value = body.get("user")
-        if value is not None and (not isinstance(value, str) or not value):
-            raise bad_request("'user' must be a non-empty string.", param="user", code="invalid_type")
-    if value is None:
-        value = request.query_params.get("user") or request.headers.get("x-memos-user") or None
+    """The body's `user`, else the query's, else X-Memos-User (None: the key's bound user, if any).
+    Whichever is given must be a valid user id (memos.limits), even when an earlier one wins."""
+    header = header_user(request)
+    query = query_param(request, "user")
+    if query is not None:
+        query = user_id(query, "user")
+    if body is not None and body.get("user") is not None:
+        return user_id(body["user"], "user")
+    return query or header
+
+
+def _metadata(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad_request(f"'{param}' must be an object.", param=param, code="invalid_type")
+    problem = metadata_problem(value)
+    if problem is not None:
+        raise bad_request(
+            f"'{param}' {problem} (metadata nests at most {METADATA_MAX_DEPTH} levels and holds at most "
+            f"{METADATA_MAX_VALUES} values).",
+            param=param,
+            code="invalid_value",
+        )
     return value
+
+
+def _cursor(request: Request) -> str | None:
+    raw = query_param(request, "cursor")
+    if raw is not None and (len(raw) > CURSOR_MAX_CHARS or _CURSOR.fullmatch(raw) is None):
+        raise bad_request("'cursor' is not a cursor this endpoint returned.", param="cursor")
+    return raw or None
+
+
+def _memory_id(request: Request) -> str:
+    memory_id: str = request.path_params["memory_id"]
+    if len(memory_id) > MEMORY_ID_MAX_CHARS or _MEMORY_ID.fullmatch(memory_id) is None:
+        raise not_found("No memory found with that id.", param="id")
+    return memory_id
 
 
 def _entries(body: dict[str, Any]) -> list[Entry]:
@@ -209,12 +284,7 @@ def _entries(body: dict[str, Any]) -> list[Entry]:
                         code="invalid_type",
                     )
         metadata = raw.get("metadata")
-        if metadata is None:
-            metadata = {}
-        if not isinstance(metadata, dict):
-            raise bad_request(
-                f"'{where}.metadata' must be an object.", param=f"{where}.metadata", code="invalid_type"
-            )
+        metadata = {} if metadata is None else _metadata(metadata, f"{where}.metadata")
         out.append(
             Entry(
                 text=text,
@@ -277,7 +347,7 @@ async def add_memories(request: Request) -> Response:
 async def list_memories(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     limit = _int_param(request.query_params.get("limit"), "limit", 1, MAX_LIMIT, 50)
-    cursor = request.query_params.get("cursor") or None
+    cursor = _cursor(request)
     try:
         items, next_cursor = await memory.list(
             caller.principal, caller.policy, _user_from(request), limit or 50, cursor, request_id
@@ -304,6 +374,10 @@ async def search_memories(request: Request) -> Response:
         )
     if not isinstance(query, str) or not query.strip():
         raise bad_request("'query' must be a non-empty string.", param="query", code="invalid_type")
+    if len(query) > MAX_QUERY_CHARS:
+        raise bad_request(
+            f"'query' is longer than {MAX_QUERY_CHARS} characters.", param="query", code="invalid_value"
+        )
     top_k = _int_param(body.get("top_k"), "top_k", 1, MAX_TOP_K, None)
     try:
         hits = await memory.search(
@@ -316,7 +390,7 @@ async def search_memories(request: Request) -> Response:
 
 async def get_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = request.path_params["memory_id"]
+    memory_id = _memory_id(request)
     try:
         item = await memory.get(caller.principal, caller.policy, memory_id, request_id)
     except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
@@ -352,9 +426,7 @@ def _patch(body: dict[str, Any]) -> Patch:
             raise bad_request("'text' must be a non-empty string.", param="text", code="invalid_type")
         patch.text = body["text"]
     if "metadata" in body:
-        if not isinstance(body["metadata"], dict):
-            raise bad_request("'metadata' must be an object.", param="metadata", code="invalid_type")
-        patch.metadata = body["metadata"]
+        patch.metadata = _metadata(body["metadata"], "metadata")
     if "importance" in body:
         value = body["importance"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
@@ -377,8 +449,10 @@ def _patch(body: dict[str, Any]) -> Patch:
             else:
                 setattr(patch, name, _parse_time(body[name], name))
     patch.clear = tuple(clear)
+    if body.get("user") is not None:
+        user_id(body["user"], "user")  # ignored, but held to the same rule as everywhere
     if "rollback_to" in body:
-        patch.rollback_to = _int_param(body["rollback_to"], "rollback_to", 1, 10**9, None)
+        patch.rollback_to = _int_param(body["rollback_to"], "rollback_to", 1, MAX_VERSION, None)
         if len(set(body) & _PATCH_FIELDS) > 1:
             raise bad_request("'rollback_to' cannot be combined with other changes.", param="rollback_to")
     return patch
@@ -386,7 +460,7 @@ def _patch(body: dict[str, Any]) -> Patch:
 
 async def patch_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = request.path_params["memory_id"]
+    memory_id = _memory_id(request)
     patch = _patch(await read_json_object(request))
     try:
         item = await memory.patch(caller.principal, caller.policy, memory_id, patch, request_id)
@@ -397,7 +471,7 @@ async def patch_memory(request: Request) -> Response:
 
 async def delete_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = request.path_params["memory_id"]
+    memory_id = _memory_id(request)
     try:
         await memory.delete(caller.principal, caller.policy, memory_id, request_id)
     except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
@@ -407,7 +481,7 @@ async def delete_memory(request: Request) -> Response:
 
 async def memory_history(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = request.path_params["memory_id"]
+    memory_id = _memory_id(request)
     try:
         versions = await memory.history(caller.principal, caller.policy, memory_id, request_id)
     except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
@@ -417,13 +491,14 @@ async def memory_history(request: Request) -> Response:
 
 async def erase_user(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    user = request.query_params.get("user")
-    if not user:
+    user = query_param(request, "user")
+    if user is None:
         raise bad_request(
             "Missing required parameter: 'user' (DELETE /v1/memories?user=U erases every memory of U).",
             param="user",
             code="missing_required_parameter",
         )
+    user = user_id(user, "user")
     try:
         counts = await memory.erase_user(caller.principal, caller.policy, user, request_id)
     except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
@@ -471,14 +546,58 @@ _NOT_FOUND = {
     }
 }
 
-_ID = {"name": "memory_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_USER = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": USER_ID_MAX_CHARS,
+    "pattern": USER_ID_PATTERN,
+    "description": f"A user id: 1 to {USER_ID_MAX_CHARS} characters, no control characters (NUL "
+    "included), not only whitespace. The same rule holds for the chat body's `user` and X-Memos-User.",
+}
+_ID = {
+    "name": "memory_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": MEMORY_ID_MAX_CHARS, "pattern": MEMORY_ID_PATTERN},
+    "description": "A memory id (`mem_` and 28 hex digits); an id of another shape is not found.",
+}
 _USER_Q = {
     "name": "user",
     "in": "query",
-    "schema": {"type": "string"},
+    "schema": _USER,
     "description": "The user (owner) inside the tenant; or X-Memos-User, or the key's bound user.",
 }
-_TIME = {"type": "string", "format": "date-time", "nullable": True}
+# Response times: whatever was stored, in UTC.
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_TIME_RULE = (
+    f"An ISO 8601 date-time (no offset: UTC) whose year, as written, lies in {YEAR_MIN}-{YEAR_MAX}, "
+    "or a Unix timestamp in seconds within those years (UTC)."
+)
+_TIME_IN = {
+    "oneOf": [
+        {"type": "string", "format": "date-time", "pattern": YEAR_PATTERN},
+        {"type": "number", "minimum": TIMESTAMP_MIN, "exclusiveMaximum": TIMESTAMP_END},
+    ],
+    "description": _TIME_RULE,
+}
+_TIME_IN_NULLABLE = {
+    "oneOf": [*_TIME_IN["oneOf"], {"type": "null"}],
+    "description": _TIME_RULE + " null clears it.",
+}
+_TEXT = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_TEXT_CHARS,
+    "pattern": _TEXT_PATTERN,
+    "description": f"Not only whitespace; at most {MAX_TEXT_CHARS} characters (after redaction).",
+}
+_METADATA = {
+    "type": "object",
+    "additionalProperties": True,
+    "maxProperties": METADATA_MAX_VALUES,
+    "description": f"Caller metadata, kept with the memory's source: at most {METADATA_MAX_DEPTH} levels "
+    f"deep (this object is level 1) and {METADATA_MAX_VALUES} values in all.",
+}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -562,25 +681,57 @@ def openapi_document() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "role": {"type": "string"},
-                "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                "content": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"type": ["object", "string"]}},
+                    ]
+                },
+            },
+            "required": ["role", "content"],
+        },
+        "SpokenMessage": {
+            "type": "object",
+            "description": "A message whose text counts: not a system message, with text content.",
+            "properties": {
+                "role": {"type": "string", "not": {"const": "system"}},
+                "content": {
+                    "oneOf": [
+                        _TEXT,
+                        {"type": "array", "items": _TEXT, "minItems": 1},
+                    ]
+                },
             },
             "required": ["role", "content"],
         },
         "MemoryEntry": {
             "type": "object",
             "properties": {
-                "text": {"type": "string"},
-                "messages": {"type": "array", "items": _ref("Message")},
-                "metadata": {"type": "object", "additionalProperties": True},
-                "observed_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+                "text": _TEXT,
+                "messages": {
+                    "type": "array",
+                    "items": _ref("Message"),
+                    "minItems": 1,
+                    "contains": _ref("SpokenMessage"),
+                    "description": "At least one message that is not a system message.",
+                },
+                "metadata": _METADATA,
+                "observed_at": _TIME_IN,
             },
+            "oneOf": [{"required": ["text"]}, {"required": ["messages"]}],
             "description": "Exactly one of `text` or `messages`.",
         },
         "AddMemories": {
             "type": "object",
             "properties": {
-                "user": {"type": "string"},
-                "memories": {"type": "array", "items": _ref("MemoryEntry"), "minItems": 1, "maxItems": 500},
+                "user": _USER,
+                "memories": {
+                    "type": "array",
+                    "items": {"oneOf": [_TEXT, _ref("MemoryEntry")]},
+                    "description": "Each entry an object, or a string (its `text`).",
+                    "minItems": 1,
+                    "maxItems": MAX_ENTRIES,
+                },
                 "infer": {
                     "type": "boolean",
                     "default": False,
@@ -593,8 +744,8 @@ def openapi_document() -> dict[str, Any]:
         "SearchMemories": {
             "type": "object",
             "properties": {
-                "user": {"type": "string"},
-                "query": {"type": "string"},
+                "user": _USER,
+                "query": {**_TEXT, "maxLength": MAX_QUERY_CHARS, "description": "Not only whitespace."},
                 "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
             },
             "required": ["query"],
@@ -602,20 +753,36 @@ def openapi_document() -> dict[str, Any]:
         "PatchMemory": {
             "type": "object",
             "properties": {
-                "text": {"type": "string"},
-                "metadata": {"type": "object", "description": "Merged into the first source's metadata."},
+                "text": _TEXT,
+                "metadata": {
+                    **_METADATA,
+                    "description": "Merged into the first source's metadata; "
+                    + _METADATA["description"].split(": ", 1)[1],
+                },
                 "importance": {"type": "number", "minimum": 0, "maximum": 1},
                 "state": {"enum": sorted(_PATCH_STATES)},
-                "expires_at": _TIME,
-                "invalid_at": _TIME,
-                "valid_from": _TIME,
-                "observed_at": {"type": "string", "format": "date-time"},
+                "expires_at": _TIME_IN_NULLABLE,
+                "invalid_at": {
+                    **_TIME_IN_NULLABLE,
+                    "description": _TIME_IN_NULLABLE["description"] + " Not before `valid_from`.",
+                },
+                "valid_from": {
+                    **_TIME_IN_NULLABLE,
+                    "description": _TIME_IN_NULLABLE["description"]
+                    + " Not after `invalid_at` (the one given, else the stored one).",
+                },
+                "observed_at": _TIME_IN,
                 "rollback_to": {
                     "type": "integer",
                     "minimum": 1,
+                    "maximum": MAX_VERSION,
                     "description": "Make a new version equal to this earlier version (alone).",
                 },
+                "user": {**_USER, "description": "Ignored (the memory's id names its user)."},
             },
+            "additionalProperties": False,
+            "anyOf": [{"required": [name]} for name in sorted(_PATCH_FIELDS)],
+            "description": "At least one change; `rollback_to` only alone.",
         },
         "MemoryList": {
             "type": "object",
@@ -649,7 +816,16 @@ def openapi_document() -> dict[str, Any]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                     },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "maxLength": CURSOR_MAX_CHARS,
+                            "pattern": CURSOR_PATTERN,
+                        },
+                        "description": "`next_cursor` of the previous page; empty or absent: the first page.",
+                    },
                 ],
                 "responses": {"200": _ok(_ref("MemoryList")), **_ERRORS},
             },
@@ -723,28 +899,31 @@ def openapi_document() -> dict[str, Any]:
         },
     }
 
-    def header(name: str, text: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": text,
-        }
-
+    user_header = {
+        "name": USER_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": _USER,
+        "description": "The user, when not in the body or query: the header's bytes read as UTF-8 "
+        "(not percent-decoded). When present it must be a valid user id, even if the body names one.",
+    }
+    session_header = {
+        "name": "X-Memos-Session",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "A session id for the memories added (neighbouring turns).",
+    }
+    extra = {
+        "addMemories": [user_header, session_header],
+        "listMemories": [user_header],
+        "searchMemories": [user_header],
+    }
     for ops in paths.values():
         for method, op in ops.items():
             if method == "parameters":
                 continue
-            op.setdefault("parameters", [])
-            op["parameters"] += [
-                header("X-Memos-User", "The user, when not in the body or query."),
-                *(
-                    [header("X-Memos-Session", "A session id for the memories added.")]
-                    if method == "post"
-                    else []
-                ),
-            ]
+            op["parameters"] = [*op.get("parameters", []), *extra.get(op["operationId"], [])]
             op["tags"] = ["memories"]
     return {
         "openapi": "3.1.0",
@@ -752,7 +931,10 @@ def openapi_document() -> dict[str, Any]:
             "title": "memos-proxy memory API",
             "version": "1",
             "description": "Long-term memory for any OpenAI-compatible chat endpoint. Authenticate with "
-            "`Authorization: Bearer <tenant key>`; `user` names the owner inside the tenant.",
+            "`Authorization: Bearer <tenant key>`; `user` names the owner inside the tenant. Every JSON "
+            f"body nests at most {MAX_JSON_DEPTH} levels (the body object is level 1) and no array or "
+            f"object in it has more than {MAX_JSON_ITEMS} members; bad input answers 400 with "
+            "`error.param` naming the field, and changes nothing.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

@@ -7,7 +7,7 @@ The answer is streamed back byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import anyio
 import httpx
@@ -19,12 +19,12 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.auth import Caller, authenticate, authorize_upstream_use
 from proxy.disconnect import ClientDisconnected, until_disconnect
-from proxy.errors import client_gone_response, not_found, upstream_error_response
+from proxy.errors import ApiError, client_gone_response, not_found, upstream_error_response
 from proxy.services import Services
 from proxy.targets import check_model_allowed, upstream_target
 from proxy.upstream.base import UpstreamError, relayed_headers
 from proxy.upstream.router import UpstreamKind
-from proxy.wire import require_string
+from proxy.wire import check_json_shape, require_string
 
 ROUTE = "/v1/{path:path}"
 # memos-proxy's own API lives under these; never relayed.
@@ -37,10 +37,32 @@ def routes() -> list[BaseRoute]:
     return [Route(ROUTE, relay, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
 
 
+def allowed_methods(routes: Iterable[BaseRoute], path: str) -> list[str]:
+    """The methods the proxy's own routes answer at `path` (the catch-all aside), for a 405's Allow."""
+    found: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.path != ROUTE and route.path_regex.match(path):
+            found |= route.methods or set()
+    return sorted(found)
+
+
+def method_not_allowed(request: Request) -> ApiError | None:
+    """405 with `Allow` when one of the proxy's own routes has this path but not this method."""
+    allowed = allowed_methods(request.app.router.routes, request.url.path)
+    if not allowed:
+        return None
+    return ApiError(
+        405,
+        f"Method Not Allowed: {request.method} {request.url.path}",
+        code="method_not_allowed",
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
 async def relay(request: Request) -> Response:
     path: str = request.path_params["path"]
     if path.split("/", 1)[0] in _OWN_PREFIXES:
-        raise not_found(f"Unknown path /v1/{path}.")
+        raise method_not_allowed(request) or not_found(f"Unknown path /v1/{path}.")
     services: Services = request.app.state.services
     caller = await authenticate(request, services)
     body = await request.body()
@@ -86,6 +108,8 @@ def _check_allowed(request: Request, caller: Caller, body: bytes) -> None:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             data = None
+    if data is not None:
+        check_json_shape(body, data)  # the same bounds as every JSON body the proxy reads
     fields = data if isinstance(data, dict) else {}
     authorize_upstream_use(request, caller, fields)
     if "model" in fields:

@@ -6,6 +6,7 @@ streams are cut into SSE events without re-encoding their payloads.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +28,16 @@ from proxy.upstream.base import (
     UpstreamUnreachable,
     relayed_headers,
 )
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The JSON sent upstream. orjson stops at 255 levels of nesting, which the edge's own limit
+    (proxy.wire.MAX_JSON_DEPTH) keeps bodies far from; should a deeper one get here all the same, the
+    standard library encodes it instead of the call failing as a 500."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class HttpUpstream:
@@ -96,7 +107,7 @@ class HttpUpstream:
         self, path: str, target: UpstreamTarget, body: dict[str, Any], rid: str
     ) -> UpstreamReply:
         response = await self._send(
-            "POST", self._url(target, path), self._headers(target, rid, json_body=True), orjson.dumps(body)
+            "POST", self._url(target, path), self._headers(target, rid, json_body=True), encode_body(body)
         )
         content = await self._read(response)
         if response.status_code >= 400:
@@ -113,7 +124,7 @@ class HttpUpstream:
         headers = self._headers(call.target, call.request_id, json_body=True)
         headers["accept"] = "text/event-stream"
         response = await self._send(
-            "POST", self._url(call.target, "chat/completions"), headers, orjson.dumps(call.body)
+            "POST", self._url(call.target, "chat/completions"), headers, encode_body(call.body)
         )
         if response.status_code >= 400:
             try:
