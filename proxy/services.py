@@ -164,6 +164,7 @@ def build_upstreams(settings: Settings) -> UpstreamRouter:
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
         max_connections=settings.upstream_max_connections,
+        keepalive_s=settings.upstream_keepalive_s,
     )
     return UpstreamRouter(
         http,

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = 10.0
     upstream_read_timeout_s: float = 600.0
     upstream_max_connections: int = 512
+    # Idle pooled upstream connections are dropped after this long: below the 5 s after which
+    # uvicorn, Node.js and Apache close them on their side (a close racing a reuse fails the call;
+    # see proxy.upstream.aiohttp_transport). Raise it for upstreams known to keep them longer.
+    upstream_keepalive_s: float = Field(default=4.0, gt=0.0)
     # Model prefixes served through the litellm adapter (providers that are not OpenAI-compatible).
     litellm_model_prefixes: list[str] = Field(
         default_factory=lambda: ["anthropic/", "gemini/", "vertex_ai/", "bedrock/", "cohere/", "ollama/"]

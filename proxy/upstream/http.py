@@ -52,11 +52,14 @@ class HttpUpstream:
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 600.0,
         max_connections: int = 512,
+        keepalive_s: float = 4.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.default_base_url = default_base_url.rstrip("/")
+        # A pooled connection that was closed under us is retried once on a fresh one, when nothing
+        # of it can have been acted on upstream (see proxy.upstream.aiohttp_transport).
         self._transport = transport or AiohttpTransport(
-            max_connections=max_connections, keepalive_expiry=30.0
+            max_connections=max_connections, keepalive_expiry=keepalive_s
         )
         self._timeout = {
             "connect": connect_timeout_s,
