@@ -15,13 +15,13 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Index, LargeBinary, case, delete, exists, func, select, update
+from sqlalchemy import Column, Index, LargeBinary, delete, exists, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, SQLModel
 
@@ -35,7 +35,8 @@ class OutboxRow(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_due", "next_attempt_at", "id"),
-        Index("ix_outbox_owner", "tenant", "owner"),
+        # A user's rows in commit order: claims read a user's oldest rows, erasure all of them.
+        Index("ix_outbox_owner_order", "tenant", "owner", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -127,39 +128,29 @@ class Outbox:
         limit: int = 16,
         *,
         per_owner: int | None = None,
-        max_owners: int | None = None,
         max_bytes: int | None = None,
         now: float | None = None,
     ) -> list[OutboxRecord]:
         """Take up to `limit` due rows under a fresh lease.
 
-        Fair across users: at most `per_owner` rows of one (tenant, owner) and at most `max_owners`
-        users per claim, taken round-robin (every user's oldest row before anyone's second, users whose
-        oldest row waits longest first), and the rows' payloads together at most `max_bytes` (the
-        first row always goes, whatever its size). In order per user: only a user's oldest rows can be
-        claimed, and only while none before them is held by another claim or waiting for its retry, so
-        a later row is never applied before (or beside) an earlier one. None: no such limit."""
+        Fair across users: at most `per_owner` rows of one (tenant, owner), taken round-robin (every
+        user's oldest row before anyone's second, users whose oldest row waits longest first), and the
+        rows' payloads together at most `max_bytes` (the first row always goes, whatever its size).
+        In order per user: only a user's oldest rows can be claimed, and only while none before them is
+        held by another claim or waiting for its retry, so a later row is never applied before (or
+        beside) an earlier one. None: no such limit."""
         now = time.time() if now is None else now
         token = uuid.uuid4().hex
         if not self._any_due(now):
             return []
-        statement = (
-            update(OutboxRow)
-            .where(OutboxRow.id.in_(self._claimable(limit, per_owner, max_owners, max_bytes, now)))
-            .values(claim_token=token, claimed_until=now + self.lease_s)
-            .returning(
-                OutboxRow.id,
-                OutboxRow.tenant,
-                OutboxRow.owner,
-                OutboxRow.request_id,
-                OutboxRow.created_at,
-                OutboxRow.attempts,
-                OutboxRow.payload,
-                OutboxRow.erased,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        rows = self._run_claim(statement, token)
+
+        def take(session: Any) -> list[Any]:
+            chosen = self._choose(session, limit, per_owner, max_bytes, now)
+            if not chosen:
+                return []
+            return self._take(session, chosen, token, now)
+
+        rows = self._run_claim(take)
         records: list[OutboxRecord] = []
         stopped: set[tuple[str, str]] = set()  # users whose row could not be opened: the rest waits
         for row in sorted(rows, key=lambda r: r.id):
@@ -197,88 +188,108 @@ class Outbox:
             )
         return records
 
-    def _claimable(
+    @staticmethod
+    def _ready(now: float) -> Any:
+        return (OutboxRow.next_attempt_at <= now) & (
+            OutboxRow.claimed_until.is_(None) | (OutboxRow.claimed_until < now)
+        )
+
+    def _choose(
         self,
+        session: Any,
         limit: int,
         per_owner: int | None,
-        max_owners: int | None,
         max_bytes: int | None,
         now: float,
-    ) -> Any:
-        """The ids one claim takes (see `claim`), as a subquery of window functions over the table."""
-        row = OutboxRow.__table__.c
-        user = (row.tenant, row.owner)
-        ready = (row.next_attempt_at <= now) & (row.claimed_until.is_(None) | (row.claimed_until < now))
-        # Per user: each row's place in commit order, and the first row that cannot be taken now.
-        ranked = select(
-            row.id,
-            row.tenant,
-            row.owner,
-            func.row_number().over(partition_by=user, order_by=row.id).label("place"),
-            func.min(case((ready, None), else_=row.id)).over(partition_by=user).label("blocked"),
-        ).cte("ranked")
-        # A user's claimable rows: the oldest ones, up to the first that cannot be taken.
-        eligible = select(
-            ranked.c.id,
-            ranked.c.place,
-            func.min(ranked.c.id).over(partition_by=(ranked.c.tenant, ranked.c.owner)).label("head"),
-        ).where(ranked.c.blocked.is_(None) | (ranked.c.id < ranked.c.blocked))
-        if per_owner is not None:
-            eligible = eligible.where(ranked.c.place <= max(1, per_owner))
-        eligible_cte = eligible.cte("eligible")
-        # Users in the order they have waited (their oldest row's id), the first `max_owners` of them.
-        users = select(
-            eligible_cte.c.id,
-            eligible_cte.c.place,
-            eligible_cte.c.head,
-            func.dense_rank().over(order_by=eligible_cte.c.head).label("user_rank"),
-        ).cte("users")
-        round_robin = (users.c.place, users.c.head)
-        taken = select(
-            users.c.id,
-            func.row_number().over(order_by=round_robin).label("position"),
-            func.sum(func.length(row.payload))
-            .over(order_by=round_robin, rows=(None, 0))
-            .label("bytes_through"),
-        ).join(OutboxRow.__table__, row.id == users.c.id)
-        if max_owners is not None:
-            taken = taken.where(users.c.user_rank <= max(1, max_owners))
-        taken_cte = taken.cte("taken")
-        chosen = select(taken_cte.c.id).where(taken_cte.c.position <= limit)
-        if max_bytes is not None:
-            chosen = chosen.where((taken_cte.c.position == 1) | (taken_cte.c.bytes_through <= max_bytes))
-        if not self._db.is_postgres:
-            return chosen.scalar_subquery()
-        # PostgreSQL: lock what is still due, skipping rows another claimer is taking right now (their
-        # users' later rows are then given back by `_run_claim`).
-        return (
-            select(row.id)
-            .where(row.id.in_(chosen.scalar_subquery()))
-            .where(ready)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
+    ) -> list[int]:
+        """The ids one claim takes (see `claim`). Reads only the users' oldest rows (one index scan for
+        them, then a few rows per user), so a deep backlog does not make every claim slow."""
+        per_user = limit if per_owner is None else max(1, min(per_owner, limit))
+        heads = (
+            select(func.min(OutboxRow.id).label("id")).group_by(OutboxRow.tenant, OutboxRow.owner).subquery()
         )
+        # Users whose oldest row can be taken now, those waiting longest first.
+        users = session.execute(
+            select(OutboxRow.tenant, OutboxRow.owner)
+            .join(heads, OutboxRow.id == heads.c.id)
+            .where(self._ready(now))
+            .order_by(OutboxRow.id)
+            .limit(limit)
+        ).all()
+        prefixes: list[list[tuple[int, int]]] = []
+        for tenant, owner in users:
+            rows = session.execute(
+                select(
+                    OutboxRow.id,
+                    OutboxRow.next_attempt_at,
+                    OutboxRow.claimed_until,
+                    func.length(OutboxRow.payload),
+                )
+                .where(OutboxRow.tenant == tenant)
+                .where(OutboxRow.owner == owner)
+                .order_by(OutboxRow.id)
+                .limit(per_user)
+            ).all()
+            prefix: list[tuple[int, int]] = []
+            for row_id, due_at, claimed_until, size in rows:
+                if due_at > now or (claimed_until is not None and claimed_until >= now):
+                    break  # the user's later rows wait behind this one
+                prefix.append((row_id, int(size or 0)))
+            prefixes.append(prefix)
+        # Round-robin: every user's first row, then every user's second, ...
+        chosen: list[int] = []
+        total = 0
+        for place in range(per_user):
+            for prefix in prefixes:
+                if place >= len(prefix):
+                    continue
+                row_id, size = prefix[place]
+                if len(chosen) == limit or (max_bytes is not None and chosen and total + size > max_bytes):
+                    return chosen
+                chosen.append(row_id)
+                total += size
+        return chosen
+
+    def _take(self, session: Any, chosen: list[int], token: str, now: float) -> list[Any]:
+        """Claim the chosen rows that are still due; on PostgreSQL skipping rows another claimer is
+        locking (and then giving back their users' later rows, see `_give_back_out_of_order`)."""
+        due: Any = select(OutboxRow.id).where(OutboxRow.id.in_(chosen)).where(self._ready(now))
+        if self._db.is_postgres:
+            due = due.with_for_update(skip_locked=True)
+        rows = list(
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(due.scalar_subquery()))
+                .values(claim_token=token, claimed_until=now + self.lease_s)
+                .returning(
+                    OutboxRow.id,
+                    OutboxRow.tenant,
+                    OutboxRow.owner,
+                    OutboxRow.request_id,
+                    OutboxRow.created_at,
+                    OutboxRow.attempts,
+                    OutboxRow.payload,
+                    OutboxRow.erased,
+                )
+                .execution_options(synchronize_session=False)
+            ).all()
+        )
+        if rows and self._db.is_postgres:
+            given_back = self._give_back_out_of_order(session, token)
+            rows = [r for r in rows if r.id not in given_back]
+        return rows
 
     def _any_due(self, now: float) -> bool:
         """A read-only look first: most polls find nothing, and a claim is a write transaction."""
         with self._db.session() as session:
-            found = session.execute(
-                select(OutboxRow.id)
-                .where(OutboxRow.next_attempt_at <= now)
-                .where((OutboxRow.claimed_until.is_(None)) | (OutboxRow.claimed_until < now))
-                .limit(1)
-            ).first()
+            found = session.execute(select(OutboxRow.id).where(self._ready(now)).limit(1)).first()
         return found is not None
 
-    def _run_claim(self, statement: Any, token: str) -> list[Any]:
+    def _run_claim(self, take: Callable[[Any], list[Any]]) -> list[Any]:
         for attempt in range(20):
             try:
                 with self._db.write() as session:
-                    rows = list(session.execute(statement).all())
-                    if rows and self._db.is_postgres:
-                        given_back = self._give_back_out_of_order(session, token)
-                        rows = [r for r in rows if r.id not in given_back]
-                    return rows
+                    return take(session)
             except OperationalError as exc:
                 # SQLite: another process holds the writer lock ("database is locked") or our snapshot was
                 # stale; nothing was claimed, so trying again is safe.

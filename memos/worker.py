@@ -180,12 +180,12 @@ def one_at_a_time(process: Processor) -> GroupProcessor:
 class OutboxWorker:
     """Background task draining the outbox. `start()` / `stop()` from the application's lifespan.
 
-    Fair across users: up to `concurrency` users' groups are in flight at once, each its own task, and
-    the worker claims again as soon as one ends (or a row is committed), so a slow user's group (a huge
-    exchange, a slow extractor) holds one slot, never the others. A claim takes at most `per_owner`
-    rows of a user and `batch_bytes` of payload (see Outbox.claim); a user's later rows stay in the
-    outbox until the earlier ones are done, so each user's rows are applied one group at a time, in
-    commit order."""
+    Fair across users: each user's group of a claim is its own task, up to `concurrency` of them
+    running at once; the worker claims again as soon as every group it holds has started and a slot is
+    free, so a slow group (a huge exchange, a slow extractor) holds one slot while the others keep
+    going, never the whole worker. A claim takes at most `per_owner` rows of a user and `batch_bytes`
+    of payload (see Outbox.claim); a user's later rows stay in the outbox until the earlier ones are
+    done, so each user's rows are applied one group at a time, in commit order."""
 
     def __init__(
         self,
@@ -224,8 +224,10 @@ class OutboxWorker:
         # bytes (what a batch holds in memory at once, decrypted).
         self.per_owner = per_owner
         self.batch_bytes = batch_bytes
-        # Users' groups in flight at once (0: as many as a batch holds).
+        # Users' groups running at once (0: as many as a batch holds).
         self.concurrency = concurrency if concurrency > 0 else batch_size
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._waiting = 0  # claimed groups not started yet (all slots taken)
         self._recover_claims = recover_claims
         self.name = name or f"outbox-worker-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
@@ -243,7 +245,7 @@ class OutboxWorker:
 
     @property
     def in_flight(self) -> int:
-        """Users' groups being processed now."""
+        """Users' groups claimed and not finished (running, or waiting for a slot)."""
         return len(self._groups)
 
     def notify(self) -> None:
@@ -297,13 +299,13 @@ class OutboxWorker:
     async def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            free = self.concurrency - len(self._groups)
-            if free <= 0:
-                # Every slot is taken: claim again when a group ends (it wakes us), not before.
+            if self._waiting or len(self._groups) - self._waiting >= self.concurrency:
+                # What was claimed has not all started, or every slot is taken: claim again when a
+                # group ends (it wakes us), not before.
                 await self._sleep(self.poll_interval_s)
                 continue
             try:
-                started = await self._claim_and_start(free)
+                started = await self._claim_and_start()
                 failures = 0
             except Exception as exc:  # database unreachable and the like: wait, then try again
                 failures += 1
@@ -312,7 +314,7 @@ class OutboxWorker:
                 await self._sleep(delay)
                 continue
             if started:
-                continue  # more may be due at once (a claim is capped per user, in users and in bytes)
+                continue  # more may be due at once (a claim is capped per user and in bytes)
             if await self._sleep(self.poll_interval_s) and self._take_notified():
                 await self._gather()
 
@@ -345,26 +347,19 @@ class OutboxWorker:
 
     async def drain_once(self) -> int:
         """Claim one batch and process it to the end; returns how many rows were claimed."""
-        free = max(1, self.concurrency - len(self._groups))
-        records, tasks = await self._claim_and_start_tasks(free)
+        records, tasks = await self._claim_and_start_tasks()
         if tasks:
             await asyncio.gather(*tasks)
         return len(records)
 
-    async def _claim_and_start(self, free: int) -> int:
-        records, _ = await self._claim_and_start_tasks(free)
+    async def _claim_and_start(self) -> int:
+        records, _ = await self._claim_and_start_tasks()
         return len(records)
 
-    async def _claim_and_start_tasks(
-        self, free: int
-    ) -> tuple[list[OutboxRecord], list[asyncio.Task[None]]]:
-        """Claim rows of at most `free` users and start one task per user's group."""
+    async def _claim_and_start_tasks(self) -> tuple[list[OutboxRecord], list[asyncio.Task[None]]]:
+        """Claim a batch and start one task per user's group (each runs once it has a slot)."""
         records = await asyncio.to_thread(
-            self._outbox.claim,
-            self.batch_size,
-            per_owner=self.per_owner,
-            max_owners=free,
-            max_bytes=self.batch_bytes,
+            self._outbox.claim, self.batch_size, per_owner=self.per_owner, max_bytes=self.batch_bytes
         )
         if not records:
             return [], []
@@ -374,6 +369,7 @@ class OutboxWorker:
             groups[(record.tenant, record.owner)].append(record)
         tasks = []
         for group in groups.values():
+            self._waiting += 1
             task = asyncio.create_task(self._run_group(group), name=f"{self.name}-group")
             self._groups.add(task)
             task.add_done_callback(self._group_ended)
@@ -387,14 +383,20 @@ class OutboxWorker:
     async def _run_group(self, records: list[OutboxRecord]) -> None:
         # One user's rows in commit order: a later statement must see (and may supersede) an earlier one.
         heartbeat = asyncio.create_task(self._keep_leases(records))
+        waiting = True
         try:
-            outcome = await self._process_group(records)
+            async with self._slots:
+                self._waiting -= 1
+                waiting = False
+                outcome = await self._process_group(records)
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self._release, records))
             raise
         except Exception as exc:  # a group processor that raises instead of reporting: nothing is done
             outcome = GroupOutcome(0, exc)
         finally:
+            if waiting:
+                self._waiting -= 1
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat

@@ -246,14 +246,15 @@ def test_a_claim_takes_users_round_robin_not_one_users_backlog(outbox: Outbox) -
     assert _by_user(firsts) == {"big": ["big-0"], "ann": ["ann-0"], "bob": ["bob-0"]}
 
 
-def test_a_claim_takes_at_most_max_owners_users_those_waiting_longest(outbox: Outbox) -> None:
+def test_users_waiting_longest_come_first(outbox: Outbox) -> None:
     for user in ("ann", "bob", "cid"):
         outbox.enqueue("acme", user, f"{user}-0", _payload())
     outbox.enqueue("other", "ann", "other-ann-0", _payload())  # another tenant's user of the same name
-    claimed = outbox.claim(limit=16, per_owner=4, max_owners=2)
-    assert [(r.tenant, r.owner) for r in claimed] == [("acme", "ann"), ("acme", "bob")]
-    rest = outbox.claim(limit=16, per_owner=4, max_owners=2)
-    assert [(r.tenant, r.owner) for r in rest] == [("acme", "cid"), ("other", "ann")]
+    outbox.enqueue("acme", "ann", "ann-1", _payload())
+    claimed = outbox.claim(limit=2, per_owner=4)
+    assert [(r.tenant, r.request_id) for r in claimed] == [("acme", "ann-0"), ("acme", "bob-0")]
+    rest = outbox.claim(limit=16, per_owner=4)
+    assert [(r.tenant, r.request_id) for r in rest] == [("acme", "cid-0"), ("other", "other-ann-0")]
 
 
 def test_a_claims_payload_bytes_are_capped_but_one_row_always_goes(outbox: Outbox) -> None:
@@ -329,7 +330,7 @@ def test_concurrent_fair_claimers_keep_each_users_rows_in_order(database: Databa
     def drain(box: Outbox) -> None:
         try:
             while producer.pending() > 0:
-                records = box.claim(limit=4, per_owner=2, max_owners=3)
+                records = box.claim(limit=4, per_owner=2)
                 if not records:
                     time.sleep(0.001)
                     continue

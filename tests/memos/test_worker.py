@@ -381,8 +381,9 @@ async def test_a_slow_users_group_does_not_hold_other_users(database: Database, 
         for user in ("ann", "bob"):
             await asyncio.to_thread(outbox.enqueue, "acme", user, f"{user}-0", payload(1))
             worker.notify()
-        await until(lambda: sorted(done) == ["ann-0", "bob-0"] and outbox.pending() == 1)
-        assert worker.in_flight == 1 and not big_may_finish.is_set()  # big's row: claimed, still running
+        # ... and acknowledged, while big's row is still claimed and its group still running.
+        await until(lambda: sorted(done) == ["ann-0", "bob-0"] and outbox.pending() == worker.in_flight == 1)
+        assert "big-0" not in done
         big_may_finish.set()
         await until(lambda: outbox.pending() == 0)
     finally:
