@@ -28,6 +28,10 @@ _SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # one character that is neither control nor whitespace. (The length is checked separately.)
 USER_ID_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
 _USER_ID = re.compile(USER_ID_PATTERN)
+# Text that is not only whitespace (what str.strip() leaves non-empty). Spelt as an explicit class,
+# since `\S` differs between regex dialects (ECMA-262, which JSON Schema uses, counts U+001C-U+001F
+# and U+0085 as non-space; Python does not).
+NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 METADATA_MAX_DEPTH = 16
 METADATA_MAX_VALUES = 1000

@@ -87,9 +87,11 @@ def user_id(value: Any, param: str) -> str:
 
 
 def header_user(request: Request) -> str | None:
-    """The user named by `X-Memos-User` (raw bytes as UTF-8), None when the header is absent."""
+    """The user named by `X-Memos-User` (raw bytes as UTF-8), None when the header is absent or empty.
+
+    Empty counts as absent: clients that template the header send it empty when they have no user."""
     raw = request.headers.get(USER_HEADER)
-    if raw is None:
+    if not raw:
         return None
     try:
         # Starlette decodes header bytes as latin-1, which gives the raw bytes back losslessly.

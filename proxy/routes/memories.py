@@ -19,6 +19,7 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -28,6 +29,7 @@ from memos.item import MemoryItem, State
 from memos.limits import (
     METADATA_MAX_DEPTH,
     METADATA_MAX_VALUES,
+    NOT_BLANK_PATTERN,
     TIMESTAMP_END,
     TIMESTAMP_MIN,
     USER_ID_MAX_CHARS,
@@ -70,24 +72,35 @@ _DIGITS1 = "(?:M[AQgw]|N[AQgw]|O[AQ])"
 CURSOR_PATTERN = f"^(?:czo[w-z0-5](?:{_DIGITS3}){{0,5}}(?:{_DIGITS2}|{_DIGITS1})?)?$"
 CURSOR_MAX_CHARS = 27  # the longest the pattern admits ("s:" and 18 digits)
 _CURSOR = re.compile(CURSOR_PATTERN)
-# Memory ids are "mem_" and 28 hex digits (memos.vault.new_memory_id); ids of another shape name no
-# memory (404) and never reach the database.
-MEMORY_ID_PATTERN = "^[A-Za-z0-9_-]+$"
-MEMORY_ID_MAX_CHARS = 40
-_MEMORY_ID = re.compile(MEMORY_ID_PATTERN)
-_TEXT_PATTERN = r"\S"  # not only whitespace
+# Memory ids are "mem_" and 28 hex digits (memos.vault.new_memory_id). The routes match only that
+# shape, so /v1/memories/search is never read as an id and a path naming no possible memory is a 404
+# before it reaches the database.
+MEMORY_ID_REGEX = "mem_[0-9a-f]{28}"
+MEMORY_ID_PATTERN = f"^{MEMORY_ID_REGEX}$"
+
+
+class _MemoryIdConvertor(Convertor[str]):
+    regex = MEMORY_ID_REGEX
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
 
 
 def routes() -> list[BaseRoute]:
+    register_url_convertor("memory_id", _MemoryIdConvertor())  # idempotent; here, not at import time
     return [
         Route("/v1/memories", add_memories, methods=["POST"]),
         Route("/v1/memories", list_memories, methods=["GET"]),
         Route("/v1/memories", erase_user, methods=["DELETE"]),
         Route("/v1/memories/search", search_memories, methods=["POST"]),
-        Route("/v1/memories/{memory_id}", get_memory, methods=["GET"]),
-        Route("/v1/memories/{memory_id}", patch_memory, methods=["PATCH"]),
-        Route("/v1/memories/{memory_id}", delete_memory, methods=["DELETE"]),
-        Route("/v1/memories/{memory_id}/history", memory_history, methods=["GET"]),
+        Route("/v1/memories/{memory_id:memory_id}", get_memory, methods=["GET"]),
+        Route("/v1/memories/{memory_id:memory_id}", patch_memory, methods=["PATCH"]),
+        Route("/v1/memories/{memory_id:memory_id}", delete_memory, methods=["DELETE"]),
+        Route("/v1/memories/{memory_id:memory_id}/history", memory_history, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
 
@@ -228,13 +241,6 @@ def _cursor(request: Request) -> str | None:
     if raw is not None and (len(raw) > CURSOR_MAX_CHARS or _CURSOR.fullmatch(raw) is None):
         raise bad_request("'cursor' is not a cursor this endpoint returned.", param="cursor")
     return raw or None
-
-
-def _memory_id(request: Request) -> str:
-    memory_id: str = request.path_params["memory_id"]
-    if len(memory_id) > MEMORY_ID_MAX_CHARS or _MEMORY_ID.fullmatch(memory_id) is None:
-        raise not_found("No memory found with that id.", param="id")
-    return memory_id
 
 
 def _entries(body: dict[str, Any]) -> list[Entry]:
@@ -390,7 +396,7 @@ async def search_memories(request: Request) -> Response:
 
 async def get_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = _memory_id(request)
+    memory_id = request.path_params["memory_id"]
     try:
         item = await memory.get(caller.principal, caller.policy, memory_id, request_id)
     except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
@@ -433,7 +439,7 @@ def _patch(body: dict[str, Any]) -> Patch:
             raise bad_request("'importance' must be a number between 0 and 1.", param="importance")
         patch.importance = float(value)
     if "state" in body:
-        if body["state"] not in _PATCH_STATES:
+        if not isinstance(body["state"], str) or body["state"] not in _PATCH_STATES:
             raise bad_request(
                 "'state' must be one of " + ", ".join(sorted(_PATCH_STATES)) + " (use DELETE to delete).",
                 param="state",
@@ -452,6 +458,8 @@ def _patch(body: dict[str, Any]) -> Patch:
     if body.get("user") is not None:
         user_id(body["user"], "user")  # ignored, but held to the same rule as everywhere
     if "rollback_to" in body:
+        if body["rollback_to"] is None:
+            raise bad_request("'rollback_to' must be an integer.", param="rollback_to", code="invalid_type")
         patch.rollback_to = _int_param(body["rollback_to"], "rollback_to", 1, MAX_VERSION, None)
         if len(set(body) & _PATCH_FIELDS) > 1:
             raise bad_request("'rollback_to' cannot be combined with other changes.", param="rollback_to")
@@ -460,7 +468,7 @@ def _patch(body: dict[str, Any]) -> Patch:
 
 async def patch_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = _memory_id(request)
+    memory_id = request.path_params["memory_id"]
     patch = _patch(await read_json_object(request))
     try:
         item = await memory.patch(caller.principal, caller.policy, memory_id, patch, request_id)
@@ -471,7 +479,7 @@ async def patch_memory(request: Request) -> Response:
 
 async def delete_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = _memory_id(request)
+    memory_id = request.path_params["memory_id"]
     try:
         await memory.delete(caller.principal, caller.policy, memory_id, request_id)
     except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
@@ -481,7 +489,7 @@ async def delete_memory(request: Request) -> Response:
 
 async def memory_history(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
-    memory_id = _memory_id(request)
+    memory_id = request.path_params["memory_id"]
     try:
         versions = await memory.history(caller.principal, caller.policy, memory_id, request_id)
     except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
@@ -538,6 +546,11 @@ _ERRORS = {
         "description": "The key may not do this (role or user binding).",
         "content": {"application/json": {"schema": _ref("Error")}},
     },
+    "429": {
+        "description": "Too many failed authentication attempts from this address or for this key; "
+        "`Retry-After` says when to try again.",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    },
 }
 _NOT_FOUND = {
     "404": {
@@ -558,8 +571,8 @@ _ID = {
     "name": "memory_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "maxLength": MEMORY_ID_MAX_CHARS, "pattern": MEMORY_ID_PATTERN},
-    "description": "A memory id (`mem_` and 28 hex digits); an id of another shape is not found.",
+    "schema": {"type": "string", "pattern": MEMORY_ID_PATTERN},
+    "description": "A memory id (`mem_` and 28 hex digits); a path with another is not found.",
 }
 _USER_Q = {
     "name": "user",
@@ -588,7 +601,7 @@ _TEXT = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_TEXT_CHARS,
-    "pattern": _TEXT_PATTERN,
+    "pattern": NOT_BLANK_PATTERN,
     "description": f"Not only whitespace; at most {MAX_TEXT_CHARS} characters (after redaction).",
 }
 _METADATA = {
@@ -597,6 +610,43 @@ _METADATA = {
     "maxProperties": METADATA_MAX_VALUES,
     "description": f"Caller metadata, kept with the memory's source: at most {METADATA_MAX_DEPTH} levels "
     f"deep (this object is level 1) and {METADATA_MAX_VALUES} values in all.",
+}
+
+
+def _nullable(schema: dict[str, Any], also: str = "") -> dict[str, Any]:
+    described = {k: v for k, v in schema.items() if k != "description"}
+    text = " ".join(t for t in (schema.get("description", ""), also) if t)
+    return {"anyOf": [described, {"type": "null"}], **({"description": text} if text else {})}
+
+
+_MESSAGES = {
+    "type": "array",
+    "items": _ref("Message"),
+    "minItems": 1,
+    "contains": _ref("SpokenMessage"),
+    "description": "At least one message that is not a system message and has text.",
+}
+_PATCH_USER = {**_nullable(_USER), "description": "Ignored (the memory's id names its user)."}
+_PATCH_CHANGES: dict[str, Any] = {
+    "text": _TEXT,
+    "metadata": {
+        **_METADATA,
+        "description": "Merged into the first source's metadata; "
+        + str(_METADATA["description"]).split(": ", 1)[1],
+    },
+    "importance": {"type": "number", "minimum": 0, "maximum": 1},
+    "state": {"enum": sorted(_PATCH_STATES)},
+    "expires_at": _TIME_IN_NULLABLE,
+    "invalid_at": {
+        **_TIME_IN_NULLABLE,
+        "description": _TIME_IN_NULLABLE["description"] + " Not before `valid_from`.",
+    },
+    "valid_from": {
+        **_TIME_IN_NULLABLE,
+        "description": _TIME_IN_NULLABLE["description"]
+        + " Not after `invalid_at` (the one given, else the stored one).",
+    },
+    "observed_at": _TIME_IN,
 }
 
 
@@ -707,24 +757,22 @@ def openapi_document() -> dict[str, Any]:
         "MemoryEntry": {
             "type": "object",
             "properties": {
-                "text": _TEXT,
-                "messages": {
-                    "type": "array",
-                    "items": _ref("Message"),
-                    "minItems": 1,
-                    "contains": _ref("SpokenMessage"),
-                    "description": "At least one message that is not a system message.",
-                },
-                "metadata": _METADATA,
-                "observed_at": _TIME_IN,
+                "text": _nullable(_TEXT),
+                "messages": _nullable(_MESSAGES),
+                "metadata": _nullable(_METADATA),
+                "observed_at": _nullable(_TIME_IN, "null or absent: now."),
             },
-            "oneOf": [{"required": ["text"]}, {"required": ["messages"]}],
-            "description": "Exactly one of `text` or `messages`.",
+            # null counts as absent
+            "oneOf": [
+                {"properties": {"text": _TEXT, "messages": {"type": "null"}}, "required": ["text"]},
+                {"properties": {"messages": _MESSAGES, "text": {"type": "null"}}, "required": ["messages"]},
+            ],
+            "description": "Exactly one of `text` or `messages` (null counts as absent).",
         },
         "AddMemories": {
             "type": "object",
             "properties": {
-                "user": _USER,
+                "user": _nullable(_USER),
                 "memories": {
                     "type": "array",
                     "items": {"oneOf": [_TEXT, _ref("MemoryEntry")]},
@@ -744,45 +792,36 @@ def openapi_document() -> dict[str, Any]:
         "SearchMemories": {
             "type": "object",
             "properties": {
-                "user": _USER,
+                "user": _nullable(_USER),
                 "query": {**_TEXT, "maxLength": MAX_QUERY_CHARS, "description": "Not only whitespace."},
-                "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+                "top_k": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_TOP_K}),
             },
             "required": ["query"],
         },
         "PatchMemory": {
-            "type": "object",
-            "properties": {
-                "text": _TEXT,
-                "metadata": {
-                    **_METADATA,
-                    "description": "Merged into the first source's metadata; "
-                    + _METADATA["description"].split(": ", 1)[1],
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {**_PATCH_CHANGES, "user": _PATCH_USER},
+                    "additionalProperties": False,
+                    "anyOf": [{"required": [name]} for name in sorted(_PATCH_CHANGES)],
                 },
-                "importance": {"type": "number", "minimum": 0, "maximum": 1},
-                "state": {"enum": sorted(_PATCH_STATES)},
-                "expires_at": _TIME_IN_NULLABLE,
-                "invalid_at": {
-                    **_TIME_IN_NULLABLE,
-                    "description": _TIME_IN_NULLABLE["description"] + " Not before `valid_from`.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "rollback_to": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_VERSION,
+                            "description": "Make a new version equal to this earlier version.",
+                        },
+                        "user": _PATCH_USER,
+                    },
+                    "additionalProperties": False,
+                    "required": ["rollback_to"],
                 },
-                "valid_from": {
-                    **_TIME_IN_NULLABLE,
-                    "description": _TIME_IN_NULLABLE["description"]
-                    + " Not after `invalid_at` (the one given, else the stored one).",
-                },
-                "observed_at": _TIME_IN,
-                "rollback_to": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_VERSION,
-                    "description": "Make a new version equal to this earlier version (alone).",
-                },
-                "user": {**_USER, "description": "Ignored (the memory's id names its user)."},
-            },
-            "additionalProperties": False,
-            "anyOf": [{"required": [name]} for name in sorted(_PATCH_FIELDS)],
-            "description": "At least one change; `rollback_to` only alone.",
+            ],
+            "description": "At least one change, or `rollback_to` alone.",
         },
         "MemoryList": {
             "type": "object",

@@ -336,10 +336,15 @@ def test_control_character_in_user_header(admin: httpx.Client) -> None:
     # C0 and DEL never get past the HTTP parser; a C1 control spelt in UTF-8 does, and is refused here.
     headers = {"X-Memos-User": "a\x85b".encode()}
     assert_400(admin.post("/v1/memories", json={"memories": ["A fact."]}, headers=headers), "X-Memos-User")
-    assert_400(
-        admin.post("/v1/memories", json={"memories": ["A fact."]}, headers={"X-Memos-User": ""}),
-        "X-Memos-User",
-    )
+
+
+def test_empty_user_header_names_no_user(admin: httpx.Client) -> None:
+    # Empty is absent: a chat goes through without memory, the memory API asks for a user.
+    reply = admin.post("/v1/chat/completions", json=CHAT, headers={"X-Memos-User": ""})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-memos-memory-mode"] == "off"
+    no_user = admin.post("/v1/memories", json={"memories": ["A fact."]}, headers={"X-Memos-User": ""})
+    assert_400(no_user, "user")
 
 
 # ---------------------------------------------------------------- methods
@@ -350,9 +355,9 @@ def test_control_character_in_user_header(admin: httpx.Client) -> None:
     [
         ("PUT", "/v1/memories", {"GET", "POST", "DELETE"}),
         ("OPTIONS", "/v1/memories", {"GET", "POST", "DELETE"}),
-        ("PUT", "/v1/memories/search", {"POST", "GET", "PATCH", "DELETE"}),  # and /v1/memories/{id}
-        ("PUT", "/v1/memories/mem_x", {"GET", "PATCH", "DELETE"}),
-        ("POST", "/v1/memories/mem_x/history", {"GET"}),
+        ("PUT", "/v1/memories/search", {"POST"}),  # never read as a memory id
+        ("PUT", f"/v1/memories/mem_{'0' * 28}", {"GET", "PATCH", "DELETE"}),
+        ("POST", f"/v1/memories/mem_{'a' * 28}/history", {"GET"}),
         ("POST", "/v1/audit", {"GET"}),
         ("POST", "/openapi.json", {"GET"}),
         ("DELETE", "/healthz", {"GET"}),
@@ -400,18 +405,38 @@ def test_cursor_pattern_admits_exactly_the_vaults_cursors() -> None:
 
 
 def test_openapi_states_the_enforced_limits(admin: httpx.Client) -> None:
-    from memos.limits import USER_ID_PATTERN, YEAR_PATTERN
+    from memos.limits import NOT_BLANK_PATTERN, USER_ID_PATTERN, YEAR_PATTERN
+    from proxy.routes.memories import _PATCH_CHANGES, _PATCH_FIELDS
 
     doc = admin.get("/openapi.json").json()
     schemas = doc["components"]["schemas"]
-    user = schemas["AddMemories"]["properties"]["user"]
+    user = schemas["SearchMemories"]["properties"]["user"]["anyOf"][0]
     assert (user["minLength"], user["maxLength"], user["pattern"]) == (1, USER_ID_MAX_CHARS, USER_ID_PATTERN)
     entry = schemas["MemoryEntry"]["properties"]
-    assert entry["text"]["minLength"] == 1 and entry["text"]["pattern"] == r"\S"
-    assert entry["observed_at"]["oneOf"][0]["pattern"] == YEAR_PATTERN
-    assert str(METADATA_MAX_DEPTH) in entry["metadata"]["description"]
+    text = entry["text"]["anyOf"][0]
+    assert text["minLength"] == 1 and text["pattern"] == NOT_BLANK_PATTERN
+    assert set(_PATCH_CHANGES) == _PATCH_FIELDS - {"rollback_to"}
+    assert entry["observed_at"]["anyOf"][0]["oneOf"][0]["pattern"] == YEAR_PATTERN
+    assert f"{METADATA_MAX_DEPTH} levels" in entry["metadata"]["description"]
     assert f"at most {MAX_JSON_DEPTH} levels" in doc["info"]["description"]
     header = next(
         p for p in doc["paths"]["/v1/memories"]["post"]["parameters"] if p["name"] == "X-Memos-User"
     )
     assert header["schema"]["pattern"] == USER_ID_PATTERN and "UTF-8" in header["description"]
+
+
+def test_patch_state_of_the_wrong_type_is_a_400(admin: httpx.Client) -> None:
+    (item,) = add(admin, "state-type").json()["data"]
+    for state in ({}, [], 3, None):
+        assert_400(admin.patch(f"/v1/memories/{item['id']}", json={"state": state}), "state")
+    assert_400(admin.patch(f"/v1/memories/{item['id']}", json={"rollback_to": None}), "rollback_to")
+
+
+def test_blank_text_in_any_dialect_is_a_400(admin: httpx.Client) -> None:
+    # U+001C counts as whitespace to Python (str.strip) though not to JSON Schema's regex dialect
+    assert_400(
+        admin.post("/v1/memories", json={"user": "blank", "memories": [{"text": "\x1c "}]}),
+        "memories[0].text",
+    )
+    (item,) = add(admin, "blank").json()["data"]
+    assert_400(admin.patch(f"/v1/memories/{item['id']}", json={"text": "\x1c\u3000"}), "text")
