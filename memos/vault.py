@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -178,6 +179,10 @@ class MemVault:
         self.embedder = embedder
         self.bm25 = bm25 or Bm25()
         self.analyze_after = 1000  # a batch this large refreshes the planner's statistics
+        # Vectors whose deletion failed (a full disk fails the undo of a failed write too): deleted
+        # again after the next write that commits.
+        self._leftover_vectors: list[tuple[str, list[str]]] = []
+        self._leftover_lock = threading.Lock()
 
     # ------------------------------------------------------------------ keys and codecs
 
@@ -548,6 +553,8 @@ class MemVault:
                 )
         if len(fresh) >= self.analyze_after:
             self.analyze()
+        if self._leftover_vectors:
+            self._forget_leftover_vectors()
         return out
 
     @staticmethod
@@ -597,8 +604,17 @@ class MemVault:
         try:
             self.vectors.delete(tenant, vids)
         except Exception as exc:
-            # Left behind, they are never returned: every hit is re-checked against SQL (vector id).
-            log.warning("deleting %d uncommitted vectors failed: %s", len(vids), exception_summary(exc))
+            # Meanwhile they are never returned (every hit is re-checked against SQL by vector id), but
+            # they would take candidate slots: try again after the next committed write.
+            log.warning("deleting %d vectors failed: %s", len(vids), exception_summary(exc))
+            with self._leftover_lock:
+                self._leftover_vectors.append((tenant, list(vids)))
+
+    def _forget_leftover_vectors(self) -> None:
+        with self._leftover_lock:
+            pending, self._leftover_vectors = self._leftover_vectors, []
+        for tenant, vids in pending:
+            self._forget_vectors(tenant, vids)  # put back if it fails again
 
     def update(
         self,
