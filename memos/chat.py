@@ -25,6 +25,13 @@ class MemorySwitch(StrEnum):
     WRITE = "write"  # write back, do not inject
 
 
+class MemoryReason(StrEnum):
+    """Why memory did not run on a request, or ran in another mode than asked (x-memos-memory-reason)."""
+
+    OVERLOADED = "overloaded"  # memory could not keep up: answered without it rather than queueing
+    VAULT_UNAVAILABLE = "vault_unavailable"  # storage failed and the policy fails open
+
+
 class MemoryMode(StrEnum):
     AUTO = "auto"
     PLAINTEXT = "plaintext"
@@ -55,6 +62,8 @@ class PreparedChat:
     injected_ids: list[str] = field(default_factory=list)
     # For the local runtime: a ready activation or parametric memory to run with (opaque to the proxy).
     local_memory: Any = None
+    # Set when memory was asked for but did not run as asked (None: it did, or it was not asked for).
+    reason: MemoryReason | None = None
 
     @property
     def injected_count(self) -> int:

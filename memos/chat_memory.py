@@ -26,16 +26,18 @@ from memos.chat import (
     ChatContext,
     FinishedExchange,
     MemoryMode,
+    MemoryReason,
     MemorySwitch,
     MemoryUnavailable,
     PreparedChat,
 )
+from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
 from memos.item import MemoryItem
 from memos.outbox import Outbox
 from memos.reader import bound_turns, message_text
-from memos.worker import AuditSink, PolicySource
+from memos.worker import PolicySource
 from memos.write_retry import WriteRetryQueue
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,16 @@ log = logging.getLogger(__name__)
 QUERY_CHARS = 1000
 # The assistant turn before the user's new turns is kept (cut) as context for the LLM extractor.
 CONTEXT_CHARS = 2000
+
+
+class _Overloaded(Exception):
+    """Memory could not keep up with this request (admission control in PlaintextChatMemory)."""
+
+
+class InjectionAudit(Protocol):
+    """Where injections are audited before the memories are sent (memos.governance.group_commit)."""
+
+    async def append(self, record: AuditRecord) -> Any: ...
 
 
 class Recall(Protocol):
@@ -155,11 +167,12 @@ class PlaintextChatMemory:
         recall: Recall,
         outbox: Outbox,
         policies: PolicySource,
-        audit: AuditSink | None = None,
+        audit: InjectionAudit | None = None,
         local: LocalPlanner | None = None,
         on_enqueued: Callable[[], None] | None = None,
         write_retry: WriteRetryQueue | None = None,
-        recall_timeout_s: float = 5.0,
+        recall_timeout_s: float = 2.0,
+        max_inflight: int = 256,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._recall = recall
@@ -171,6 +184,8 @@ class PlaintextChatMemory:
         # Fail-open exchanges whose outbox commit failed wait there (memos.write_retry).
         self._write_retry = write_retry
         self.recall_timeout_s = recall_timeout_s
+        self.max_inflight = max_inflight
+        self._inflight = 0  # retrievals running now (admission control; touched on the loop only)
         self._now = now
 
     # -- before the upstream call ---------------------------------------------------------------------
@@ -188,6 +203,8 @@ class PlaintextChatMemory:
             return await self._prepare(ctx, body, policy, ctx.user)
         except MemoryUnavailable:
             raise
+        except _Overloaded:
+            return self._overloaded(ctx, policy, body)
         except Exception as exc:
             return self._unavailable(ctx, policy, body, exc)
 
@@ -215,10 +232,7 @@ class PlaintextChatMemory:
         query = query_of(messages)
         if not query:
             return PreparedChat(body=body, mode=MemoryMode.PLAINTEXT)
-        items = await asyncio.wait_for(
-            self._recall.recall(ctx.principal.tenant, user, query, policy, session=ctx.session),
-            self.recall_timeout_s,
-        )
+        items = await self._admitted_recall(ctx, user, query, policy)
         chosen = injection.fit_budget([rendered(i) for i in items], policy.memory.token_budget)
         ids = [m.id for m in chosen]
         if ids:
@@ -226,6 +240,30 @@ class PlaintextChatMemory:
             if self.local is not None:
                 self.local.count_hits(ctx.principal.tenant, ids)
         return PreparedChat(body=injection.inject(body, chosen), mode=MemoryMode.PLAINTEXT, injected_ids=ids)
+
+    async def _admitted_recall(
+        self, ctx: ChatContext, user: str, query: str, policy: Policy
+    ) -> Sequence[MemoryItem]:
+        """The recall, unless memory cannot keep up: more than `max_inflight` retrievals running, or
+        this one not done within `recall_timeout_s`. Overload is answered at once, never queued."""
+        if self._inflight >= self.max_inflight:
+            raise _Overloaded
+        self._inflight += 1
+        try:
+            return await asyncio.wait_for(
+                self._recall.recall(ctx.principal.tenant, user, query, policy, session=ctx.session),
+                self.recall_timeout_s,
+            )
+        except TimeoutError:
+            raise _Overloaded from None
+        finally:
+            self._inflight -= 1
+
+    def _overloaded(self, ctx: ChatContext, policy: Policy, body: dict[str, Any]) -> PreparedChat:
+        if policy.memory.fail_mode == FailMode.CLOSED:
+            raise MemoryUnavailable("Memory is overloaded and this tenant's policy fails closed; retry.")
+        log.info("memory overloaded (request %s): answering without", ctx.request_id)
+        return PreparedChat(body=body, reason=MemoryReason.OVERLOADED)
 
     def _unavailable(
         self, ctx: ChatContext, policy: Policy, body: dict[str, Any], exc: Exception
@@ -238,23 +276,24 @@ class PlaintextChatMemory:
         log.warning(
             "memory unavailable (request %s): %s; answering without", ctx.request_id, type(exc).__name__
         )
-        return PreparedChat(body=body)
+        return PreparedChat(body=body, reason=MemoryReason.VAULT_UNAVAILABLE)
 
     async def _audit_injection(
         self, ctx: ChatContext, policy: Policy, user: str, ids: list[str], mode: MemoryMode
     ) -> None:
         if self._audit is None or not ids:
             return
-        await asyncio.to_thread(
-            self._audit.record,
-            ctx.principal.tenant,
-            "memory.inject",
-            key_id=ctx.principal.key_id,
-            request_id=ctx.request_id,
-            user=user,
-            memory_ids=ids,
-            detail={"mode": mode.value},
-            level=policy.audit_level,
+        await self._audit.append(
+            AuditRecord(
+                ctx.principal.tenant,
+                "memory.inject",
+                key_id=ctx.principal.key_id,
+                request_id=ctx.request_id,
+                user=user,
+                memory_ids=tuple(ids),
+                detail={"mode": mode.value},
+                level=policy.audit_level,
+            )
         )
 
     # -- after the answer -----------------------------------------------------------------------------

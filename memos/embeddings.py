@@ -5,8 +5,8 @@
   stay off the import graph of the request path.
 - `UpstreamEmbedder`: an OpenAI-compatible `/v1/embeddings` model through `EmbeddingsClient`, a small
   protocol the composition root satisfies with the upstream router.
-- `MicroBatcher`: the async face used by the service. Concurrent requests within a short window
-  (settings.embedding_batch_window_ms) are embedded in one batch, off the event loop; a small LRU keeps
+- `MicroBatcher`: the async face used by the service. Concurrent requests are embedded in one batch
+  on a thread of its own (what arrives while a batch runs goes as the next one); a small LRU keeps
   recent query vectors.
 
 Every embedder returns float32 unit vectors, shape (n, dim).
@@ -15,6 +15,7 @@ Every embedder returns float32 unit vectors, shape (n, dim).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import logging
 import os
@@ -420,16 +421,24 @@ class MicroBatcher:
 
     Batching adds no latency when idle: a request is sent at once (with whatever other requests arrived
     in the same event-loop tick). While a batch is being embedded, new requests wait for it to finish
-    (or at most `window_ms`) and then go together as the next batch, so throughput grows with load.
-    `sync` is the underlying blocking embedder, for code already running in a worker thread.
+    and then go together as the next batch (at most `max_batch`; a full batch goes at once), so the
+    cost per query falls as load grows. One batch runs at a time, on `executor` (a pool of its own,
+    one thread: nothing else queues there, so a query's embedding never waits behind other blocking
+    work, and no task of that pool waits on another). `sync` is the underlying blocking embedder, for
+    code already running in a worker thread.
     """
 
     def __init__(
-        self, embedder: Embedder, window_ms: float = 2.0, max_batch: int = 64, cache_size: int = 2048
+        self,
+        embedder: Embedder,
+        max_batch: int = 64,
+        cache_size: int = 2048,
+        *,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self.sync = embedder
+        self._executor = executor
         self.name = embedder.name
-        self._window = max(0.0, window_ms) / 1000.0
         self._max_batch = max_batch
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -456,8 +465,9 @@ class MicroBatcher:
         self._pending.append((text, future))
         if len(self._pending) >= self._max_batch:
             self._flush_now()
-        elif self._flusher is None:
-            self._flusher = loop.create_task(self._flush_later(self._window if self._inflight else 0.0))
+        elif self._flusher is None and not self._inflight:
+            # Idle: go at the end of this tick. Busy: the running batch's end sends what waits.
+            self._flusher = loop.create_task(self._flush_later(0.0))
         vector = await future
         self._remember(text, vector)
         return vector
@@ -482,6 +492,8 @@ class MicroBatcher:
     async def _flush_later(self, delay: float) -> None:
         try:
             await asyncio.sleep(delay)  # 0: just let the rest of this tick's requests join
+            if self._inflight:
+                return  # a batch started meanwhile (a full one): its end sends what waits
         finally:
             self._flusher = None
         self._flush_now()
@@ -523,7 +535,7 @@ class MicroBatcher:
         aembed = getattr(self.sync, "aembed", None)
         if aembed is not None:
             return await aembed(texts)
-        return await asyncio.to_thread(self.sync.embed, texts)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.sync.embed, texts)
 
 
 class HashEmbedder:

@@ -2,8 +2,9 @@
 (memos/ranking.py), thresholded and fitted to a budget.
 
 `search` is blocking (it queries the vault) and takes the query vector; `asearch` embeds the query
-through the caller's (micro-batched) embedder while the keyword side runs. Deterministic: the same
-vault state and query give the same list.
+through the caller's (micro-batched) embedder while the keyword side runs in a worker thread, then
+runs the dense side and the ranking in a worker thread: no thread ever waits for the embedding.
+Deterministic: the same vault state and query give the same list.
 
 1. Candidates: the `candidates` best of the dense list and of the keyword list (BM25 over the blind
    index). The dense list is read deeper (`dense_lookup`; it costs one dot product per vector either
@@ -32,11 +33,9 @@ import numpy as np
 from memos.item import MemoryItem
 from memos.ranking import Candidate, RankParams, own_relevance, rank
 from memos.temporal import periods
-from memos.vault import MemVault, StoredMemory
+from memos.vault import MemVault, OwnerStats, StoredMemory
 
 CHARS_PER_TOKEN = 4
-# How long a search thread waits for the query's embedding (the caller's own timeout is shorter).
-EMBEDDING_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,28 @@ class Hit:
     context: list[MemoryItem] = field(default_factory=list)  # neighbouring turns, session order
 
 
+@dataclass(frozen=True)
+class KeywordPhase:
+    """What `search` reads before it needs the query vector: the owner's statistics and keyword list."""
+
+    stats: OwnerStats
+    keyword: list[tuple[str, float]]
+
+
 class Retriever:
-    def __init__(self, vault: MemVault, params: RetrievalParams | None = None) -> None:
+    def __init__(
+        self,
+        vault: MemVault,
+        params: RetrievalParams | None = None,
+        *,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
         self.vault = vault
         self.params = params or RetrievalParams()
+        # Where `asearch` runs its blocking phases (None: the loop's default executor). Neither phase
+        # ever waits for the embedding: the event loop awaits it between them, so a pool full of
+        # searches cannot starve the embedder.
+        self._executor = executor
 
     async def asearch(
         self,
@@ -87,37 +104,61 @@ class Retriever:
         params: RetrievalParams | None = None,
     ) -> list[Hit]:
         """`search` with the query embedded meanwhile: the keyword list and the owner's statistics are
-        read while the embedder computes the vector (on a multi-core machine the two overlap)."""
+        read in a worker thread while the embedder computes the vector, then the dense side and the
+        ranking run in a worker thread with it."""
+        p = params or self.params
+        loop = asyncio.get_running_loop()
         embedding = asyncio.ensure_future(embed_one(query))
-        vector: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
-        embedding.add_done_callback(lambda done: _copy_outcome(done, vector))
         try:
-            return await asyncio.to_thread(
-                self.search, tenant, owner, query, lambda: vector.result(EMBEDDING_WAIT_S), params
-            )
+            first = await loop.run_in_executor(self._executor, self.keyword_phase, tenant, owner, query, p)
+            if first is None:
+                return []
+            vector = await embedding
         finally:
             if not embedding.done():
                 embedding.cancel()
+        return await loop.run_in_executor(
+            self._executor, lambda: self.dense_phase(tenant, owner, query, vector, p, first)
+        )
 
     def search(
         self,
         tenant: str,
         owner: str,
         query: str,
-        query_vector: np.ndarray | Callable[[], np.ndarray] | None,
+        query_vector: np.ndarray | None,
         params: RetrievalParams | None = None,
         now: datetime | None = None,
     ) -> list[Hit]:
-        """`query_vector` may be a callable, called once the keyword list is read (see `asearch`)."""
+        """Blocking: both phases of `asearch` in the calling thread."""
         p = params or self.params
-        now = now or datetime.now(UTC)
+        first = self.keyword_phase(tenant, owner, query, p)
+        if first is None:
+            return []
+        return self.dense_phase(tenant, owner, query, query_vector, p, first, now)
+
+    def keyword_phase(self, tenant: str, owner: str, query: str, p: RetrievalParams) -> KeywordPhase | None:
+        """The owner's statistics and the keyword list; None when there is nothing to search."""
         stats = self.vault.stats(tenant, owner)
         if stats.doc_count <= 0 or p.top_k <= 0:
-            return []
+            return None
         width = max(p.candidates, p.top_k)
         keyword = self.vault.keyword(tenant, owner, query, width, stats=stats) if query.strip() else []
-        if callable(query_vector):
-            query_vector = query_vector()
+        return KeywordPhase(stats=stats, keyword=keyword)
+
+    def dense_phase(
+        self,
+        tenant: str,
+        owner: str,
+        query: str,
+        query_vector: np.ndarray | None,
+        p: RetrievalParams,
+        first: KeywordPhase,
+        now: datetime | None = None,
+    ) -> list[Hit]:
+        now = now or datetime.now(UTC)
+        stats, keyword = first.stats, first.keyword
+        width = max(p.candidates, p.top_k)
         dense = (
             self.vault.dense(tenant, owner, query_vector, max(width, p.dense_lookup), changes=stats.changes)
             if query_vector is not None
@@ -198,15 +239,6 @@ class _Scores:
             importance=s.importance,
             hits=s.hits,
         )
-
-
-def _copy_outcome(done: asyncio.Future[np.ndarray], into: concurrent.futures.Future[np.ndarray]) -> None:
-    if done.cancelled():
-        into.cancel()
-    elif (exc := done.exception()) is not None:
-        into.set_exception(exc)
-    else:
-        into.set_result(done.result())
 
 
 def _expired(s: StoredMemory, now: datetime) -> bool:

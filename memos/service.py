@@ -26,6 +26,7 @@ from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from memos.item import MemoryItem, Source, State
 from memos.logsafe import exception_summary
+from memos.pools import MemoryPools
 from memos.retrieval import Hit, RetrievalParams, Retriever
 from memos.vault import MemoryNotFound, MemVault, NewMemory, VersionNotFound
 
@@ -579,7 +580,7 @@ def build_memory_service(
     *,
     vector_uri: str,
     embedder: Any,
-    batch_window_ms: float = 2.0,
+    pools: MemoryPools,
     erasers: Sequence[UserDataEraser] = (),
     vector_cache_bytes: int = 512 * 1024 * 1024,
 ) -> MemoryService:
@@ -595,8 +596,9 @@ def build_memory_service(
     vault = MemVault(
         db, keyring, VectorIndex(vector_uri, cache_bytes=vector_cache_bytes), background_lane(embedder)
     )
-    batcher = MicroBatcher(embedder, window_ms=batch_window_ms)
-    return MemoryService(vault, Retriever(vault), batcher, audit, erasers=erasers)
+    batcher = MicroBatcher(embedder, executor=pools.query_embedding)
+    retriever = Retriever(vault, executor=pools.recall)
+    return MemoryService(vault, retriever, batcher, audit, erasers=erasers)
 
 
 class EmbedderWarmup:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from memos.governance.audit import AuditRecord
 from memos.governance.policy import Policy
 from memos.logsafe import exception_summary
 from memos.operator import MemOperator, OperatorResult
@@ -37,7 +38,7 @@ class PolicySource(Protocol):
 
 
 class AuditSink(Protocol):
-    def record(self, tenant: str, action: str, **fields: Any) -> Any: ...
+    def record_many(self, records: Sequence[AuditRecord]) -> Any: ...
 
 
 def exchange_from_record(record: OutboxRecord) -> Exchange:
@@ -131,32 +132,41 @@ class WriteBack:
         return GroupOutcome(len(done), error if len(done) < len(records) else None)
 
     def _audit_results(self, done: list[tuple[OutboxRecord, Policy, OperatorResult]]) -> None:
-        for record, policy, result in done:
-            self._audit_result(record, policy, result)
-
-    def _audit_result(self, record: OutboxRecord, policy: Policy, result: OperatorResult) -> None:
+        """The group's entries, in one transaction."""
         assert self._audit is not None
-        written = list(dict.fromkeys([*result.added, *result.merged]))
-        if written:
-            self._audit.record(
+        records = [r for record, policy, result in done for r in _audit_records(record, policy, result)]
+        if records:
+            self._audit.record_many(records)
+
+
+def _audit_records(record: OutboxRecord, policy: Policy, result: OperatorResult) -> list[AuditRecord]:
+    out: list[AuditRecord] = []
+    written = list(dict.fromkeys([*result.added, *result.merged]))
+    if written:
+        out.append(
+            AuditRecord(
                 record.tenant,
                 "memory.write",
                 request_id=record.request_id,
                 user=record.owner,
-                memory_ids=written,
+                memory_ids=tuple(written),
                 detail={"via": "chat", "added": len(result.added), "merged": len(result.merged)},
                 level=policy.audit_level,
             )
-        if result.superseded:
-            self._audit.record(
+        )
+    if result.superseded:
+        out.append(
+            AuditRecord(
                 record.tenant,
                 "memory.update",
                 request_id=record.request_id,
                 user=record.owner,
-                memory_ids=result.superseded,
+                memory_ids=tuple(result.superseded),
                 detail={"via": "chat", "state": "superseded"},
                 level=policy.audit_level,
             )
+        )
+    return out
 
 
 Processor = Callable[[OutboxRecord], Awaitable[Any]]

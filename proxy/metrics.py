@@ -49,6 +49,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.memory_skipped = Counter(
+            "memos_memory_skipped",
+            "Chats that asked for memory and were answered without it (or not in the mode asked), by "
+            "tenant and reason (x-memos-memory-reason: overloaded, vault_unavailable, ...).",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
+
     def observe_request(self, tenant: str, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(tenant, route, method, str(status)).inc()
         self.latency.labels(tenant, route).observe(seconds)
@@ -58,6 +66,9 @@ class Metrics:
 
     def upstream_error(self, tenant: str, route: str, kind: str) -> None:
         self.upstream_errors.labels(tenant, route, kind).inc()
+
+    def skipped_memory(self, tenant: str, reason: str) -> None:
+        self.memory_skipped.labels(tenant, reason).inc()
 
     def watch_write_retry(self, snapshot: Callable[[], RetrySnapshot]) -> None:
         """Export the write-back retry queue (memos.write_retry) and the storage's write health, read

@@ -211,13 +211,17 @@ def build_services(
     embedder = build_embedder(
         settings.embedding_model, UpstreamEmbeddings(services.upstreams, default_target(upstream_key))
     )
+    from memos.pools import MemoryPools
+
+    pools = MemoryPools.create(recall_threads=settings.memory_recall_threads)
+    services.background.append(pools)  # stopped after what uses them (background stops in reverse)
     services.memory = build_memory_service(
         core.db,
         core.keyring,
         core.audit,
         vector_uri=settings.resolved_vector_uri,
         embedder=embedder,
-        batch_window_ms=settings.embedding_batch_window_ms,
+        pools=pools,
     )
     services.background.append(EmbedderWarmup(embedder))
     if isinstance(embedder, UpstreamEmbedder):  # started on the serving loop: bound to it, dimension probed
@@ -264,13 +268,19 @@ def build_services(
     memory.register_eraser(write_retry, first=True)
     services.metrics.watch_write_retry(write_retry.snapshot)
     services.background.append(write_retry)
+    from memos.governance.group_commit import GroupCommitAudit
+
+    injection_audit = GroupCommitAudit(core.audit, executor=pools.audit)
+    services.background.append(injection_audit)  # stopped before the pools: queued entries commit
     services.chat_memory = PlaintextChatMemory(
         recall=RetrieverRecall(memory.retriever, memory.embedder.embed_one, neighbours=memory.neighbours),
         outbox=outbox,
         policies=live_policies,
-        audit=core.audit,
+        audit=injection_audit,
         on_enqueued=worker.notify,
         write_retry=write_retry,
+        recall_timeout_s=settings.memory_recall_timeout_ms / 1000,
+        max_inflight=settings.memory_max_inflight,
     )
     if settings.worker_enabled or role == "worker":
         services.background.append(worker)

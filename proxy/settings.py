@@ -64,7 +64,15 @@ class Settings(BaseSettings):
 
     # Embeddings: "minilm" (the bundled all-MiniLM-L6-v2) or "upstream:<model>".
     embedding_model: str = "minilm"
-    embedding_batch_window_ms: float = 2.0
+
+    # Injection under load (memos/pools.py, memos/chat_memory.py): threads for the blocking phases of a
+    # search; at most `memory_max_inflight` chats retrieve at once, and a chat whose retrieval has not
+    # finished `memory_recall_timeout_ms` after it began is answered without memory, saying so
+    # (x-memos-memory-reason: overloaded), rather than queueing for seconds. A limit of 0 sheds every
+    # memory read (a drill of the overload path: clients and dashboards see what overload looks like).
+    memory_recall_threads: int = Field(default=4, ge=1, le=64)
+    memory_max_inflight: int = Field(default=256, ge=0)
+    memory_recall_timeout_ms: float = Field(default=2000.0, gt=0.0)
 
     # name -> local Hugging Face model directory, served as model "local/<name>".
     local_models: dict[str, Path] = Field(default_factory=dict)

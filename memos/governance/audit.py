@@ -30,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -227,6 +227,53 @@ def _to_entry(row: AuditEntryRow | SimpleNamespace) -> AuditEntry:
     )
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """One entry to append (AuditLog.record_many): the arguments of `record`."""
+
+    tenant: str
+    action: str
+    key_id: str | None = None
+    request_id: str | None = None
+    user: str | None = None
+    memory_ids: tuple[str, ...] = ()
+    detail: dict[str, Any] | None = None
+    level: AuditLevel | str | None = None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An AuditRecord validated and encoded as it is stored."""
+
+    tenant: str
+    action: str
+    key_id: str | None
+    request_id: str | None
+    user: str | None
+    ids_json: str
+    detail_json: str
+
+    @classmethod
+    def of(cls, r: AuditRecord) -> _Checked:
+        if not r.tenant or not r.action:
+            raise ValueError("an audit entry needs a tenant and an action")
+        ids = [str(i) for i in r.memory_ids]
+        for i in ids:
+            if len(i) > _MAX_DETAIL_STR:
+                raise ValueError("memory ids are identifiers, not text")
+        return cls(
+            tenant=r.tenant,
+            action=r.action,
+            key_id=r.key_id,
+            request_id=r.request_id,
+            user=r.user,
+            ids_json=json.dumps(ids, separators=(",", ":"), ensure_ascii=True),
+            detail_json=json.dumps(
+                _check_detail(r.detail), separators=(",", ":"), ensure_ascii=True, sort_keys=True
+            ),
+        )
+
+
 @dataclass
 class _Locks:
     guard: threading.Lock = field(default_factory=threading.Lock)
@@ -288,86 +335,100 @@ class AuditLog:
     ) -> AuditEntry | None:
         """Append one entry (or nothing, when `level` excludes this action). Blocking. With `session`
         (a write transaction of the caller's) the entry commits with the caller's rows, or not at all."""
-        if not should_record(level, action):
-            return None
-        if not tenant or not action:
-            raise ValueError("an audit entry needs a tenant and an action")
-        ids = [str(i) for i in memory_ids]
-        for i in ids:
-            if len(i) > _MAX_DETAIL_STR:
-                raise ValueError("memory ids are identifiers, not text")
-        ids_json = json.dumps(ids, separators=(",", ":"), ensure_ascii=True)
-        detail_json = json.dumps(
-            _check_detail(detail), separators=(",", ":"), ensure_ascii=True, sort_keys=True
-        )
+        entry = AuditRecord(tenant, action, key_id, request_id, user, tuple(memory_ids), detail, level)
+        return self.record_many([entry], session=session)[0]
+
+    def record_many(
+        self, records: Sequence[AuditRecord], *, session: Session | None = None
+    ) -> list[AuditEntry | None]:
+        """Append several entries in one transaction (a group commit: one write, each tenant's head read
+        and moved once), in order; None for an entry its level excludes. All or nothing. Blocking."""
+        checked = [_Checked.of(r) if should_record(r.level, r.action) else None for r in records]
+        wanted = [c for c in checked if c is not None]
+        if not wanted:
+            return [None] * len(records)
         if session is not None:  # no retry here: a conflict fails the caller's whole transaction
-            return self._append(tenant, action, key_id, request_id, user, ids_json, detail_json, session)
-        with self._locks.get(tenant):
-            for attempt in range(_APPEND_ATTEMPTS):
-                try:
-                    return self._append(tenant, action, key_id, request_id, user, ids_json, detail_json)
-                except (IntegrityError, OperationalError):
-                    if attempt == _APPEND_ATTEMPTS - 1:
-                        raise
-                    time.sleep(min(0.2, 0.002 * (2 ** min(attempt, 6))) * (0.5 + random.random()))
+            appended = iter(self._append(wanted, session))
+        else:
+            tenants = sorted({c.tenant for c in wanted})
+            with ExitStack() as held:
+                for tenant in tenants:  # always in the same order: two batches never deadlock
+                    held.enter_context(self._locks.get(tenant))
+                appended = iter(self._append_retrying(wanted))
+        return [next(appended) if c is not None else None for c in checked]
+
+    def _append_retrying(self, wanted: list[_Checked]) -> list[AuditEntry]:
+        for attempt in range(_APPEND_ATTEMPTS):
+            try:
+                return self._append(wanted)
+            except (IntegrityError, OperationalError):
+                if attempt == _APPEND_ATTEMPTS - 1:
+                    raise
+                time.sleep(min(0.2, 0.002 * (2 ** min(attempt, 6))) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
-    def _append(
-        self,
-        tenant: str,
-        action: str,
-        key_id: str | None,
-        request_id: str | None,
-        user: str | None,
-        ids_json: str,
-        detail_json: str,
-        outer: Session | None = None,
-    ) -> AuditEntry:
+    def _append(self, wanted: list[_Checked], outer: Session | None = None) -> list[AuditEntry]:
         # Database.write: on SQLite the write lock is taken first, so the head we read is the head we
         # extend; on PostgreSQL the head row is locked (FOR UPDATE). Core statements: this runs on
         # every injected chat, and the ORM's unit of work cost more than the writes.
         entries, heads = AuditEntryRow.__table__, AuditHeadRow.__table__
+        out: list[AuditEntry] = []
+        key, kid = self._key, self._key_id  # one key for the whole batch, its head seals included
         with self._db.write() if outer is None else nullcontext(outer) as session:
-            head = session.execute(
-                select(heads.c.seq, heads.c.mac).where(heads.c.tenant == tenant).with_for_update()
-            ).first()
-            if head is None:
-                last = session.execute(
-                    select(entries.c.seq, entries.c.mac)
-                    .where(entries.c.tenant == tenant)
-                    .order_by(entries.c.seq.desc())
-                    .limit(1)
-                ).first()
-                prev_seq, prev_mac = (last.seq, last.mac) if last is not None else (0, _GENESIS.hex())
-            else:
-                prev_seq, prev_mac = head.seq, head.mac
-            seq = prev_seq + 1
-            ts = datetime.now(UTC).isoformat(timespec="microseconds")
-            key, kid = self._key, self._key_id
-            canonical = _canonical(
-                tenant, seq, ts, action, key_id, request_id, user, ids_json, detail_json, kid
-            )
-            mac = _mac(key, bytes.fromhex(prev_mac), canonical).hex()
-            row = {
-                "tenant": tenant,
-                "seq": seq,
-                "ts": ts,
-                "action": action,
-                "key_id": key_id,
-                "request_id": request_id,
-                "user_id": user,
-                "memory_ids": ids_json,
-                "detail": detail_json,
-                "mac_key_id": kid,
-                "mac": mac,
-            }
-            session.execute(insert(entries).values(**row))
-            new_head = {"seq": seq, "mac": mac, "mac_key_id": kid, "seal": _seal(key, tenant, seq, mac)}
-            if head is None:
-                session.execute(insert(heads).values(tenant=tenant, **new_head))
-            else:
-                session.execute(update(heads).where(heads.c.tenant == tenant).values(**new_head))
-        return _to_entry(SimpleNamespace(**row))
+            chain: dict[str, tuple[int, str, bool]] = {}  # tenant -> (seq, mac, head row exists)
+            rows = []
+            for c in wanted:
+                if c.tenant not in chain:
+                    chain[c.tenant] = self._head(session, c.tenant)
+                prev_seq, prev_mac, had_head = chain[c.tenant]
+                seq = prev_seq + 1
+                ts = datetime.now(UTC).isoformat(timespec="microseconds")
+                canonical = _canonical(
+                    c.tenant, seq, ts, c.action, c.key_id, c.request_id, c.user, c.ids_json, c.detail_json,
+                    kid,
+                )
+                mac = _mac(key, bytes.fromhex(prev_mac), canonical).hex()
+                row = {
+                    "tenant": c.tenant,
+                    "seq": seq,
+                    "ts": ts,
+                    "action": c.action,
+                    "key_id": c.key_id,
+                    "request_id": c.request_id,
+                    "user_id": c.user,
+                    "memory_ids": c.ids_json,
+                    "detail": c.detail_json,
+                    "mac_key_id": kid,
+                    "mac": mac,
+                }
+                rows.append(row)
+                out.append(_to_entry(SimpleNamespace(**row)))
+                chain[c.tenant] = (seq, mac, had_head)
+            session.execute(insert(entries), rows)
+            for tenant, (seq, mac, had_head) in chain.items():
+                new_head = {"seq": seq, "mac": mac, "mac_key_id": kid, "seal": _seal(key, tenant, seq, mac)}
+                if had_head:
+                    session.execute(update(heads).where(heads.c.tenant == tenant).values(**new_head))
+                else:
+                    session.execute(insert(heads).values(tenant=tenant, **new_head))
+        return out
+
+    def _head(self, session: Session, tenant: str) -> tuple[int, str, bool]:
+        """The tenant's chain head (locked for this transaction): its seq, its MAC, and whether the head
+        row exists (a chain older than head rows is read from its last entry)."""
+        entries, heads = AuditEntryRow.__table__, AuditHeadRow.__table__
+        head = session.execute(
+            select(heads.c.seq, heads.c.mac).where(heads.c.tenant == tenant).with_for_update()
+        ).first()
+        if head is not None:
+            return head.seq, head.mac, True
+        last = session.execute(
+            select(entries.c.seq, entries.c.mac)
+            .where(entries.c.tenant == tenant)
+            .order_by(entries.c.seq.desc())
+            .limit(1)
+        ).first()
+        return (last.seq, last.mac, False) if last is not None else (0, _GENESIS.hex(), False)
 
     # ---------------------------------------------------------------- read
 

@@ -146,6 +146,9 @@ async def chat_completions(request: Request) -> Response:
         "x-memos-memory-mode": prepared.mode.value,
         "x-memos-memories": str(prepared.injected_count),
     }
+    if prepared.reason is not None:
+        memo_headers["x-memos-memory-reason"] = prepared.reason.value
+        services.metrics.skipped_memory(principal.tenant, prepared.reason.value)
     relay = _Relay(services, request, ctx, prepared, asked, memo_headers)
     if chat.stream:
         return await relay.stream(upstream, call)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,12 +13,14 @@ from memos.chat import (
     ChatContext,
     FinishedExchange,
     MemoryMode,
+    MemoryReason,
     MemorySwitch,
     MemoryUnavailable,
     PreparedChat,
 )
 from memos.chat_memory import PlaintextChatMemory, RetrieverRecall, new_turns, query_of
 from memos.governance.audit import AuditLog
+from memos.governance.group_commit import GroupCommitAudit
 from memos.governance.policy import FailMode, Policy
 from memos.governance.principal import Principal, Role
 from memos.item import State
@@ -96,7 +99,9 @@ async def stack(env: VaultEnv) -> Stack:
     audit = AuditLog.from_master(env.db, env.master)
     outbox = Outbox(env.db, env.keyring)
     recall = RetrieverRecall(Retriever(env.vault), await embed_with(env))
-    memory = PlaintextChatMemory(recall=recall, outbox=outbox, policies=policies, audit=audit)
+    memory = PlaintextChatMemory(
+        recall=recall, outbox=outbox, policies=policies, audit=GroupCommitAudit(audit)
+    )
     writeback = WriteBack(MemReader(), MemOperator(env.vault), policies, audit)
     return Stack(env, memory, outbox, writeback, policies, audit)
 
@@ -227,6 +232,7 @@ async def test_fail_open_answers_without_memory(stack: Stack) -> None:
     body = {"messages": [{"role": "user", "content": "hello there, I like tea"}]}
     prepared = await memory.prepare(context("alice"), body)
     assert prepared.body is body and prepared.mode is MemoryMode.OFF
+    assert prepared.reason is MemoryReason.VAULT_UNAVAILABLE
 
 
 async def test_fail_closed_raises_memory_unavailable(stack: Stack) -> None:
@@ -234,6 +240,45 @@ async def test_fail_closed_raises_memory_unavailable(stack: Stack) -> None:
     memory = replace_recall(stack, BrokenRecall())
     with pytest.raises(MemoryUnavailable):
         await memory.prepare(context("alice"), {"messages": [{"role": "user", "content": "I like tea"}]})
+
+
+class HeldRecall:
+    """A recall that does not finish until released (a retrieval stuck behind load)."""
+
+    def __init__(self) -> None:
+        self.started, self.release = asyncio.Event(), asyncio.Event()
+
+    async def recall(self, *args, **kwargs):
+        self.started.set()
+        await self.release.wait()
+        return []
+
+
+async def test_a_retrieval_over_its_time_is_answered_without_memory_saying_why(stack: Stack) -> None:
+    memory = PlaintextChatMemory(
+        recall=(held := HeldRecall()), outbox=stack.outbox, policies=stack.policies, recall_timeout_s=0.05
+    )
+    body = {"messages": [{"role": "user", "content": "Which tea do I like?"}]}
+    prepared = await memory.prepare(context("alice"), body)
+    assert prepared.body is body and prepared.reason is MemoryReason.OVERLOADED
+    assert memory._inflight == 0  # the slot is given back
+    stack.policies.set(fail_mode=FailMode.CLOSED)
+    with pytest.raises(MemoryUnavailable):
+        await memory.prepare(context("alice"), body)
+    held.release.set()
+
+
+async def test_retrievals_over_the_limit_are_shed_at_once(stack: Stack) -> None:
+    memory = PlaintextChatMemory(
+        recall=(held := HeldRecall()), outbox=stack.outbox, policies=stack.policies, max_inflight=1
+    )
+    body = {"messages": [{"role": "user", "content": "Which tea do I like?"}]}
+    first = asyncio.create_task(memory.prepare(context("alice"), body))
+    await held.started.wait()
+    shed = await memory.prepare(context("bob"), body)  # the one slot is taken: not queued
+    assert shed.reason is MemoryReason.OVERLOADED
+    held.release.set()
+    assert (await first).reason is None
 
 
 async def test_an_outbox_failure_fails_closed_or_open_by_policy(stack: Stack) -> None:
@@ -250,7 +295,9 @@ async def test_an_outbox_failure_fails_closed_or_open_by_policy(stack: Stack) ->
 
 
 def replace_recall(stack: Stack, recall) -> PlaintextChatMemory:
-    return PlaintextChatMemory(recall=recall, outbox=stack.outbox, policies=stack.policies, audit=stack.audit)
+    return PlaintextChatMemory(
+        recall=recall, outbox=stack.outbox, policies=stack.policies, audit=GroupCommitAudit(stack.audit)
+    )
 
 
 async def test_only_the_new_turns_are_written_back(stack: Stack) -> None:

@@ -39,7 +39,7 @@ class CountingEmbedder:
 
 async def test_concurrent_requests_are_batched_off_the_loop() -> None:
     backend = CountingEmbedder()
-    batcher = MicroBatcher(backend, window_ms=20)
+    batcher = MicroBatcher(backend)
     texts = [f"text {i}" for i in range(10)]
     vectors = await asyncio.gather(*(batcher.embed_one(t) for t in texts))
     assert len(backend.calls) == 1 and sorted(backend.calls[0]) == sorted(texts)
@@ -50,7 +50,7 @@ async def test_concurrent_requests_are_batched_off_the_loop() -> None:
 
 async def test_duplicates_and_cache() -> None:
     backend = CountingEmbedder()
-    batcher = MicroBatcher(backend, window_ms=5)
+    batcher = MicroBatcher(backend)
     a, b = await asyncio.gather(batcher.embed_one("same"), batcher.embed_one("same"))
     assert np.array_equal(a, b) and backend.calls == [["same"]]
     await batcher.embed_one("same")  # served from the LRU
@@ -59,7 +59,7 @@ async def test_duplicates_and_cache() -> None:
 
 async def test_max_batch_flushes_early_and_big_lists_go_in_one_call() -> None:
     backend = CountingEmbedder()
-    batcher = MicroBatcher(backend, window_ms=10_000, max_batch=4)
+    batcher = MicroBatcher(backend, max_batch=4)
     await asyncio.wait_for(asyncio.gather(*(batcher.embed_one(f"t{i}") for i in range(4))), 2)
     assert len(backend.calls) == 1
     out = await batcher.embed([f"u{i}" for i in range(10)])
@@ -67,7 +67,7 @@ async def test_max_batch_flushes_early_and_big_lists_go_in_one_call() -> None:
 
 
 async def test_errors_reach_every_waiter() -> None:
-    batcher = MicroBatcher(CountingEmbedder(fail=True), window_ms=5)
+    batcher = MicroBatcher(CountingEmbedder(fail=True))
     results = await asyncio.gather(batcher.embed_one("a"), batcher.embed_one("b"), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
 
@@ -87,7 +87,7 @@ async def test_upstream_embedder_async_and_from_a_thread() -> None:
     assert isinstance(embedder, UpstreamEmbedder)
     await embedder.start()
     try:
-        batcher = MicroBatcher(embedder, window_ms=1)
+        batcher = MicroBatcher(embedder)
         v = await batcher.embed_one("abc")
         assert v.shape == (3,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
         # a worker thread (the vault) can call the blocking face while the loop runs
@@ -234,7 +234,8 @@ def test_minilm_forward_pass_is_the_sentence_transformers_encoding() -> None:
 
 def test_minilm_in_bfloat16_agrees_with_the_float32_encoding() -> None:
     """bfloat16 (the default where the CPU has it natively) gives the same directions: cosine >= 0.999
-    with the reference for every text, batched and alone, and the same nearest sentence for each."""
+    with the reference for every text, batched and alone, and the same nearest sentence for each (or
+    one as near, to within 0.001)."""
     reference = _sentence_transformers_reference()
     embedder = MiniLMEmbedder(device="cpu", precision="bfloat16")
     assert embedder.precision == "bfloat16"
@@ -244,7 +245,10 @@ def test_minilm_in_bfloat16_agrees_with_the_float32_encoding() -> None:
         similarity, expected = got @ got.T, reference @ reference.T
         np.fill_diagonal(similarity, -1)
         np.fill_diagonal(expected, -1)
-        assert list(similarity.argmax(axis=1)) == list(expected.argmax(axis=1))
+        # The same nearest sentence, up to ties: sentences 2 and 3 are 0.1104 and 0.1102 from sentence 4,
+        # closer than bfloat16 resolves, so either may come first (AMX CPUs pick 3 one text at a time).
+        picked = expected[np.arange(len(expected)), similarity.argmax(axis=1)]
+        assert (expected.max(axis=1) - picked).max() <= 1e-3
 
 
 def test_minilm_auto_precision_is_bfloat16_only_where_the_cpu_has_it() -> None:
@@ -304,8 +308,8 @@ async def test_idle_requests_go_at_once_and_busy_ones_queue_behind_the_batch() -
     release = asyncio.Event()
 
     backend = CountingEmbedder()
-    batcher = MicroBatcher(backend, window_ms=10_000)
-    # idle: no window wait even with a huge window
+    batcher = MicroBatcher(backend)
+    # idle: sent at once
     await asyncio.wait_for(batcher.embed_one("first"), 2)
     # busy: requests made while a batch runs are sent together once it finishes
     real_run = batcher._run

@@ -56,7 +56,7 @@ class BrokenEraser:
 @pytest.fixture
 def svc(env: VaultEnv) -> tuple[MemoryService, FakeAudit]:
     audit = FakeAudit()
-    service = MemoryService(env.vault, Retriever(env.vault), MicroBatcher(env.embedder, window_ms=1), audit)
+    service = MemoryService(env.vault, Retriever(env.vault), MicroBatcher(env.embedder), audit)
     return service, audit
 
 
