@@ -164,9 +164,8 @@ class Retriever:
             if query_vector is not None
             else []
         )
-        stored = self.vault.get_many(
-            tenant, {h[0] for h in dense[:width]} | {h[0] for h in keyword}, owner=owner
-        )
+        wanted = {h[0] for h in dense[:width]} | {h[0] for h in keyword}
+        stored = self.vault.get_many(tenant, wanted, owner=owner, changes=stats.changes)
         scores = _Scores(dense, keyword)
         candidates = {
             mid: scores.candidate(s) for mid, s in stored.items() if not _expired(s, now) and scores.known(s)

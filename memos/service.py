@@ -583,6 +583,7 @@ def build_memory_service(
     pools: MemoryPools,
     erasers: Sequence[UserDataEraser] = (),
     vector_cache_bytes: int = 512 * 1024 * 1024,
+    row_cache_rows: int = 50_000,
 ) -> MemoryService:
     """The vault, its retriever and the micro-batched embedder behind one MemoryService (blocking).
 
@@ -594,7 +595,11 @@ def build_memory_service(
     # Queries (the batcher) and the vault's own embeddings (write-back, patches, imports) on separate
     # lanes: a query never waits for a write-back's forward pass.
     vault = MemVault(
-        db, keyring, VectorIndex(vector_uri, cache_bytes=vector_cache_bytes), background_lane(embedder)
+        db,
+        keyring,
+        VectorIndex(vector_uri, cache_bytes=vector_cache_bytes),
+        background_lane(embedder),
+        row_cache_rows=row_cache_rows,
     )
     batcher = MicroBatcher(embedder, executor=pools.query_embedding)
     retriever = Retriever(vault, executor=pools.recall)

@@ -43,6 +43,7 @@ from memos.keyring import Keyring
 from memos.keyword import Bm25, DocTerms, doc_terms, normalise_for_duplicate, tokenize
 from memos.limits import metadata_problem
 from memos.logsafe import exception_summary
+from memos.row_cache import OwnerRowCache
 from memos.vault_tables import (
     MemoryRow,
     MemoryVersionRow,
@@ -172,6 +173,7 @@ class MemVault:
         vectors: VectorIndex,
         embedder: Embedder | None = None,
         bm25: Bm25 | None = None,
+        row_cache_rows: int = 50_000,
     ) -> None:
         self.db = db
         self.keyring = keyring
@@ -179,6 +181,8 @@ class MemVault:
         self.embedder = embedder
         self.bm25 = bm25 or Bm25()
         self.analyze_after = 1000  # a batch this large refreshes the planner's statistics
+        # Search candidates decoded once per owner and change counter (memos.row_cache).
+        self._rows: OwnerRowCache[StoredMemory] = OwnerRowCache(row_cache_rows)
         # Vectors whose deletion failed (a full disk fails the undo of a failed write too): deleted
         # again after the next write that commits.
         self._leftover_vectors: list[tuple[str, list[str]]] = []
@@ -500,6 +504,7 @@ class MemVault:
                         row.payload = self._seal_payload(tenant, row.id, 1, item.text, item.sources)
                 # merged sources into pre-existing rows: a new version each
                 merged_items: dict[str, MemoryItem] = {}
+                remerged = False
                 fresh_ids = {f[1].id for f in fresh}
                 for mid, (row, srcs, _text) in merged.items():
                     if mid in fresh_ids:
@@ -515,6 +520,7 @@ class MemVault:
                     session.add(row)
                     session.add(self._version_row(row, item, "merge"))
                     merged_items[mid] = item
+                    remerged = True
                 # vectors first (read-your-writes), then rows
                 if fresh:
                     vids = [f[1].vector_id for f in fresh]
@@ -536,6 +542,7 @@ class MemVault:
                     stats.next_seq = seq
                     stats.doc_count += len(fresh)
                     stats.total_len += sum(f[3].length for f in fresh)
+                if fresh or remerged:  # every row change moves the counter (memos.row_cache)
                     stats.changes += 1
                     session.add(stats)
                 new_changes = stats.changes
@@ -551,6 +558,8 @@ class MemVault:
                     add_ids=written_vids,
                     add_vectors=cipher.rotate(np.stack([raw_vectors[f[0]] for f in fresh])),
                 )
+            elif new_changes != prev_changes:
+                self.vectors.cache.apply((tenant, okey), prev_changes, new_changes)
         if len(fresh) >= self.analyze_after:
             self.analyze()
         if self._leftover_vectors:
@@ -772,8 +781,7 @@ class MemVault:
                     self._index_terms(session, tenant, owner, [(row.id, terms)])
                     stats.doc_count += 1
                     stats.total_len += terms.length
-                if leave_index or enter_index:
-                    stats.changes += 1
+                stats.changes += 1  # every change, metadata and validity too (memos.row_cache)
                 new_changes = stats.changes
                 item = self._to_item(row, new_text, new_sources)
                 session.add(row)
@@ -787,15 +795,14 @@ class MemVault:
                     raise
             if removed_vid:
                 self._forget_vectors(tenant, [removed_vid])
-            if leave_index or enter_index:
-                self.vectors.cache.apply(
-                    (tenant, okey),
-                    prev_changes,
-                    new_changes,
-                    add_ids=[added_vid] if added_vid else (),
-                    add_vectors=cipher.rotate(raw_vector[None, :]) if added_vid else None,  # type: ignore[index]
-                    remove_ids=[removed_vid] if removed_vid else (),
-                )
+            self.vectors.cache.apply(
+                (tenant, okey),
+                prev_changes,
+                new_changes,
+                add_ids=[added_vid] if added_vid else (),
+                add_vectors=cipher.rotate(raw_vector[None, :]) if added_vid else None,  # type: ignore[index]
+                remove_ids=[removed_vid] if removed_vid else (),
+            )
         return item
 
     def _live_row(self, tenant: str, memory_id: str, session: Session | None = None) -> MemoryRow:
@@ -896,6 +903,7 @@ class MemVault:
                     .where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
                     .values(hits=MemoryRow.hits + n, last_hit_at=stamp)
                 )
+        self._rows.forget(counts)  # after the commit: a reader meanwhile may cache the old count
 
     def erase_user(self, tenant: str, owner: str) -> int:
         """Remove every trace of an owner: rows, versions, postings, statistics and vectors."""
@@ -924,6 +932,7 @@ class MemVault:
                 stats.changes += 1
                 session.add(stats)
         self.vectors.delete_owner(tenant, okey, purge=True)
+        self._rows.drop((tenant, owner))
         if self.db.is_sqlite:
             self._sqlite_scrub()
         return int(count)
@@ -949,11 +958,33 @@ class MemVault:
             return self._to_item(row)
 
     def get_many(
-        self, tenant: str, ids: Iterable[str], *, owner: str | None = None, active_only: bool = True
+        self,
+        tenant: str,
+        ids: Iterable[str],
+        *,
+        owner: str | None = None,
+        active_only: bool = True,
+        changes: int | None = None,
     ) -> dict[str, StoredMemory]:
+        """The rows of `ids` that belong to the tenant (and owner). With `changes` (the owner's change
+        counter, read before this call) the owner's rows are served from the row cache when it holds
+        them at that counter, and what is read from SQL is kept there."""
         ids = sorted(set(ids))
         if not ids:
             return {}
+        if changes is None or owner is None or not active_only:
+            return self._read_many(tenant, ids, owner=owner, active_only=active_only)
+        key = (tenant, owner)
+        found, missing = self._rows.get(key, changes, ids)
+        if missing:
+            read = self._read_many(tenant, missing, owner=owner, active_only=True)
+            self._rows.put(key, changes, read)
+            found.update(read)
+        return found
+
+    def _read_many(
+        self, tenant: str, ids: Sequence[str], *, owner: str | None, active_only: bool
+    ) -> dict[str, StoredMemory]:
         # Primary-key lookups only (an owner/tenant condition in SQL can steer the planner into
         # scanning the owner's index); the other conditions are checked here.
         with self.db.session() as session:
@@ -1181,7 +1212,11 @@ class MemVault:
             self._index_terms(session, tenant, owner, docs)
             stats.doc_count = len(rows)
             stats.total_len = total
+            prev_changes = stats.changes
+            stats.changes += 1  # doc_len changed (memos.row_cache)
+            new_changes = stats.changes
             session.add(stats)
+        self.vectors.cache.apply((tenant, self.owner_key(tenant, owner)), prev_changes, new_changes)
         return len(rows)
 
     def owners(self, tenant: str) -> list[str]:

@@ -222,6 +222,7 @@ def build_services(
         vector_uri=settings.resolved_vector_uri,
         embedder=embedder,
         pools=pools,
+        row_cache_rows=settings.memory_row_cache_rows,
     )
     services.background.append(EmbedderWarmup(embedder))
     if isinstance(embedder, UpstreamEmbedder):  # started on the serving loop: bound to it, dimension probed

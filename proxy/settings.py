@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     memory_recall_threads: int = Field(default=4, ge=1, le=64)
     memory_max_inflight: int = Field(default=256, ge=0)
     memory_recall_timeout_ms: float = Field(default=2000.0, gt=0.0)
+    # Decoded search candidates kept in memory, across owners (memos/row_cache.py); 0: none.
+    memory_row_cache_rows: int = Field(default=50_000, ge=0)
 
     # name -> local Hugging Face model directory, served as model "local/<name>".
     local_models: dict[str, Path] = Field(default_factory=dict)
