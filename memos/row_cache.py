@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 Row = TypeVar("Row")
@@ -76,14 +76,14 @@ class OwnerRowCache(Generic[Row]):
             while self._size > self.max_rows and self._owners:
                 self._drop(next(iter(self._owners)))
 
-    def forget(self, ids: Iterable[str]) -> None:
-        """These rows changed without a counter move (hit counts): read them from SQL next time."""
+    def update(self, ids: Iterable[str], change: Callable[[str, Row], Row]) -> None:
+        """Rows that changed without a counter move (hit counts): `change` gives the new cached row."""
         with self._lock:
             for mid in ids:
-                key = self._owner_of.pop(mid, None)
+                key = self._owner_of.get(mid)
                 entry = self._owners.get(key) if key is not None else None
-                if entry is not None and entry.rows.pop(mid, None) is not None:
-                    self._size -= 1
+                if entry is not None and mid in entry.rows:
+                    entry.rows[mid] = change(mid, entry.rows[mid])
 
     def drop(self, key: OwnerKey) -> None:
         with self._lock:

@@ -19,6 +19,8 @@ Invariants
 from __future__ import annotations
 
 import base64
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -120,6 +122,7 @@ class StoredMemory:
 
     __slots__ = (
         "_item",
+        "_last_hit_at",
         "_vault",
         "created_at",
         "doc_len",
@@ -138,6 +141,7 @@ class StoredMemory:
     def __init__(self, vault: MemVault, row: Any) -> None:
         self._vault = vault
         self._item: MemoryItem | None = None
+        self._last_hit_at: datetime | None = None  # set by with_hits: newer than the row's
         self.row = row
         self.id = row.id
         self.seq = row.seq
@@ -154,8 +158,20 @@ class StoredMemory:
     @property
     def item(self) -> MemoryItem:
         if self._item is None:
-            self._item = self._vault._to_item(self.row)
+            item = self._vault._to_item(self.row)
+            if self._last_hit_at is not None:
+                item = dataclasses.replace(item, hits=self.hits, last_hit_at=self._last_hit_at)
+            self._item = item
         return self._item
+
+    def with_hits(self, added: int, when: datetime) -> StoredMemory:
+        """This row after `record_hit_counts` added `added` hits at `when` (what SQL now holds)."""
+        other = copy.copy(self)
+        other.hits = self.hits + added
+        other._last_hit_at = when
+        if self._item is not None:
+            other._item = dataclasses.replace(self._item, hits=other.hits, last_hit_at=when)
+        return other
 
 
 @dataclass(frozen=True)
@@ -903,7 +919,10 @@ class MemVault:
                     .where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
                     .values(hits=MemoryRow.hits + n, last_hit_at=stamp)
                 )
-        self._rows.forget(counts)  # after the commit: a reader meanwhile may cache the old count
+        # After the commit (a reader meanwhile may cache the old count). Not a change of the row's
+        # content, so the counter stays: the cached rows take the increment (another replica's hits
+        # show here at the owner's next change).
+        self._rows.update(counts, lambda mid, stored: stored.with_hits(counts[mid], stamp))
 
     def erase_user(self, tenant: str, owner: str) -> int:
         """Remove every trace of an owner: rows, versions, postings, statistics and vectors."""

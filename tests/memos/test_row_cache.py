@@ -83,11 +83,13 @@ def test_a_merge_that_adds_sources_is_seen(env: VaultEnv) -> None:
     assert [s.request_id for s in search(env)[tea].sources] == ["r2"]
 
 
-def test_hit_counts_are_read_again(env: VaultEnv) -> None:
+def test_hit_counts_are_seen(env: VaultEnv) -> None:
     tea = seeded(env)
-    assert search(env)[tea].hits == 0
+    assert search(env)[tea].hits == 0  # cached, text decoded
     env.vault.record_hit_counts(T, {tea: 2})
-    assert search(env)[tea].hits == 2
+    item = search(env)[tea]
+    assert item.hits == 2 and item.last_hit_at is not None
+    assert env.vault.get(T, tea).hits == 2
 
 
 def test_the_cache_is_bounded_and_exact_per_counter() -> None:
@@ -101,5 +103,5 @@ def test_the_cache_is_bounded_and_exact_per_counter() -> None:
     assert cache.get((T, "a"), 5, ["m2"]) == ({}, ["m2"])
     cache.put((T, "b"), 1, {"n1": 1, "n2": 2, "n3": 3})  # over the bound: the oldest owner goes
     assert cache.size == 3 and cache.get((T, "a"), 5, ["m1"]) == ({}, ["m1"])
-    cache.forget(["n2"])
-    assert cache.get((T, "b"), 1, ["n1", "n2"]) == ({"n1": 1}, ["n2"]) and cache.size == 2
+    cache.update(["n2", "zz"], lambda mid, row: row * 10)
+    assert cache.get((T, "b"), 1, ["n1", "n2"]) == ({"n1": 1, "n2": 20}, [])
