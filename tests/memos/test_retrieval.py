@@ -103,3 +103,30 @@ def test_a_period_named_in_the_query_prefers_memories_observed_then(env: VaultEn
     )
     assert _search(env, "charity race")[0].item.id == may.id  # shorter text: better BM25
     assert _search(env, "charity race in June 2023")[0].item.id == june.id
+
+
+async def test_concurrent_searches_cannot_starve_their_own_pool(env: VaultEnv) -> None:
+    """The issue's stack dump: every pool thread in a search, waiting for an embedding queued behind
+    them on the same pool. Here the embedding even shares the searches' one-thread pool, and 64
+    concurrent searches all finish: no task of the pool waits on another task of it."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from memos.embeddings import MicroBatcher
+
+    for i in range(20):
+        env.vault.add("acme", "alice", f"parcel {i} waits at the counter by the door")
+    one_thread = ThreadPoolExecutor(max_workers=1)
+    try:
+        embedder = MicroBatcher(env.embedder, executor=one_thread)
+        retriever = Retriever(env.vault, executor=one_thread)
+        searches = [
+            retriever.asearch("acme", "alice", f"where does parcel {i} wait", embedder.embed_one)
+            for i in range(64)
+        ]
+        # A liveness guard, not a timing: starved, the searches never finish.
+        results = await asyncio.wait_for(asyncio.gather(*searches), 120)
+    finally:
+        one_thread.shutdown(wait=False, cancel_futures=True)
+    assert all(hits for hits in results)
+    assert embedder.batches < 64  # the queries were embedded in shared batches
