@@ -53,6 +53,15 @@ def test_iban_check():
     assert iban_ok("DE89370400440532013000")
     assert not iban_ok("DE89370400440532013001")
     assert "[IBAN]" in R.redact("my iban is FR14 2004 1010 0505 0001 3M02 606 thanks")
+    assert iban_ok("MT84MALT011000012345MTLCAST001S")  # letters in the account part, as Malta has
+
+
+def test_codes_followed_by_words_are_not_ibans() -> None:
+    # Found by the distinct-facts property test: "TH851 leaves from" passes mod-97 (1 in 97 do), but
+    # TH issues no IBANs; a listed country followed by words fails on length or on the letters.
+    for text in ("Flight TH851 leaves from gate B12.", "Flight GB12 leaves from the north gate B12 today."):
+        assert R.redact(text) == text
+    assert not iban_ok("TH851LEAVESFROM")
 
 
 def test_custom_and_builtin_selection():
