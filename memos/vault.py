@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy import text as sql_text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from memos.db import Database
@@ -962,8 +963,10 @@ class MemVault:
             with self.db.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA secure_delete=ON")
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        except Exception:
-            pass
+        except SQLAlchemyError as exc:
+            # The erasure stands (rows are gone and freed pages zeroed); only the WAL may still hold
+            # page images until the next checkpoint. Said, not swallowed.
+            log.warning("erasure: folding the WAL back failed (%s)", exception_summary(exc))
 
     # ------------------------------------------------------------------ reads
 
