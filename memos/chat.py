@@ -64,6 +64,7 @@ class PreparedChat:
     local_memory: Any = None
     # Set when memory was asked for but did not run as asked (None: it did, or it was not asked for).
     reason: MemoryReason | None = None
+    block_tokens: int = 0  # the injected plaintext block's size (memos.injection.estimate_tokens)
 
     @property
     def injected_count(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
 from memos.item import MemoryItem
+from memos.observe import MemoryObserver, NoObserver
 from memos.outbox import Outbox
 from memos.reader import bound_turns, message_text
 from memos.worker import PolicySource
@@ -173,6 +175,7 @@ class PlaintextChatMemory:
         write_retry: WriteRetryQueue | None = None,
         recall_timeout_s: float = 2.0,
         max_inflight: int = 256,
+        observer: MemoryObserver | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._recall = recall
@@ -186,6 +189,7 @@ class PlaintextChatMemory:
         self.recall_timeout_s = recall_timeout_s
         self.max_inflight = max_inflight
         self._inflight = 0  # retrievals running now (admission control; touched on the loop only)
+        self._observer: MemoryObserver = observer or NoObserver()
         self._now = now
 
     # -- before the upstream call ---------------------------------------------------------------------
@@ -239,7 +243,12 @@ class PlaintextChatMemory:
             await self._audit_injection(ctx, policy, user, ids, MemoryMode.PLAINTEXT)
             if self.local is not None:
                 self.local.count_hits(ctx.principal.tenant, ids)
-        return PreparedChat(body=injection.inject(body, chosen), mode=MemoryMode.PLAINTEXT, injected_ids=ids)
+        return PreparedChat(
+            body=injection.inject(body, chosen),
+            mode=MemoryMode.PLAINTEXT,
+            injected_ids=ids,
+            block_tokens=injection.block_tokens(chosen),
+        )
 
     async def _admitted_recall(
         self, ctx: ChatContext, user: str, query: str, policy: Policy
@@ -249,6 +258,7 @@ class PlaintextChatMemory:
         if self._inflight >= self.max_inflight:
             raise _Overloaded
         self._inflight += 1
+        started = time.perf_counter()
         try:
             return await asyncio.wait_for(
                 self._recall.recall(ctx.principal.tenant, user, query, policy, session=ctx.session),
@@ -258,6 +268,7 @@ class PlaintextChatMemory:
             raise _Overloaded from None
         finally:
             self._inflight -= 1
+            self._observer.recalled(ctx.principal.tenant, time.perf_counter() - started)
 
     def _overloaded(self, ctx: ChatContext, policy: Policy, body: dict[str, Any]) -> PreparedChat:
         if policy.memory.fail_mode == FailMode.CLOSED:

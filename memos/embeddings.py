@@ -20,6 +20,7 @@ import copy
 import logging
 import os
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from memos.logsafe import exception_summary
+from memos.observe import MemoryObserver, NoObserver
 
 log = logging.getLogger(__name__)
 
@@ -431,9 +433,11 @@ class MicroBatcher:
         cache_size: int = 2048,
         *,
         executor: concurrent.futures.Executor | None = None,
+        observer: MemoryObserver | None = None,
     ) -> None:
         self.sync = embedder
         self._executor = executor
+        self._observer: MemoryObserver = observer or NoObserver()
         self.name = embedder.name
         self._max_batch = max_batch
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
@@ -528,10 +532,14 @@ class MicroBatcher:
             self._flush_now()  # what queued up while the batch ran goes now
 
     async def _run(self, texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
         aembed = getattr(self.sync, "aembed", None)
         if aembed is not None:
-            return await aembed(texts)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.sync.embed, texts)
+            vectors = await aembed(texts)
+        else:
+            vectors = await asyncio.get_running_loop().run_in_executor(self._executor, self.sync.embed, texts)
+        self._observer.query_embedded(len(texts), time.perf_counter() - started)
+        return vectors
 
 
 class HashEmbedder:

@@ -147,6 +147,13 @@ def overhead_tokens() -> int:
     return estimate_tokens(HEADER) + 2 * estimate_tokens(f'<{FENCE_TAG} id="0000000000000000">') + 8
 
 
+def block_tokens(memories: Sequence[RenderedMemory]) -> int:
+    """The estimated tokens of the block `inject` renders for `memories` (0: no block)."""
+    if not memories:
+        return 0
+    return overhead_tokens() + sum(line_tokens(m) for m in memories)
+
+
 def fit_budget(ranked: Sequence[RenderedMemory], budget: int) -> list[RenderedMemory]:
     """The best-ranked memories whose rendered block fits `budget` tokens (rank order kept)."""
     remaining = budget - overhead_tokens()

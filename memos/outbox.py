@@ -31,6 +31,12 @@ from memos.keyring import Keyring
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class OutboxBacklog:
+    pending: int
+    oldest_age_s: float
+
+
 class OutboxRow(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
@@ -411,6 +417,14 @@ class Outbox:
             return int(result.rowcount or 0)
 
     # -- inspection and erasure -----------------------------------------------------------------------
+
+    def backlog(self) -> OutboxBacklog:
+        """Rows waiting to be written back (claimed ones included) and the age of the oldest."""
+        with self._db.session() as session:
+            count, oldest = session.execute(
+                select(func.count(), func.min(OutboxRow.created_at)).select_from(OutboxRow)
+            ).one()
+        return OutboxBacklog(int(count), max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 
     def pending(self, tenant: str | None = None) -> int:
         statement = select(func.count()).select_from(OutboxRow)

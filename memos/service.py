@@ -26,6 +26,7 @@ from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from memos.item import MemoryItem, Source, State
 from memos.logsafe import exception_summary
+from memos.observe import MemoryObserver
 from memos.pools import MemoryPools
 from memos.retrieval import Hit, RetrievalParams, Retriever
 from memos.vault import MemoryNotFound, MemVault, NewMemory, VersionNotFound
@@ -584,6 +585,7 @@ def build_memory_service(
     erasers: Sequence[UserDataEraser] = (),
     vector_cache_bytes: int = 512 * 1024 * 1024,
     row_cache_rows: int = 50_000,
+    observer: MemoryObserver | None = None,
 ) -> MemoryService:
     """The vault, its retriever and the micro-batched embedder behind one MemoryService (blocking).
 
@@ -601,7 +603,7 @@ def build_memory_service(
         background_lane(embedder),
         row_cache_rows=row_cache_rows,
     )
-    batcher = MicroBatcher(embedder, executor=pools.query_embedding)
+    batcher = MicroBatcher(embedder, executor=pools.query_embedding, observer=observer)
     retriever = Retriever(vault, executor=pools.recall)
     return MemoryService(vault, retriever, batcher, audit, erasers=erasers)
 

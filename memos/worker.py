@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import Policy
 from memos.logsafe import exception_summary
+from memos.observe import MemoryObserver, NoObserver
 from memos.operator import MemOperator, OperatorResult
 from memos.outbox import Ack, Outbox, OutboxRecord
 from memos.reader import Exchange, Fact, MemReader
@@ -81,11 +82,13 @@ class WriteBack:
         operator: MemOperator,
         policies: PolicySource,
         audit: AuditSink | None = None,
+        observer: MemoryObserver | None = None,
     ) -> None:
         self._reader = reader
         self._operator = operator
         self._policies = policies
         self._audit = audit
+        self._observer: MemoryObserver = observer or NoObserver()
 
     async def process(self, record: OutboxRecord) -> None:
         """One row (`process_group` of one); raises what made it fail."""
@@ -128,8 +131,19 @@ class WriteBack:
                 await asyncio.to_thread(self._audit_results, done)
             except Exception as exc:
                 # The writes stand; retried, they change nothing (and so are not audited twice).
+                self._observer.write_back_failed(records[0].tenant, type(exc).__name__)
                 return GroupOutcome(0, exc)
-        return GroupOutcome(len(done), error if len(done) < len(records) else None)
+        for record, _policy, result in done:
+            self._observer.written_back(
+                record.tenant,
+                added=len(result.added),
+                merged=len(result.merged),
+                superseded=len(result.superseded),
+            )
+        failed = error if len(done) < len(records) else None
+        if failed is not None:
+            self._observer.write_back_failed(records[len(done)].tenant, type(failed).__name__)
+        return GroupOutcome(len(done), failed)
 
     def _audit_results(self, done: list[tuple[OutboxRecord, Policy, OperatorResult]]) -> None:
         """The group's entries, in one transaction."""

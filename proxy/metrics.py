@@ -11,10 +11,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from memos.outbox import OutboxBacklog
     from memos.write_retry import RetrySnapshot
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 NO_TENANT = "-"
+_COUNT_BUCKETS = (0, 1, 2, 4, 8, 12, 16, 24, 32, 64)
+_TOKEN_BUCKETS = (0, 50, 100, 200, 400, 600, 800, 1200, 2000, 4000)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Metrics:
@@ -57,6 +61,64 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.memory_requests = Counter(
+            "memos_memory_requests",
+            "Chats by tenant and the memory mode that served them (x-memos-memory-mode).",
+            ["tenant", "mode"],
+            registry=self.registry,
+        )
+        self.memory_injected = Histogram(
+            "memos_memory_injected",
+            "Memories injected into one chat, by tenant (chats that asked to read memory).",
+            ["tenant"],
+            buckets=_COUNT_BUCKETS,
+            registry=self.registry,
+        )
+        self.memory_block_tokens = Histogram(
+            "memos_memory_block_tokens",
+            "Estimated tokens of the injected plaintext block, by tenant.",
+            ["tenant"],
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.recall_latency = Histogram(
+            "memos_recall_duration_seconds",
+            "Time a chat's retrieval took (query embedding, keyword and dense search, ranking), by tenant.",
+            ["tenant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.query_embedding_latency = Histogram(
+            "memos_query_embedding_duration_seconds",
+            "Time of one forward pass of query embeddings (one batch).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.query_embedding_batch = Histogram(
+            "memos_query_embedding_batch_size",
+            "Queries embedded together in one forward pass.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.written_memories = Counter(
+            "memos_writeback_memories",
+            "Memories written back from chats, by tenant and outcome (added, merged, superseded).",
+            ["tenant", "outcome"],
+            registry=self.registry,
+        )
+        self.written_exchanges = Counter(
+            "memos_writeback_exchanges",
+            "Exchanges written back, by tenant.",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.writeback_failures = Counter(
+            "memos_writeback_failures",
+            "Write-back attempts that failed and will be retried, by tenant and error class.",
+            ["tenant", "error"],
+            registry=self.registry,
+        )
+
     def observe_request(self, tenant: str, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(tenant, route, method, str(status)).inc()
         self.latency.labels(tenant, route).observe(seconds)
@@ -70,6 +132,35 @@ class Metrics:
     def skipped_memory(self, tenant: str, reason: str) -> None:
         self.memory_skipped.labels(tenant, reason).inc()
 
+    def observe_memory(self, tenant: str, mode: str, *, read: bool, injected: int, block_tokens: int) -> None:
+        """One chat's memory: the mode that served it and, when it asked to read, what was injected."""
+        self.memory_requests.labels(tenant, mode).inc()
+        if read:
+            self.memory_injected.labels(tenant).observe(injected)
+            self.memory_block_tokens.labels(tenant).observe(block_tokens)
+
+    # -- memos.observe.MemoryObserver -------------------------------------------------------------
+
+    def recalled(self, tenant: str, seconds: float) -> None:
+        self.recall_latency.labels(tenant).observe(seconds)
+
+    def query_embedded(self, batch: int, seconds: float) -> None:
+        self.query_embedding_latency.observe(seconds)
+        self.query_embedding_batch.observe(batch)
+
+    def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:
+        self.written_exchanges.labels(tenant).inc()
+        for outcome, n in (("added", added), ("merged", merged), ("superseded", superseded)):
+            if n:
+                self.written_memories.labels(tenant, outcome).inc(n)
+
+    def write_back_failed(self, tenant: str, error: str) -> None:
+        self.writeback_failures.labels(tenant, error).inc()
+
+    def watch_outbox(self, backlog: Callable[[], OutboxBacklog]) -> None:
+        """Export the outbox's backlog (rows waiting, oldest age), read at each scrape (a query)."""
+        self.registry.register(_OutboxCollector(backlog))
+
     def watch_write_retry(self, snapshot: Callable[[], RetrySnapshot]) -> None:
         """Export the write-back retry queue (memos.write_retry) and the storage's write health, read
         at each scrape."""
@@ -77,6 +168,27 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _OutboxCollector(Collector):
+    def __init__(self, backlog: Callable[[], OutboxBacklog]) -> None:
+        self._backlog = backlog
+
+    def describe(self) -> list[Metric]:
+        return []  # collected on demand only
+
+    def collect(self) -> Iterator[Metric]:
+        backlog = self._backlog()
+        yield GaugeMetricFamily(
+            "memos_outbox_pending",
+            "Acknowledged exchanges in the outbox, not yet written back (claimed ones included).",
+            value=backlog.pending,
+        )
+        yield GaugeMetricFamily(
+            "memos_outbox_oldest_age_seconds",
+            "How long the oldest exchange in the outbox has waited (0 when it is empty).",
+            value=backlog.oldest_age_s,
+        )
 
 
 class _WriteRetryCollector(Collector):

@@ -223,6 +223,7 @@ def build_services(
         embedder=embedder,
         pools=pools,
         row_cache_rows=settings.memory_row_cache_rows,
+        observer=services.metrics,
     )
     services.background.append(EmbedderWarmup(embedder))
     if isinstance(embedder, UpstreamEmbedder):  # started on the serving loop: bound to it, dimension probed
@@ -247,7 +248,9 @@ def build_services(
     memory.register_eraser(outbox, first=True)  # before the vault: rows in flight are marked erased
     worker = OutboxWorker(
         outbox,
-        process_group=WriteBack(reader, operator, live_policies, core.audit).process_group,
+        process_group=WriteBack(
+            reader, operator, live_policies, core.audit, observer=services.metrics
+        ).process_group,
         poll_interval_s=settings.worker_poll_interval_s,
         batch_window_s=settings.worker_batch_window_ms / 1000,
         recover_claims=core.db.is_sqlite,  # SQLite: one worker per data dir; what is claimed is dead
@@ -282,7 +285,9 @@ def build_services(
         write_retry=write_retry,
         recall_timeout_s=settings.memory_recall_timeout_ms / 1000,
         max_inflight=settings.memory_max_inflight,
+        observer=services.metrics,
     )
+    services.metrics.watch_outbox(outbox.backlog)
     if settings.worker_enabled or role == "worker":
         services.background.append(worker)
     # -- local runtime and MemScheduler: `local/<name>` models (nothing loaded until first used),

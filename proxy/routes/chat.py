@@ -149,6 +149,13 @@ async def chat_completions(request: Request) -> Response:
     if prepared.reason is not None:
         memo_headers["x-memos-memory-reason"] = prepared.reason.value
         services.metrics.skipped_memory(principal.tenant, prepared.reason.value)
+    services.metrics.observe_memory(
+        principal.tenant,
+        prepared.mode.value,
+        read=ctx.switch in (MemorySwitch.ON, MemorySwitch.READ),
+        injected=prepared.injected_count,
+        block_tokens=prepared.block_tokens,
+    )
     relay = _Relay(services, request, ctx, prepared, asked, memo_headers)
     if chat.stream:
         return await relay.stream(upstream, call)

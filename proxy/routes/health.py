@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -58,4 +59,6 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
-    return Response(services.metrics.render(), media_type=services.metrics.content_type)
+    # In a worker thread: collecting reads the outbox's backlog from the database.
+    body = await anyio.to_thread.run_sync(services.metrics.render)
+    return Response(body, media_type=services.metrics.content_type)

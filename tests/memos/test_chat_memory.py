@@ -401,3 +401,47 @@ async def test_a_group_stops_at_a_row_that_fails_and_keeps_what_came_before(stac
     assert [i.text for i in items] == ["I keep bees in my garden."]
     entries, _ = stack.audit.list("acme", 50, None)
     assert [e.request_id for e in entries if e.action == "memory.write"] == ["req-1"]
+
+
+class SeenWriteBack:
+    """A MemoryObserver that keeps what the write-back reported."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[str, int, int, int]] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def recalled(self, tenant: str, seconds: float) -> None: ...
+
+    def query_embedded(self, batch: int, seconds: float) -> None: ...
+
+    def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:
+        self.written.append((tenant, added, merged, superseded))
+
+    def write_back_failed(self, tenant: str, error: str) -> None:
+        self.failed.append((tenant, error))
+
+
+async def test_write_back_reports_what_it_wrote_and_what_failed(stack: Stack, tmp_path: Path) -> None:
+    from memos.db import Database
+    from memos.vault import MemVault
+    from memos.vectors import VectorIndex
+
+    seen = SeenWriteBack()
+    operator = MemOperator(stack.env.vault)
+    writeback = WriteBack(MemReader(), operator, stack.policies, stack.audit, observer=seen)
+    await stack.chat("alice", "I live in Lyon and my dog is called Rex.")
+    await stack.chat("alice", "I live in Lyon and my dog is called Rex.")  # the same again: nothing new
+    records = stack.outbox.claim()
+    assert (await writeback.process_group(records)).error is None
+    assert [(t, a > 0) for t, a, _, _ in seen.written] == [("acme", True), ("acme", False)]
+    assert seen.failed == []
+
+    # The vault's database is gone: the exchange fails, is reported, and stays for a retry.
+    unreachable = Database("sqlite:////nonexistent-dir/x/memos.db")
+    broken = MemVault(unreachable, stack.env.keyring, VectorIndex(str(tmp_path / "v")), stack.env.embedder)
+    failing = WriteBack(MemReader(), MemOperator(broken), stack.policies, stack.audit, observer=seen)
+    await stack.chat("bob", "I play the cello.")
+    outcome = await failing.process_group(stack.outbox.claim())
+    assert outcome.error is not None and outcome.done == 0
+    assert seen.failed == [("acme", type(outcome.error).__name__)]
+    unreachable.dispose()

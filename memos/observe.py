@@ -1,0 +1,37 @@
+"""What memory tells the outside about its work as it happens (the proxy exports it as metrics).
+
+memos/ never imports the proxy: the composition root passes an observer in; the default observes
+nothing. Calls are cheap and never block (counters and histograms in memory); no text passes here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class MemoryObserver(Protocol):
+    def recalled(self, tenant: str, seconds: float) -> None:
+        """A chat's retrieval finished (or was given up on) after `seconds`."""
+
+    def query_embedded(self, batch: int, seconds: float) -> None:
+        """One forward pass embedded `batch` queries in `seconds`."""
+
+    def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:
+        """One exchange was written back: memories added, merged into existing ones, superseded."""
+
+    def write_back_failed(self, tenant: str, error: str) -> None:
+        """Writing an exchange back failed (`error`: the exception's class name); it will be retried."""
+
+
+class NoObserver:
+    def recalled(self, tenant: str, seconds: float) -> None:
+        return None
+
+    def query_embedded(self, batch: int, seconds: float) -> None:
+        return None
+
+    def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:
+        return None
+
+    def write_back_failed(self, tenant: str, error: str) -> None:
+        return None
