@@ -9,6 +9,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -31,6 +32,16 @@ def routes() -> list[BaseRoute]:
         *audit.routes(),
         *passthrough.routes(),
     ]
+
+
+# Response headers a browser app may read (the rest stay hidden by CORS).
+EXPOSED_HEADERS = (
+    "x-request-id",
+    "x-memos-memory-mode",
+    "x-memos-memories",
+    "x-memos-memory-reason",
+    "retry-after",
+)
 
 
 def create_app(settings: Settings, *, configure: Callable[[Services], None] | None = None) -> Starlette:
@@ -77,9 +88,24 @@ def create_app(settings: Settings, *, configure: Callable[[Services], None] | No
             )
         )
 
+    middleware = [Middleware(ProxyMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)]
+    if settings.cors_origins:
+        # Outermost: a preflight is answered before authentication (browsers send it without a key).
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["*"],  # Authorization, X-Memos-*, and what SDKs add (x-stainless-*)
+                expose_headers=list(EXPOSED_HEADERS),
+                allow_credentials=False,
+                max_age=600,
+            ),
+        )
     return Starlette(
         routes=routes(),
-        middleware=[Middleware(ProxyMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)],
+        middleware=middleware,
         exception_handlers={ApiError: api_error, HTTPException: http_error},
         lifespan=lifespan,
     )

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
+    # Browser origins allowed to call the proxy (CORS), e.g. ["https://app.example"] or ["*"]; empty:
+    # CORS off (no preflight answered, as before). Keys travel as Bearer headers, never cookies.
+    cors_origins: list[str] = Field(default_factory=list)
     log_level: str = "info"
     access_log: bool = False  # uvicorn's access log (method, path, status; never bodies)
     # How long a resolved API key is trusted without asking the database again. A key revoked by
