@@ -77,17 +77,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def memories_of(client: httpx.Client, user: str) -> int:
-    count, cursor = 0, None
+def all_pages(client: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:
+    """Every item of a cursor-paged list (GET /v1/memories, GET /v1/audit)."""
+    items: list[dict[str, Any]] = []
+    cursor = None
     while True:
-        params: dict[str, Any] = {"user": user, "limit": 1000}
-        if cursor:
-            params["cursor"] = cursor
-        page = client.get("/v1/memories", params=params).json()
-        count += len(page["data"])
-        cursor = page.get("next_cursor")
+        page = client.get(path, params={**params, "limit": 1000, **({"cursor": cursor} if cursor else {})})
+        page.raise_for_status()
+        body = page.json()
+        items.extend(body["data"])
+        cursor = body.get("next_cursor")
         if not cursor:
-            return count
+            return items
+
+
+def memories_of(client: httpx.Client, user: str) -> int:
+    return len(all_pages(client, "/v1/memories", user=user))
 
 
 def findable(client: httpx.Client, user: str, text: str) -> bool:
@@ -158,16 +163,7 @@ def wrong_keys(port: int, app: str, admin: str, guesses: int) -> dict[str, Any]:
     api = httpx.Client(base_url=base, headers={"authorization": f"Bearer {admin}"}, timeout=60)
 
     def audit_entries() -> int:
-        count, cursor = 0, None
-        while True:
-            params: dict[str, Any] = {"limit": 1000}
-            if cursor:
-                params["cursor"] = cursor
-            page = api.get("/v1/audit", params=params).json()
-            count += len(page["data"])
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return count
+        return len(all_pages(api, "/v1/audit"))
 
     before = audit_entries()
     key_id = app.split("-")[1]

@@ -14,7 +14,6 @@ import itertools
 from collections.abc import Iterator
 from datetime import date
 
-import httpx
 import numpy as np
 import openai
 import pytest
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 
 from memos.operator import MemOperator
 from memos.outbox import Outbox
-from tests.support.memory import search, until
+from tests.support.memory import listed, search, until
 from tests.support.proxy import RunningProxy, proxy_stack
 from tests.support.upstream import FakeUpstream
 
@@ -76,17 +75,6 @@ def tell(client: openai.OpenAI, user: str, facts: list[str]) -> None:
 def written_back(outbox: Outbox) -> None:
     """Wait until every acknowledged exchange has been written back (the outbox holds no row)."""
     until(lambda: outbox.pending() == 0, "the outbox drained")
-
-
-def listed(running: RunningProxy, key: str, user: str) -> list[dict]:
-    reply = httpx.get(
-        f"{running.base_url}/memories",
-        params={"user": user, "limit": 1000},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    return reply.json()["data"]
 
 
 def assert_all_findable(running: RunningProxy, key: str, user: str, facts: list[str]) -> None:

@@ -16,7 +16,7 @@ import orjson
 
 from memos.outbox import Outbox
 from memos.reader import MAX_EXCHANGE_TURNS, MAX_FACTS_PER_EXCHANGE
-from tests.support.memory import remembered, until
+from tests.support.memory import listed, remembered, until
 from tests.support.proxy import RunningProxy, proxy_settings, run_proxy
 from tests.support.upstream import FakeUpstream
 
@@ -41,14 +41,7 @@ def huge_chat() -> list[dict]:
 
 
 def memories(running: RunningProxy, key: str, user: str) -> list[str]:
-    reply = httpx.get(
-        f"{running.base_url}/memories",
-        params={"user": user, "limit": 1000},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    return [item["memory"] for item in reply.json()["data"]]
+    return [item["memory"] for item in listed(running, key, user)]
 
 
 def pending(running: RunningProxy, tenant: str) -> int:

@@ -23,6 +23,18 @@ def search_hits(running: RunningProxy | ProxyProcess, key: str, user: str, query
     return reply.json()["data"]
 
 
+def listed(running: RunningProxy | ProxyProcess, key: str, user: str) -> list[dict]:
+    """The user's memories (the first 1,000, newest first), as GET /v1/memories answers them."""
+    reply = httpx.get(
+        f"{running.base_url}/memories",
+        params={"user": user, "limit": 1000},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()["data"]
+
+
 def search(running: RunningProxy | ProxyProcess, key: str, user: str, query: str) -> list[str]:
     return [hit["memory"] for hit in search_hits(running, key, user, query)]
 
