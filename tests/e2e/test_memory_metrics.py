@@ -8,7 +8,7 @@ import httpx
 import openai
 
 from memos.outbox import Outbox
-from tests.support.memory import until
+from tests.support.memory import add_memories, until
 from tests.support.upstream import FakeUpstream
 
 MODEL = "gpt-4o-mini"
@@ -28,11 +28,7 @@ def test_memory_work_shows_in_metrics(proxy, upstream: FakeUpstream) -> None:
     running = proxy(embedding_model="hash", worker_poll_interval_s=0.02)
     key = running.create_key("acme")
     outbox = Outbox(running.services.core.db, running.services.core.keyring)
-    httpx.post(
-        f"{running.base_url}/memories",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"user": "ola", "memories": ["Ola likes jasmine tea."], "infer": False},
-    ).raise_for_status()
+    add_memories(running, key, "ola", ["Ola likes jasmine tea."])
 
     with openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0) as client:
         client.chat.completions.create(

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.memory import add_memories
 from tests.support.upstream import FakeUpstream
 
 MODEL = "gpt-4o-mini"
@@ -36,12 +37,7 @@ def test_overloaded_memory_is_answered_without_it_and_says_why(
     (policies / "strict.yaml").write_text("memory:\n  fail_mode: closed\n")
     running = proxy(embedding_model="hash", memory_max_inflight=0, policy_dir=policies, key_cache_ttl_s=0)
     key, strict = running.create_key("acme"), running.create_key("strict")
-    added = httpx.post(
-        f"{running.base_url}/memories",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"user": "ola", "memories": ["Ola likes jasmine tea."], "infer": False},
-    )
-    assert added.status_code == 200, added.text
+    add_memories(running, key, "ola", ["Ola likes jasmine tea."])
 
     with openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK, user="ola")
@@ -63,11 +59,7 @@ def test_overloaded_memory_is_answered_without_it_and_says_why(
 def test_memory_that_keeps_up_carries_no_reason(proxy, upstream: FakeUpstream) -> None:
     running = proxy(embedding_model="hash")
     key = running.create_key("acme")
-    httpx.post(
-        f"{running.base_url}/memories",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"user": "ola", "memories": ["Ola likes jasmine tea."], "infer": False},
-    ).raise_for_status()
+    add_memories(running, key, "ola", ["Ola likes jasmine tea."])
     with openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK, user="ola")
     assert "x-memos-memory-reason" not in raw.headers

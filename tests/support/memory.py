@@ -23,6 +23,17 @@ def search_hits(running: RunningProxy | ProxyProcess, key: str, user: str, query
     return reply.json()["data"]
 
 
+def add_memories(running: RunningProxy | ProxyProcess, key: str, user: str, texts: list[str]) -> None:
+    """Store `texts` as the user's memories, verbatim (POST /v1/memories, infer: false)."""
+    reply = httpx.post(
+        f"{running.base_url}/memories",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"user": user, "memories": texts, "infer": False},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+
+
 def listed(running: RunningProxy | ProxyProcess, key: str, user: str) -> list[dict]:
     """The user's memories (the first 1,000, newest first), as GET /v1/memories answers them."""
     reply = httpx.get(
