@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from memos.chat import ChatMemory, NoChatMemory
 from memos.crypto import MasterKey
@@ -32,6 +33,9 @@ from proxy.settings import Settings
 from proxy.upstream.http import HttpUpstream
 from proxy.upstream.litellm_adapter import LiteLLMUpstream
 from proxy.upstream.router import UpstreamRouter
+
+if TYPE_CHECKING:
+    from memos.outbox import OutboxBacklog
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,10 @@ class Services:
     chat_memory: ChatMemory = field(default_factory=NoChatMemory)
     scheduler: Any = None  # memos.scheduler.MemScheduler (memory modes, tier lifecycle)
     write_retry: Any = None  # memos.write_retry.WriteRetryQueue (exchanges waiting for storage)
+    # For /readyz: the outbox's backlog, and whether this process's write-back worker runs (None: this
+    # process runs none; a `memos-proxy worker` elsewhere drains the outbox).
+    outbox_backlog: Callable[[], OutboxBacklog] | None = None
+    worker_running: Callable[[], bool] | None = None
     auth_limits: AuthLimiter = field(default_factory=AuthLimiter)  # failed-auth back-off
     auth_audit: AuthFailureAudit | None = None
     # Started in order with the app, stopped in reverse; start()/stop() may be sync or async.
@@ -288,8 +296,10 @@ def build_services(
         observer=services.metrics,
     )
     services.metrics.watch_outbox(outbox.backlog)
+    services.outbox_backlog = outbox.backlog
     if settings.worker_enabled or role == "worker":
         services.background.append(worker)
+        services.worker_running = lambda: worker.running
     # -- local runtime and MemScheduler: `local/<name>` models (nothing loaded until first used),
     #    activation/parametric memory chosen per request by the scheduler, its background pass, and
     #    the erasure of a user's KV caches and adapters.

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # that finds the queue full is lost, counted and logged (memos/write_retry.py).
     write_retry_capacity: int = Field(default=10_000, ge=1)
     write_retry_capacity_mb: int = Field(default=256, ge=1)
+    # /readyz turns red when the oldest exchange in the outbox has waited longer than this (write-back
+    # stalled: no worker, or one that cannot keep up).
+    ready_outbox_max_age_s: float = Field(default=300.0, ge=0.0)
 
     @field_validator("local_models", mode="before")
     @classmethod

@@ -2,8 +2,10 @@
 
 /healthz answers 200 while the process serves. /readyz answers 503 while this process's writes fail
 on storage (full disk, lost database: `Database.health`, turned ok again by the next write that
-commits, or the retry queue's probe) and while acknowledged exchanges are being lost because the
-write-back retry queue is full; else 200. Both bodies hold counts and states only.
+commits, or the retry queue's probe), while acknowledged exchanges are being lost because the
+write-back retry queue is full, while this process's write-back worker is not running, and while the
+outbox's oldest exchange has waited over MEMOS_READY_OUTBOX_MAX_AGE_S (write-back stalled); else 200.
+Both bodies hold counts and states only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -53,6 +56,24 @@ async def readyz(request: Request) -> Response:
             "losing": losing,
         }
         ready = ready and not losing
+    if services.worker_running is not None:
+        running = services.worker_running()
+        body["worker"] = "running" if running else "stopped"
+        ready = ready and running
+    if services.outbox_backlog is not None:
+        try:
+            backlog = await anyio.to_thread.run_sync(services.outbox_backlog)
+        except SQLAlchemyError:
+            body["outbox"] = {"readable": False}
+            ready = False
+        else:
+            stalled = backlog.oldest_age_s > services.settings.ready_outbox_max_age_s
+            body["outbox"] = {
+                "pending": backlog.pending,
+                "oldest_age_s": round(backlog.oldest_age_s, 3),
+                "stalled": stalled,
+            }
+            ready = ready and not stalled
     body["status"] = "ready" if ready else "not_ready"
     return json_response(body, 200 if ready else 503)
 

@@ -964,6 +964,32 @@ def openapi_document() -> dict[str, Any]:
                 continue
             op["parameters"] = [*op.get("parameters", []), *extra.get(op["operationId"], [])]
             op["tags"] = ["memories"]
+    status_body = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+    paths["/healthz"] = {
+        "get": {
+            "operationId": "healthz",
+            "summary": "Liveness: 200 while the process serves.",
+            "security": [],
+            "tags": ["health"],
+            "responses": {"200": _ok(status_body, "Serving.")},
+        }
+    }
+    paths["/readyz"] = {
+        "get": {
+            "operationId": "readyz",
+            "summary": "Readiness: storage takes writes, no acknowledged exchange is being lost, the "
+            "write-back worker runs (where this process has one) and the outbox is not stalled.",
+            "security": [],
+            "tags": ["health"],
+            "responses": {
+                "200": _ok(status_body, "Ready."),
+                "503": _ok(
+                    status_body,
+                    "Not ready; the body says which part (storage, write_retry, worker, outbox).",
+                ),
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {
