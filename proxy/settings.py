@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # /readyz turns red when the oldest exchange in the outbox has waited longer than this (write-back
     # stalled: no worker, or one that cannot keep up).
     ready_outbox_max_age_s: float = Field(default=300.0, ge=0.0)
+    # When set, GET /metrics needs `Authorization: Bearer <this token>` (Prometheus' bearer_token).
+    metrics_token: SecretStr | None = None
 
     @field_validator("local_models", mode="before")
     @classmethod

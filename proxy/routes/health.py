@@ -10,6 +10,7 @@ Both bodies hold counts and states only.
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.errors import json_response
+from proxy.errors import json_response, unauthorized
 from proxy.services import Services
 
 
@@ -80,6 +81,12 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
+    token = services.settings.metrics_token
+    if token is not None:
+        presented = request.headers.get("authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(presented.encode(), expected.encode()):
+            raise unauthorized("GET /metrics needs the scrape token: Authorization: Bearer <token>.")
     # In a worker thread: collecting reads the outbox's backlog from the database.
     body = await anyio.to_thread.run_sync(services.metrics.render)
     return Response(body, media_type=services.metrics.content_type)

@@ -1,0 +1,21 @@
+"""MEMOS_METRICS_TOKEN: /metrics answers only a scraper that presents the token; unset, it is open."""
+
+from __future__ import annotations
+
+import httpx
+
+
+def test_metrics_behind_a_scrape_token(proxy) -> None:
+    running = proxy(embedding_model="hash", metrics_token="scrape-secret")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-secret"}):
+        refused = httpx.get(f"{running.url}/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+        assert "memos_" not in refused.text
+    scraped = httpx.get(f"{running.url}/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert scraped.status_code == 200 and "memos_outbox_pending" in scraped.text
+    assert httpx.get(f"{running.url}/healthz").status_code == 200  # probes stay open
+
+
+def test_metrics_open_without_a_token(proxy) -> None:
+    running = proxy(embedding_model="hash")
+    assert httpx.get(f"{running.url}/metrics").status_code == 200
