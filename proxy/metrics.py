@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from memos.outbox import OutboxBacklog
@@ -178,7 +179,16 @@ class _OutboxCollector(Collector):
         return []  # collected on demand only
 
     def collect(self) -> Iterator[Metric]:
-        backlog = self._backlog()
+        try:
+            backlog = self._backlog()
+        except SQLAlchemyError:  # the database is unreachable: say so, and keep the other metrics
+            yield GaugeMetricFamily(
+                "memos_outbox_readable", "1 when the outbox's backlog could be read, else 0.", value=0
+            )
+            return
+        yield GaugeMetricFamily(
+            "memos_outbox_readable", "1 when the outbox's backlog could be read, else 0.", value=1
+        )
         yield GaugeMetricFamily(
             "memos_outbox_pending",
             "Acknowledged exchanges in the outbox, not yet written back (claimed ones included).",

@@ -1,4 +1,5 @@
-"""MEMOS_METRICS_TOKEN: /metrics answers only a scraper that presents the token; unset, it is open."""
+"""MEMOS_METRICS_TOKEN: /metrics answers only a scraper that presents the token; unset, it is open.
+A database that cannot be read leaves the scrape working, saying so."""
 
 from __future__ import annotations
 
@@ -19,3 +20,18 @@ def test_metrics_behind_a_scrape_token(proxy) -> None:
 def test_metrics_open_without_a_token(proxy) -> None:
     running = proxy(embedding_model="hash")
     assert httpx.get(f"{running.url}/metrics").status_code == 200
+
+
+def test_an_unreadable_outbox_is_reported_and_the_rest_still_scraped(tmp_path) -> None:
+    from memos.db import Database
+    from memos.outbox import Outbox
+    from proxy.metrics import Metrics
+
+    gone = Database(f"sqlite:///{tmp_path / 'memos.db'}")  # no tables: every query fails
+    metrics = Metrics()
+    metrics.watch_outbox(Outbox(gone, keyring=None).backlog)  # type: ignore[arg-type]
+    metrics.skipped_memory("acme", "overloaded")
+    text = metrics.render().decode()
+    assert "memos_outbox_readable 0.0" in text and "memos_outbox_pending" not in text
+    assert 'memos_memory_skipped_total{reason="overloaded",tenant="acme"} 1.0' in text
+    gone.dispose()
