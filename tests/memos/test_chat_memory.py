@@ -437,7 +437,7 @@ async def test_write_back_reports_what_it_wrote_and_what_failed(stack: Stack, tm
     assert seen.failed == []
 
     # The vault's database is gone: the exchange fails, is reported, and stays for a retry.
-    unreachable = Database("sqlite:////nonexistent-dir/x/memos.db")
+    unreachable = Database(f"sqlite:///{tmp_path / 'gone.db'}")  # no tables: every write fails
     broken = MemVault(unreachable, stack.env.keyring, VectorIndex(str(tmp_path / "v")), stack.env.embedder)
     failing = WriteBack(MemReader(), MemOperator(broken), stack.policies, stack.audit, observer=seen)
     await stack.chat("bob", "I play the cello.")
