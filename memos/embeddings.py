@@ -467,7 +467,7 @@ class MicroBatcher:
             self._flush_now()
         elif self._flusher is None and not self._inflight:
             # Idle: go at the end of this tick. Busy: the running batch's end sends what waits.
-            self._flusher = loop.create_task(self._flush_later(0.0))
+            self._flusher = loop.create_task(self._flush_at_end_of_tick())
         vector = await future
         self._remember(text, vector)
         return vector
@@ -489,9 +489,9 @@ class MicroBatcher:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _flush_later(self, delay: float) -> None:
+    async def _flush_at_end_of_tick(self) -> None:
         try:
-            await asyncio.sleep(delay)  # 0: just let the rest of this tick's requests join
+            await asyncio.sleep(0)  # let the rest of this tick's requests join
             if self._inflight:
                 return  # a batch started meanwhile (a full one): its end sends what waits
         finally:
