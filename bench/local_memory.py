@@ -37,8 +37,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from memos import injection  # noqa: E402
 from memos.local.synthetic import QWEN2_0_5B, TINY, ModelShape  # noqa: E402
+from memos.recall import injection  # noqa: E402
 
 CONVERSATION = [{"role": "user", "content": "What should I cook tonight, given what you know about me?"}]
 FACTS = [
@@ -63,7 +63,8 @@ def sync(device: str) -> None:
 
 
 def memory_block(tokenizer: Any, target_tokens: int) -> tuple[str, int]:
-    """A rendered memory block (memos.injection) of about `target_tokens` tokens, as the scheduler makes."""
+    """A rendered memory block (memos.recall.injection) of about `target_tokens` tokens, as the scheduler
+    makes."""
     from datetime import UTC, datetime, timedelta
 
     from memos.local.runtime import block_ids
@@ -104,13 +105,13 @@ def run(
 ) -> dict[str, Any]:
     import torch
 
-    from memos.crypto import MasterKey
-    from memos.db import Database
-    from memos.keyring import Keyring
+    from memos.keys.crypto import MasterKey
+    from memos.keys.keyring import Keyring
     from memos.local.kvcache import KVCacheStore, KVKey, prefill
     from memos.local.lora import AdapterStore, LoraTraining, select_adapter, train_adapter
     from memos.local.runtime import LocalRuntime, SamplingParams, build_prompt
     from memos.local.synthetic import random_loaded_model
+    from memos.storage.db import Database
 
     load_before = os.getloadavg()
     started = time.perf_counter()

@@ -1,10 +1,10 @@
-"""LoCoMo ablations of the ranking, offline: what each part of memos/ranking.py is worth.
+"""LoCoMo ablations of the ranking, offline: what each part of memos/recall/ranking.py is worth.
 
     .venv/bin/python bench/locomo_ablation.py [--data ../shared/data/locomo-dev]
 
 The same data, memory texts and budgeted metric as bench/locomo.py, without the proxy: every turn of a
-conversation is a candidate with its BM25 (memos.keyword.tokenize, the blind index's tokenizer) and
-its all-MiniLM-L6-v2 cosine, ranked by memos.ranking.rank with one part changed at a time. A quick
+conversation is a candidate with its BM25 (memos.storage.keyword.tokenize, the blind index's tokenizer) and
+its all-MiniLM-L6-v2 cosine, ranked by memos.recall.ranking.rank with one part changed at a time. A quick
 check that a change to the ranking helps for the right reason, and that its optimum is flat (each
 weight halved and doubled). Embeddings are cached under the system's temp directory. Prints a table;
 writes bench/results/locomo_ablation.json.
@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from locomo import CATEGORIES, DEFAULT_DATA, budget_recall, load_conversation, turn_text  # noqa: E402
 
-from memos.keyword import tokenize  # noqa: E402
-from memos.ranking import Candidate, RankParams, rank  # noqa: E402
-from memos.temporal import periods  # noqa: E402
+from memos.recall.ranking import Candidate, RankParams, rank  # noqa: E402
+from memos.recall.temporal import periods  # noqa: E402
+from memos.storage.keyword import tokenize  # noqa: E402
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -56,7 +56,8 @@ def embed_all(texts: list[str], cache: Path) -> np.ndarray:
 
 
 class Bm25:
-    """BM25 over one conversation's turns, as memos.keyword.Bm25 scores it in SQL (same k1, b, idf)."""
+    """BM25 over one conversation's turns, as memos.storage.keyword.Bm25 scores it in SQL
+    (same k1, b, idf)."""
 
     def __init__(self, docs: list[list[str]], k1: float = 1.2, b: float = 0.75) -> None:
         self.n = len(docs)

@@ -42,14 +42,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from memos.crypto import MasterKey  # noqa: E402
-from memos.db import Database  # noqa: E402
 from memos.embeddings import HashEmbedder, MiniLMEmbedder, normalise  # noqa: E402
 from memos.item import Source  # noqa: E402
-from memos.keyring import Keyring  # noqa: E402
-from memos.retrieval import RetrievalParams, Retriever  # noqa: E402
-from memos.vault import MemVault, NewMemory  # noqa: E402
-from memos.vectors import VectorIndex  # noqa: E402
+from memos.keys.crypto import MasterKey  # noqa: E402
+from memos.keys.keyring import Keyring  # noqa: E402
+from memos.recall.retrieval import RetrievalParams, Retriever  # noqa: E402
+from memos.storage.db import Database  # noqa: E402
+from memos.storage.vault import MemVault, NewMemory  # noqa: E402
+from memos.storage.vectors import VectorIndex  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "scale.json"
 TENANT, USER = "bench", "bench-user"
@@ -123,7 +123,7 @@ def main() -> None:
 
     tmp = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-scale-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    db_url = args.database_url or f"sqlite:///{tmp / 'memos.db'}"
+    db_url = args.database_url or f"sqlite:///{tmp / 'memos.storage.db'}"
     db = Database(db_url)
     db.create_all()
     keyring = Keyring(db, MasterKey.generate())

@@ -72,7 +72,7 @@ def too_large(limit: int) -> ApiError:
 def storage_error(exc: BaseException) -> ApiError | None:
     """A failure of the storage as the client sees it (None when `exc` is something else): a full
     disk answers 507, an unreachable database 503, both at once and saying what to do."""
-    from memos.db import StorageFull, storage_failure
+    from memos.storage.db import StorageFull, storage_failure
 
     failure = storage_failure(exc)
     if failure is None:

@@ -12,8 +12,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from memos.outbox import OutboxBacklog
-    from memos.write_retry import RetrySnapshot
+    from memos.writeback.outbox import OutboxBacklog
+    from memos.writeback.write_retry import RetrySnapshot
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 NO_TENANT = "-"
@@ -163,7 +163,8 @@ class Metrics:
         self.registry.register(_OutboxCollector(backlog))
 
     def watch_write_retry(self, snapshot: Callable[[], RetrySnapshot]) -> None:
-        """Export the write-back retry queue (memos.write_retry) and the storage's write health, read
+        """Export the write-back retry queue (memos.writeback.write_retry) and the storage's write health,
+        read
         at each scrape."""
         self.registry.register(_WriteRetryCollector(snapshot))
 

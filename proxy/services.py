@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from memos.chat import ChatMemory, NoChatMemory
-from memos.crypto import MasterKey
-from memos.db import Database
+from memos.chat.contract import ChatMemory, NoChatMemory
 from memos.governance.apikeys import ApiKeyStore
 from memos.governance.audit import AuditLog
 from memos.governance.masterkeys import MasterKeySource, MasterKeyWatcher
 from memos.governance.masterkeys import connect as connect_master_keys
 from memos.governance.policy import Policy
 from memos.governance.policy_store import PolicyStore
-from memos.keyring import Keyring
+from memos.keys.crypto import MasterKey
+from memos.keys.keyring import Keyring
 from memos.logsafe import exception_summary
+from memos.storage.db import Database
 from proxy.auth import AuthFailureAudit, KeyResolver
 from proxy.auth_limits import AuthLimiter
 from proxy.metrics import Metrics
@@ -35,7 +35,7 @@ from proxy.upstream.litellm_adapter import LiteLLMUpstream
 from proxy.upstream.router import UpstreamRouter
 
 if TYPE_CHECKING:
-    from memos.outbox import OutboxBacklog
+    from memos.writeback.outbox import OutboxBacklog
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ class Services:
     policies: PolicyProvider
     upstreams: UpstreamRouter
     metrics: Metrics
-    memory: Any = None  # memos.service.MemoryService (memory API); None until wired
+    memory: Any = None  # memos.memories.MemoryService (memory API); None until wired
     chat_memory: ChatMemory = field(default_factory=NoChatMemory)
-    scheduler: Any = None  # memos.scheduler.MemScheduler (memory modes, tier lifecycle)
-    write_retry: Any = None  # memos.write_retry.WriteRetryQueue (exchanges waiting for storage)
+    scheduler: Any = None  # memos.local.scheduler.MemScheduler (memory modes, tier lifecycle)
+    write_retry: Any = None  # memos.writeback.write_retry.WriteRetryQueue (exchanges waiting for storage)
     # For /readyz: the outbox's backlog, and whether this process's write-back worker runs (None: this
     # process runs none; a `memos-proxy worker` elsewhere drains the outbox).
     outbox_backlog: Callable[[], OutboxBacklog] | None = None
@@ -211,7 +211,7 @@ def build_services(
     # -- memory: the vault, retrieval and the memory API (services.memory.vault / .retriever /
     #    .embedder, a MicroBatcher whose .sync is the blocking embedder)
     from memos.embeddings import UpstreamEmbedder, build_embedder
-    from memos.service import EmbedderWarmup, build_memory_service
+    from memos.memories import EmbedderWarmup, build_memory_service
     from proxy.upstream.completer import default_target
     from proxy.upstream.embeddings import UpstreamEmbeddings
 
@@ -238,11 +238,11 @@ def build_services(
         services.background.append(embedder)
     # -- write-back and injection: the outbox, its worker (reader -> operator -> vault), the chat
     #    memory around every chat call; the memory API's `infer: true` shares the reader and operator.
-    from memos.chat_memory import PlaintextChatMemory, RetrieverRecall
-    from memos.operator import MemOperator
-    from memos.outbox import Outbox
-    from memos.reader import MemReader
-    from memos.worker import OutboxWorker, WriteBack
+    from memos.chat.memory import PlaintextChatMemory, RetrieverRecall
+    from memos.writeback.operator import MemOperator
+    from memos.writeback.outbox import Outbox
+    from memos.writeback.reader import MemReader
+    from memos.writeback.worker import OutboxWorker, WriteBack
     from proxy.upstream.completer import UpstreamCompleter
 
     memory = services.memory
@@ -266,7 +266,7 @@ def build_services(
     )
     # Fail-open exchanges whose outbox commit failed wait in memory and are committed when storage
     # takes writes again (before the outbox's eraser: erasure forgets them too).
-    from memos.write_retry import WriteRetryQueue
+    from memos.writeback.write_retry import WriteRetryQueue
 
     write_retry = WriteRetryQueue(
         outbox,

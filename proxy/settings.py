@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # Embeddings: "minilm" (the bundled all-MiniLM-L6-v2) or "upstream:<model>".
     embedding_model: str = "minilm"
 
-    # Injection under load (memos/pools.py, memos/chat_memory.py): threads for the blocking phases of a
+    # Injection under load (memos/pools.py, memos/chat/memory.py): threads for the blocking phases of a
     # search; at most `memory_max_inflight` chats retrieve at once, and a chat whose retrieval has not
     # finished `memory_recall_timeout_ms` after it began is answered without memory, saying so
     # (x-memos-memory-reason: overloaded), rather than queueing for seconds. A limit of 0 sheds every
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     memory_recall_threads: int = Field(default=4, ge=1, le=64)
     memory_max_inflight: int = Field(default=256, ge=0)
     memory_recall_timeout_ms: float = Field(default=2000.0, gt=0.0)
-    # Decoded search candidates kept in memory, across owners (memos/row_cache.py); 0: none.
+    # Decoded search candidates kept in memory, across owners (memos/storage/row_cache.py); 0: none.
     memory_row_cache_rows: int = Field(default=50_000, ge=0)
 
     # name -> local Hugging Face model directory, served as model "local/<name>".
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
 
     # Chats of fail-open tenants whose outbox commit failed (full disk, lost database) wait in memory,
     # at most this many (and this many MiB of payload), until storage takes writes again; an exchange
-    # that finds the queue full is lost, counted and logged (memos/write_retry.py).
+    # that finds the queue full is lost, counted and logged (memos/writeback/write_retry.py).
     write_retry_capacity: int = Field(default=10_000, ge=1)
     write_retry_capacity_mb: int = Field(default=256, ge=1)
     # /readyz turns red when the oldest exchange in the outbox has waited longer than this (write-back
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'memos.db').resolve()}"
+        return self.database_url or f"sqlite:///{(self.data_dir / 'memos.storage.db').resolve()}"
 
     @property
     def resolved_vector_uri(self) -> str:

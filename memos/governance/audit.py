@@ -40,8 +40,8 @@ from sqlalchemy import func, insert, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, select
 
-from memos.db import Database
 from memos.governance.policy import AuditLevel
+from memos.storage.db import Database
 
 _GENESIS = b"\x00" * 32
 _MAX_DETAIL_STR = 200
@@ -302,7 +302,7 @@ class AuditLog:
 
     @classmethod
     def from_master(cls, db: Database, master: Any, previous_masters: Sequence[Any] = ()) -> AuditLog:
-        """Keys derived from a memos.crypto.MasterKey (and retired masters, for old entries)."""
+        """Keys derived from a memos.keys.crypto.MasterKey (and retired masters, for old entries)."""
         return cls(
             db,
             master.derive("audit-chain"),

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from memos.crypto import MasterKey
+from memos.keys.crypto import MasterKey
 from memos.polling import PollingThread
 
 _HEADER = (
@@ -249,7 +249,7 @@ def rewrap_all(db: object, keys: MasterKeySet) -> RewrapReport:
     from sqlalchemy import update
     from sqlmodel import select
 
-    from memos.keyring import TenantKeyRow
+    from memos.keys.keyring import TenantKeyRow
 
     by_id = {k.key_id: k for k in keys.all}
     target = keys.active

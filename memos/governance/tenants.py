@@ -87,7 +87,7 @@ class VectorTenantEraser:
         self._uri = uri
 
     def erase_tenant(self, tenant: str) -> int:
-        from memos.vectors import VectorIndex
+        from memos.storage.vectors import VectorIndex
 
         VectorIndex(self._uri).drop_tenant(tenant)
         return 1

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from memos.keyring import Keyring
+    from memos.keys.keyring import Keyring
     from memos.local.lora import AdapterHandle
     from memos.local.model_registry import LoadedModel
 

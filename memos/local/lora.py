@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from memos.local.kvcache import safetensors_metadata, user_dir, write_atomic
 
 if TYPE_CHECKING:
-    from memos.keyring import Keyring
+    from memos.keys.keyring import Keyring
     from memos.local.model_registry import LoadedModel
 
 MAX_LOADED = 8

@@ -112,8 +112,8 @@ def _audit_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rotate_master(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.crypto import MasterKey
     from memos.governance.masterkeys import MasterKeySource, rewrap_all
+    from memos.keys.crypto import MasterKey
     from proxy.services import open_core
 
     core = open_core(settings)

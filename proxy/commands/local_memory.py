@@ -33,9 +33,9 @@ def train_adapter(args: argparse.Namespace, settings: Settings) -> int:
 
     from memos.local.lora import LoraTraining
     from memos.local.model_registry import UnknownLocalModel
-    from memos.scheduler import UserErasedMeanwhile
-    from memos.vault import MemVault
-    from memos.vectors import VectorIndex
+    from memos.local.scheduler import UserErasedMeanwhile
+    from memos.storage.vault import MemVault
+    from memos.storage.vectors import VectorIndex
     from proxy.services import open_core
     from proxy.upstream.local import build_local_memory
 

@@ -1,9 +1,9 @@
 """`memos-proxy export` and `memos-proxy import`: move a tenant's memories, with history, as a file.
 
 The export leaves the encrypted store, so it is sealed with a passphrase (scrypt + AES-256-GCM, see
-memos.export_file) unless `--plaintext` is given; the passphrase is read from the environment
+memos.portability.export_file) unless `--plaintext` is given; the passphrase is read from the environment
 variable that `--passphrase-env` names, never from the command line (which other users can see).
-The memory side lives in memos.portability; this module parses arguments, opens the stores and
+The memory side lives in memos.portability.transfer; this module parses arguments, opens the stores and
 prints counts (never memory text).
 """
 
@@ -67,8 +67,8 @@ def _passphrase(command: str, var: str | None) -> tuple[str | None, int | None]:
 
 
 def _vault(settings: Settings, core: Any, embedder: Any = None) -> Any:
-    from memos.vault import MemVault
-    from memos.vectors import VectorIndex
+    from memos.storage.vault import MemVault
+    from memos.storage.vectors import VectorIndex
 
     return MemVault(core.db, core.keyring, VectorIndex(settings.resolved_vector_uri), embedder)
 
@@ -88,8 +88,8 @@ def _embedder(settings: Settings) -> Any:
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.export_file import ExportFileError, check_passphrase, write_export
-    from memos.portability import ExportResult, audit_export, export_records
+    from memos.portability.export_file import ExportFileError, check_passphrase, write_export
+    from memos.portability.transfer import ExportResult, audit_export, export_records
     from proxy.services import open_core
 
     code = _bad_tenant("export", args.tenant)
@@ -125,8 +125,8 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.export_file import ExportFileError, read_export
-    from memos.portability import (
+    from memos.portability.export_file import ExportFileError, read_export
+    from memos.portability.transfer import (
         ImportResult,
         InvalidExport,
         apply_import,

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from memos.chat import (
+from memos.chat.contract import (
     ChatContext,
     FinishedExchange,
     MemoryMode,

@@ -10,7 +10,7 @@
 
 `user` may also come from `X-Memos-User` (or the key's bound user); `X-Memos-Session` tags added memories
 with a session (neighbouring turns). Bad input answers 400 in the OpenAI error envelope naming the field.
-The handlers only translate between the wire and memos.service.MemoryService.
+The handlers only translate between the wire and memos.memories.MemoryService.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from memos.limits import (
     metadata_problem,
     time_problem,
 )
-from memos.retrieval import Hit
-from memos.service import MAX_ENTRIES, MAX_TEXT_CHARS, Entry, InvalidRequest, MemoryNotFound, Patch
+from memos.memories import MAX_ENTRIES, MAX_TEXT_CHARS, Entry, InvalidRequest, MemoryNotFound, Patch
+from memos.recall.retrieval import Hit
 from proxy.auth import Caller, authenticate
 from proxy.errors import ApiError, bad_request, forbidden, json_response, not_found
 from proxy.wire import (
@@ -55,7 +55,7 @@ from proxy.wire import (
 )
 
 if TYPE_CHECKING:
-    from memos.service import MemoryService
+    from memos.memories import MemoryService
     from proxy.services import Services
 
 MAX_LIMIT = 1000
@@ -63,7 +63,7 @@ MAX_TOP_K = 200
 MAX_QUERY_CHARS = MAX_TEXT_CHARS
 MAX_VERSION = 10**9
 # A list cursor is the vault's opaque token: URL-safe base64 (unpadded) of "s:<sequence number>"
-# (memos.vault.encode_cursor). The pattern admits exactly those tokens for numbers of up to 18
+# (memos.storage.vault.encode_cursor). The pattern admits exactly those tokens for numbers of up to 18
 # digits (the vault's sequence numbers stay far below; more could overflow the database's integer),
 # so what the document admits the server accepts. Empty means the first page.
 _DIGITS3 = "(?:M[DTjz]|N[DTjz]|O[DT])[AEIMQUYcgk][w-z0-5]"  # three digits
@@ -72,7 +72,7 @@ _DIGITS1 = "(?:M[AQgw]|N[AQgw]|O[AQ])"
 CURSOR_PATTERN = f"^(?:czo[w-z0-5](?:{_DIGITS3}){{0,5}}(?:{_DIGITS2}|{_DIGITS1})?)?$"
 CURSOR_MAX_CHARS = 27  # the longest the pattern admits ("s:" and 18 digits)
 _CURSOR = re.compile(CURSOR_PATTERN)
-# Memory ids are "mem_" and 28 hex digits (memos.vault.new_memory_id). The routes match only that
+# Memory ids are "mem_" and 28 hex digits (memos.storage.vault.new_memory_id). The routes match only that
 # shape, so /v1/memories/search is never read as an id and a path naming no possible memory is a 404
 # before it reaches the database.
 MEMORY_ID_REGEX = "mem_[0-9a-f]{28}"

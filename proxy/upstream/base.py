@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from memos.chat import PreparedChat
+from memos.chat.contract import PreparedChat
 
 
 @dataclass(frozen=True)

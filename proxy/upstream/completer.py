@@ -1,4 +1,5 @@
-"""A TextCompleter (memos.reader) over the upstream router: the extractor model's non-streamed calls.
+"""A TextCompleter (memos.writeback.reader) over the upstream router: the extractor model's
+non-streamed calls.
 
 The model name picks the upstream as for clients (`local/<name>` -> local runtime, litellm prefixes ->
 litellm, else the HTTP passthrough); the target is the process's default upstream (MEMOS_UPSTREAM_*),
@@ -10,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from memos.chat import PreparedChat
+from memos.chat.contract import PreparedChat
 from proxy.sse import message_of
 from proxy.upstream.base import ChatCall, UpstreamTarget
 from proxy.upstream.router import UpstreamKind, UpstreamRouter

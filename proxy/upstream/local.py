@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from memos.chat import MemoryMode
+from memos.chat.contract import MemoryMode
 from proxy.upstream.base import (
     ChatCall,
     JsonCall,
@@ -73,7 +73,7 @@ class LocalUpstream:
             and prepared.injected_ids
             and messages[0].get("role") == "system"
         ):
-            # Plaintext injection put the memory block first (memos.injection.inject): tokenize it as
+            # Plaintext injection put the memory block first (memos.recall.injection.inject): tokenize it as
             # the block, so that the ids are exactly those an activation request has.
             block, messages = messages[0].get("content"), messages[1:]
         from jinja2 import TemplateError
@@ -186,7 +186,7 @@ def build_local_memory(
     from memos.local.kvcache import KVCacheStore
     from memos.local.lora import AdapterStore
     from memos.local.model_registry import LocalModelRegistry
-    from memos.scheduler import MemScheduler, SchedulerConfig
+    from memos.local.scheduler import MemScheduler, SchedulerConfig
 
     registry = upstream = None
     if settings.local_models:

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memos.operator import MemOperator
-from memos.outbox import Outbox
+from memos.writeback.operator import MemOperator
+from memos.writeback.outbox import Outbox
 from tests.support.memory import listed, search, until
 from tests.support.proxy import RunningProxy, proxy_stack
 from tests.support.upstream import FakeUpstream

@@ -18,13 +18,13 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from memos.crypto import DecryptionError
-from memos.db import Database
 from memos.governance.masterkeys import MasterKeySource
-from memos.keyring import Keyring
-from memos.outbox import OutboxRow
-from memos.vault_tables import MemoryRow, MemoryVersionRow, PostingRow, item_aad
-from tests.governance.bytescan import describe, scan
+from memos.keys.crypto import DecryptionError
+from memos.keys.keyring import Keyring
+from memos.storage.db import Database
+from memos.storage.tables import MemoryRow, MemoryVersionRow, PostingRow, item_aad
+from memos.writeback.outbox import OutboxRow
+from tests.support.bytescan import describe, scan
 from tests.support.proxy import RunningProxy, proxy_env, run_cli
 
 U1_WORDS = ["florbicate", "wendlestrop", "quaximony", "brindlehoff"]

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from memos.injection import HEADER
+from memos.recall.injection import HEADER
 from tests.support.proxy import RunningProxy
 
 MODEL = "gpt-4o-mini"

@@ -10,7 +10,7 @@ import httpx
 from sqlmodel import select
 
 from memos.governance.masterkeys import read_key_file
-from memos.keyring import TenantKeyRow
+from memos.keys.keyring import TenantKeyRow
 from tests.support.proxy import proxy_env, proxy_settings, run_cli, run_proxy
 
 

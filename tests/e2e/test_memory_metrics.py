@@ -1,13 +1,14 @@
 """/metrics says what memory did: modes served, memories injected and block size, retrieval and
 query-embedding times and batch sizes, exchanges and memories written back, and the outbox's backlog
-(write-back failures: tests/memos/test_worker.py). The real proxy, the openai SDK and a loopback upstream."""
+(write-back failures: tests/memos/writeback/test_worker.py). The real proxy, the openai SDK and a
+loopback upstream."""
 
 from __future__ import annotations
 
 import httpx
 import openai
 
-from memos.outbox import Outbox
+from memos.writeback.outbox import Outbox
 from tests.support.memory import add_memories, until
 from tests.support.upstream import FakeUpstream
 

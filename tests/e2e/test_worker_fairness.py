@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from memos.outbox import Outbox
-from memos.reader import MAX_EXCHANGE_TURNS, MAX_FACTS_PER_EXCHANGE
+from memos.writeback.outbox import Outbox
+from memos.writeback.reader import MAX_EXCHANGE_TURNS, MAX_FACTS_PER_EXCHANGE
 from tests.support.memory import listed, remembered, until
 from tests.support.proxy import RunningProxy, proxy_settings, run_proxy
 from tests.support.upstream import FakeUpstream

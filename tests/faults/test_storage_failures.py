@@ -15,15 +15,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from memos.crypto import MasterKey
-from memos.db import Database, StorageFull, StorageUnavailable, storage_failure
 from memos.embeddings import HashEmbedder
 from memos.governance.audit import AuditLog
-from memos.keyring import Keyring
-from memos.outbox import Outbox
-from memos.vault import MemVault, NewMemory
-from memos.vectors import VectorIndex
-from memos.write_retry import WriteRetryQueue
+from memos.keys.crypto import MasterKey
+from memos.keys.keyring import Keyring
+from memos.storage.db import Database, StorageFull, StorageUnavailable, storage_failure
+from memos.storage.vault import MemVault, NewMemory
+from memos.storage.vectors import VectorIndex
+from memos.writeback.outbox import Outbox
+from memos.writeback.write_retry import WriteRetryQueue
 from tests.support.faults import fill
 
 
@@ -49,7 +49,7 @@ def full_disk(small_tmpfs) -> tuple[Path, Callable[[], Path]]:
 
 
 def _db(point: Path) -> Database:
-    db = Database(f"sqlite:///{point / 'memos.db'}")
+    db = Database(f"sqlite:///{point / 'memos.storage.db'}")
     db.create_all()
     return db
 

@@ -7,7 +7,7 @@ the cuts is written back, and the audit chain verifies.
 
 from __future__ import annotations
 
-from memos.outbox import Outbox
+from memos.writeback.outbox import Outbox
 from tests.support.faults import acknowledged, audit_intact, chat, fact, wait_findable
 from tests.support.memory import search, until
 from tests.support.proxy import proxy_env

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from memos.crypto import MasterKey
-from memos.db import Database
 from memos.embeddings import HashEmbedder
-from memos.keyring import Keyring
-from memos.vault import MemVault
-from memos.vectors import VectorIndex
+from memos.keys.crypto import MasterKey
+from memos.keys.keyring import Keyring
+from memos.storage.db import Database
+from memos.storage.vault import MemVault
+from memos.storage.vectors import VectorIndex
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -21,7 +21,7 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 @pytest.fixture(params=BACKENDS)
 def db_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'memos.db'}"
+        return f"sqlite:///{tmp_path / 'memos.storage.db'}"
     return request.getfixturevalue("pg_url")
 
 

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from memos.chat import ChatContext, FinishedExchange, MemoryMode, MemorySwitch, PreparedChat
+from memos.chat.contract import ChatContext, FinishedExchange, MemoryMode, MemorySwitch, PreparedChat
 from memos.governance.policy import Policy, UpstreamPolicy
 from proxy.services import DefaultPolicies
 from proxy.upstream.base import ChatCall, JsonCall, UpstreamReply, UpstreamTarget

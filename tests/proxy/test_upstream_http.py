@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memos.chat import PreparedChat
+from memos.chat.contract import PreparedChat
 from proxy.upstream.base import (
     ChatCall,
     UpstreamHTTPError,

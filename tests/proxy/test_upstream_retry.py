@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from memos.chat import PreparedChat
+from memos.chat.contract import PreparedChat
 from proxy.upstream import aiohttp_transport
 from proxy.upstream.aiohttp_transport import AiohttpTransport
 from proxy.upstream.base import ChatCall, UpstreamTarget, UpstreamUnreachable

@@ -114,7 +114,7 @@ def test_deep_patch_metadata_is_refused(admin: httpx.Client) -> None:
 def test_vault_refuses_metadata_it_could_not_answer(running: RunningProxy) -> None:
     """Whatever reaches the vault past the edge: too deep to read back means never sealed."""
     from memos.item import Source
-    from memos.vault import NewMemory
+    from memos.storage.vault import NewMemory
 
     vault = running.services.memory.vault
     source = Source(request_id="r", message_index=0, session=None, metadata=nested(300))
@@ -387,7 +387,7 @@ def test_cursor_pattern_admits_exactly_the_vaults_cursors() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from memos.vault import decode_cursor, encode_cursor
+    from memos.storage.vault import decode_cursor, encode_cursor
     from proxy.routes.memories import CURSOR_MAX_CHARS, CURSOR_PATTERN
 
     pattern = re.compile(CURSOR_PATTERN)

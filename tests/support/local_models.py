@@ -1,4 +1,4 @@
-"""Shared inputs for local-runtime tests (tests/local, tests/e2e/test_local_modes.py)."""
+"""Shared inputs for local-runtime tests (tests/memos/local, tests/e2e/test_local_modes.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,91 @@
+"""Activation memory at rest: encrypted safetensors (never pickled), bound to its key, erasable;
+rebuilding after a change reuses the common token prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memos.keys.crypto import DecryptionError
+from memos.local.kvcache import KVBlock, KVCacheStore, KVKey, prefill, safetensors_metadata
+from memos.local.runtime import SamplingParams, block_ids, build_prompt
+from tests.support.local_models import BLOCK, CONVERSATION
+
+
+def _same(a: KVBlock, b: KVBlock, exact: bool = True) -> bool:
+    pairs = zip((*a.keys, *a.values), (*b.keys, *b.values), strict=True)
+    if exact:
+        return all(torch.equal(x, y) for x, y in pairs)
+    return all(torch.allclose(x, y, atol=1e-5) for x, y in pairs)
+
+
+def test_cache_is_ciphertext_on_disk_and_round_trips(loaded, keyring, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ids = block_ids(loaded.tokenizer, BLOCK)
+    block = prefill(loaded, ids, memory_ids=["m1", "m2"])
+    assert len(block.keys) == loaded.model.config.num_hidden_layers
+    assert block.keys[0].shape[2] == len(ids)
+    plain = block.to_safetensors()
+    assert safetensors_metadata(plain)["model_fingerprint"] == loaded.fingerprint  # what a plain file shows
+
+    store = KVCacheStore(tmp_path / "kv", keyring)
+    key = KVKey("acme", "alice", loaded.fingerprint)
+    path = store.save(key, block)
+    raw = path.read_bytes()
+    # No safetensors header, metadata or tensor bytes are readable.
+    assert raw[:1] == b"\x01" and len(raw) >= len(plain)
+    for needle in (b"layers.0.keys", b"__metadata__", b"token_ids", b"memos-kv", loaded.fingerprint.encode()):
+        assert needle not in raw
+    first_tensor_bytes = block.keys[0].contiguous().numpy().tobytes()[:64]
+    assert first_tensor_bytes not in raw
+    assert "alice" not in str(path) and "acme" not in str(path)  # paths are hashes, not identities
+
+    fresh = KVCacheStore(tmp_path / "kv", keyring).load(key)
+    assert fresh is not None and fresh.token_ids == ids and fresh.memory_ids == ("m1", "m2")
+    assert _same(fresh, block)
+
+
+def test_cache_is_bound_to_its_user_and_model(loaded, keyring, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = KVCacheStore(tmp_path / "kv", keyring)
+    key = KVKey("acme", "alice", loaded.fingerprint)
+    path = store.save(key, prefill(loaded, block_ids(loaded.tokenizer, BLOCK)))
+    bob = KVKey("acme", "bob", loaded.fingerprint)
+    other_path = store.path(bob)
+    other_path.parent.mkdir(parents=True, exist_ok=True)
+    other_path.write_bytes(path.read_bytes())  # alice's file planted as bob's
+    with pytest.raises(DecryptionError):
+        KVCacheStore(tmp_path / "kv", keyring).load(bob)
+
+
+def test_erase_user_removes_caches(loaded, keyring, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = KVCacheStore(tmp_path / "kv", keyring)
+    block = prefill(loaded, block_ids(loaded.tokenizer, BLOCK))
+    alice, bob = KVKey("acme", "alice", loaded.fingerprint), KVKey("acme", "bob", loaded.fingerprint)
+    store.save(alice, block)
+    store.save(bob, block)
+    assert store.erase_user("acme", "alice") == 1
+    assert store.load(alice) is None and not store.path(alice).exists()
+    assert store.load(bob) is not None
+
+
+def test_rebuild_reuses_the_common_prefix(loaded, runtime) -> None:  # type: ignore[no-untyped-def]
+    tok = loaded.tokenizer
+    old = prefill(loaded, block_ids(tok, BLOCK))
+    longer = BLOCK + "\n- [2026-01-04] plays the piano"
+    new_ids = block_ids(tok, longer)
+    extended = prefill(loaded, new_ids, reuse=old)
+    rebuilt = prefill(loaded, new_ids)
+    assert extended.token_ids == rebuilt.token_ids == new_ids
+    assert _same(extended, rebuilt, exact=False)
+    # The reused prefix is the old cache's own numbers; the old cache is untouched.
+    keep = next(i for i, (a, b) in enumerate(zip(old.token_ids, new_ids, strict=False)) if a != b)
+    assert torch.equal(extended.keys[0][:, :, :keep], old.keys[0][:, :, :keep])
+    assert old.keys[0].shape[2] == len(old.token_ids)
+    # And the extended cache serves the new block like a fresh one.
+    prompt = build_prompt(tok, CONVERSATION, longer)
+    greedy = SamplingParams(max_tokens=16, temperature=0.0)
+    assert (
+        runtime.generate(loaded, prompt, greedy, kv=extended).token_ids
+        == runtime.generate(loaded, prompt, greedy).token_ids
+    )
+    # A block that is a prefix of the old one needs no compute at all.
+    assert prefill(loaded, old.token_ids[:10], reuse=old).token_ids == old.token_ids[:10]

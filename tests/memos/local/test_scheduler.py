@@ -1,0 +1,299 @@
+"""MemScheduler: the mode per request, the lifecycle between tiers (each transition a new version in
+the real vault, audited), caches and adapters used only while they match the vault, erasure."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from memos.chat.contract import MemoryMode
+from memos.embeddings import HashEmbedder
+from memos.governance.audit import AuditLog
+from memos.governance.policy import MemoryPolicy, Policy
+from memos.item import Kind, State
+from memos.keys.crypto import MasterKey
+from memos.keys.keyring import Keyring
+from memos.local.kvcache import KVCacheStore, KVKey
+from memos.local.lora import AdapterStore, LoraTraining
+from memos.local.scheduler import MemScheduler, SchedulerConfig, choose_mode
+from memos.storage.db import Database
+from memos.storage.vault import MemVault
+from memos.storage.vectors import VectorIndex
+from tests.support.local_models import FIVE_MEMORIES
+
+A, P, X, OFF, AUTO = (
+    MemoryMode.ACTIVATION,
+    MemoryMode.PARAMETRIC,
+    MemoryMode.PLAINTEXT,
+    MemoryMode.OFF,
+    MemoryMode.AUTO,
+)
+ALL = ["plaintext", "activation", "parametric", "off"]
+
+
+@pytest.mark.parametrize(
+    ("requested", "allowed", "local", "possible", "ready", "adapter", "expected"),
+    [
+        (AUTO, ALL, False, True, True, True, X),  # remote: plaintext only
+        (A, ALL, False, True, True, True, X),
+        (AUTO, ["off"], False, True, True, True, OFF),
+        (OFF, ALL, True, True, True, True, OFF),
+        (AUTO, ALL, True, True, True, True, A),  # cache built: activation first
+        (AUTO, ALL, True, True, False, True, P),  # else the adapter
+        (AUTO, ALL, True, True, False, False, X),  # else plaintext (cache built in the background)
+        (AUTO, ["activation"], True, True, False, False, A),  # only activation allowed: build now
+        (AUTO, ALL, True, False, False, False, X),  # empty block
+        (A, ALL, True, True, False, False, A),  # explicit: built on demand
+        (A, ALL, True, False, False, False, X),  # explicit but nothing to cache: fallback
+        (P, ALL, True, True, True, True, P),
+        (P, ALL, True, True, True, False, A),  # no adapter: auto's choice
+        (X, ALL, True, True, True, True, X),
+        (A, ["plaintext", "off"], True, True, True, True, X),  # policy forbids it
+        (AUTO, ["parametric"], True, True, True, False, OFF),
+    ],
+)
+def test_choose_mode(requested, allowed, local, possible, ready, adapter, expected) -> None:  # type: ignore[no-untyped-def]
+    got = choose_mode(
+        requested,
+        allowed,
+        local=local,
+        activation_possible=possible,
+        activation_ready=ready,
+        parametric_ready=adapter,
+    )
+    assert got is expected
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def env(tmp_path, registry):  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")
+    db.create_all()
+    master = MasterKey.generate()
+    keyring = Keyring(db, master)
+    vault = MemVault(db, keyring, VectorIndex(str(tmp_path / "vectors")), HashEmbedder())
+    audit = AuditLog.from_master(db, master)
+    clock = Clock()
+    scheduler = MemScheduler(
+        vault=vault,
+        audit=audit,
+        registry=registry,
+        kv_store=KVCacheStore(tmp_path / "kv", keyring),
+        adapter_store=AdapterStore(tmp_path / "adapters", keyring),
+        config=SchedulerConfig(
+            promote_min_hits=2,
+            stable_min_age_s=60,
+            demote_idle_s=3600,
+            train_min_memories=5,
+            lora=LoraTraining(steps=30, learning_rate=5e-3),
+        ),
+        clock=clock,
+    )
+    yield scheduler, vault, audit, clock
+    db.dispose()
+
+
+def _actions(audit: AuditLog, tenant: str = "acme") -> list[tuple[str, tuple[str, ...]]]:
+    entries, _ = audit.list(tenant, limit=1000)
+    return [(e.action, tuple(e.memory_ids)) for e in entries]
+
+
+def test_lifecycle_promotes_demotes_and_archives(env) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, audit, clock = env
+    hot = vault.add("acme", "alice", "I live in Lisbon.")
+    quiet = vault.add("acme", "alice", "I am allergic to peanuts.")
+    cold = vault.add("acme", "alice", "My dog is called Pixel.", kind=Kind.ACTIVATION)
+    expiring = vault.add(
+        "acme", "alice", "The meeting is on Thursday.", expires_at=clock.now + timedelta(hours=1)
+    )
+    for _ in range(2):
+        vault.record_hit_counts("acme", {hot.id: 1}, when=clock.now)
+
+    def state() -> dict[str, object]:
+        return {i.id: i for i in vault.list("acme", "alice", states=list(State))[0]}
+
+    assert scheduler.lifecycle("acme", "alice") == []  # hot, but not stable yet (younger than 60 s)
+
+    clock.now += timedelta(minutes=5)
+    assert [(t.memory_id, t.action) for t in scheduler.lifecycle("acme", "alice")] == [
+        (hot.id, "memory.promote")
+    ]
+    got = state()
+    assert Kind(got[hot.id].kind) is Kind.ACTIVATION and got[hot.id].version == 2
+    assert Kind(got[quiet.id].kind) is Kind.PLAINTEXT  # stable but never retrieved
+    assert Kind(got[cold.id].kind) is Kind.ACTIVATION  # not idle long enough yet
+
+    clock.now += timedelta(hours=2)  # idle time passes for cold and hot; expiring expires
+    scheduler.lifecycle("acme", "alice")
+    got = state()
+    assert Kind(got[cold.id].kind) is Kind.PLAINTEXT and got[cold.id].version == 2
+    assert Kind(got[hot.id].kind) is Kind.PLAINTEXT and got[hot.id].version == 3
+    assert State(got[expiring.id].state) is State.ARCHIVED
+    assert expiring.id not in {i.id for i in vault.list("acme", "alice")[0]}  # no longer active
+    reasons = vault.version_reasons("acme", hot.id)
+    assert "promote: hot and stable" in reasons.values() and "demote: cold" in reasons.values()
+    actions = _actions(audit)
+    assert ("memory.promote", (hot.id,)) in actions
+    assert ("memory.demote", (hot.id,)) in actions
+    assert ("memory.demote", (cold.id,)) in actions
+    assert ("memory.archive", (expiring.id,)) in actions
+    assert scheduler.lifecycle("acme", "alice") == []  # nothing left to do: no new versions
+
+
+async def test_plan_builds_reuses_and_rebuilds_the_cache(env, loaded) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, audit, _ = env
+    policy = Policy()
+    items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
+    # Nothing promoted yet: no block, so plaintext.
+    mode, memory = await scheduler.plan_local("acme", "alice", "local/tiny", AUTO, policy)
+    assert (mode, memory) == (X, None)
+    scheduler.promote("acme", "alice", [i.id for i in items])
+    # auto: the cache is not built yet -> plaintext now, built by the background pass.
+    mode, _ = await scheduler.plan_local("acme", "alice", "local/tiny", AUTO, policy)
+    assert mode is X
+    await scheduler.tick()
+    key = KVKey("acme", "alice", loaded.fingerprint)
+    assert scheduler.kv_store.path(key).exists()
+    mode, memory = await scheduler.plan_local("acme", "alice", "local/tiny", AUTO, policy)
+    assert mode is A and memory.kv is not None and set(memory.memory_ids) == {i.id for i in items}
+    assert memory.block == scheduler.render_block(items)
+    # A changed memory: the stored cache no longer matches, so it is not used ...
+    vault.update("acme", items[0].id, text="I live in Porto.")
+    mode, _ = await scheduler.plan_local("acme", "alice", "tiny", AUTO, policy)
+    assert mode is X
+    # ... unless activation is asked for, which rebuilds it now (extending the common prefix).
+    mode, rebuilt = await scheduler.plan_local("acme", "alice", "tiny", A, policy)
+    assert mode is A and rebuilt.kv.token_ids != memory.kv.token_ids
+    assert "Porto" in rebuilt.block
+    # The policy decides what is allowed.
+    no_activation = Policy(memory=MemoryPolicy(allowed_modes=["plaintext", "off"]))
+    assert (await scheduler.plan_local("acme", "alice", "tiny", A, no_activation))[0] is X
+    assert any(a == "memory.promote" for a, _ in _actions(audit))
+
+
+async def test_adapter_is_used_only_while_its_memories_are_live(env, loaded) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, audit, _clock = env
+    items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
+    with pytest.raises(ValueError, match="no stable memories"):
+        scheduler.train("acme", "alice", "tiny")  # all younger than stable_min_age_s
+    meta = scheduler.train("acme", "alice", "tiny", min_age_s=0)
+    assert meta.adapter_loss < meta.base_loss and set(meta.memory_ids) == {i.id for i in items}
+    assert ("memory.train", tuple(sorted(i.id for i in items))) in _actions(audit)
+    mode, memory = await scheduler.plan_local("acme", "alice", "tiny", P, Policy())
+    assert mode is P and memory.adapter.adapter_id == meta.adapter_id
+    assert (await scheduler.plan_local("acme", "alice", "tiny", AUTO, Policy()))[0] is P  # no block yet
+    vault.delete("acme", items[1].id)  # the adapter learned it: it must not answer from it any more
+    assert (await scheduler.plan_local("acme", "alice", "tiny", P, Policy()))[0] is X
+
+
+async def test_background_training_when_enough_stable_memories(env, loaded) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _audit, clock = env
+    for text in FIVE_MEMORIES:
+        vault.add("acme", "alice", text)
+    scheduler.note("acme", "alice", "tiny")
+    await scheduler.tick()
+    assert scheduler.adapter_store.latest("acme", "alice", loaded.fingerprint) is None  # not stable yet
+    clock.now += timedelta(minutes=5)
+    scheduler.note("acme", "alice", "tiny")
+    await scheduler.tick()
+    assert scheduler.adapter_store.latest("acme", "alice", loaded.fingerprint) is not None
+
+
+async def test_erase_user_drops_caches_and_adapters(env, loaded, runtime) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _audit, _clock = env
+    items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
+    scheduler.promote("acme", "alice", [i.id for i in items])
+    _, _memory = await scheduler.plan_local("acme", "alice", "tiny", A, Policy())
+    scheduler.train("acme", "alice", "tiny", min_age_s=0)
+    _, param = await scheduler.plan_local("acme", "alice", "tiny", P, Policy())
+    from memos.local.runtime import SamplingParams, build_prompt
+
+    prompt = build_prompt(loaded.tokenizer, [{"role": "user", "content": "hi"}])
+    runtime.generate(loaded, prompt, SamplingParams(max_tokens=2, temperature=0), adapter=param.adapter)
+    assert param.adapter.adapter_id in loaded.loaded_adapters
+    scheduler.erase_user("acme", "alice")
+    assert not list(scheduler.kv_store.root.rglob("*.kv"))
+    assert not list(scheduler.adapter_store.root.rglob("*.lora"))
+    assert param.adapter.adapter_id not in loaded.loaded_adapters
+    assert scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint)) is None
+
+
+async def test_count_hits_feeds_promotion(env) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _, clock = env
+    item = vault.add("acme", "alice", "I live in Lisbon.")
+    for _ in range(2):
+        scheduler.count_hits("acme", [item.id])  # returns at once; counted, written later
+    assert vault.get("acme", item.id).hits == 0
+    await scheduler.flush_hits()
+    assert vault.get("acme", item.id).hits == 2
+    clock.now += timedelta(minutes=5)
+    assert [t.action for t in scheduler.lifecycle("acme", "alice")] == ["memory.promote"]
+
+
+async def test_counted_hits_are_written_within_the_flush_interval_and_at_stop(env) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _, _clock = env
+    item = vault.add("acme", "alice", "I live in Lisbon.")
+    scheduler.config = dataclasses.replace(scheduler.config, hit_flush_s=0.05)
+    scheduler.count_hits("acme", [item.id, item.id])
+    for _ in range(200):
+        if vault.get("acme", item.id).hits:
+            break
+        await asyncio.sleep(0.01)
+    assert vault.get("acme", item.id).hits == 2
+    scheduler.config = dataclasses.replace(scheduler.config, hit_flush_s=3600.0)
+    scheduler.count_hits("acme", [item.id])
+    await scheduler.stop()  # what is still counted is written on the way out
+    assert vault.get("acme", item.id).hits == 3
+
+
+async def test_a_cache_built_while_its_user_is_erased_is_not_stored(env, loaded) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _audit, _clock = env
+    items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
+    scheduler.promote("acme", "alice", [i.id for i in items])
+
+    class EraseDuringPrefill:
+        """Runs the real prefill, after the user is erased (an erasure landing mid-build)."""
+
+        async def run(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            await asyncio.to_thread(scheduler.erase_user, "acme", "alice")
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    scheduler.runtime = EraseDuringPrefill()
+    mode, _ = await scheduler.plan_local("acme", "alice", "tiny", A, Policy())
+    assert mode is A  # the request that asked still gets its block
+    assert scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint)) is None
+    assert not list(scheduler.kv_store.root.rglob("*.kv"))
+
+
+def test_an_adapter_trained_while_its_user_is_erased_is_not_stored(env, registry) -> None:  # type: ignore[no-untyped-def]
+    from memos.local.scheduler import UserErasedMeanwhile
+
+    scheduler, vault, audit, _clock = env
+    for text in FIVE_MEMORIES:
+        vault.add("acme", "alice", text)
+
+    class EraseWhileLoading:
+        """The real registry; the user is erased while the private training copy loads."""
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(registry, name)
+
+        def load_private_copy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            scheduler.erase_user("acme", "alice")
+            return registry.load_private_copy(*args, **kwargs)
+
+    scheduler.registry = EraseWhileLoading()
+    with pytest.raises(UserErasedMeanwhile):
+        scheduler.train("acme", "alice", "tiny", min_age_s=0)
+    assert not list(scheduler.adapter_store.root.rglob("*.lora"))
+    assert "memory.train" not in {a for a, _ in _actions(audit)}
