@@ -5,7 +5,7 @@ Every method takes the caller's Principal and its tenant's Policy, authorises th
 found), redacts text before it is stored, audits what it did (ids, never text; the policy's
 audit level decides what is recorded) and runs blocking work off the event loop.
 
-Errors: MemoryNotFound (404), AccessDenied (403), InvalidRequest (400, names the field).
+Errors: MemoryNotFound (404), AccessDenied (403), InvalidInput (400, names the field).
 A memory of another user of the same tenant that the key may not read is "not found" too, so a
 user-bound key cannot probe which ids exist.
 """
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from memos.embeddings import AsyncEmbedder
+from memos.errors import InvalidInput
 from memos.governance.acl import AccessDenied, Operation, authorize, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
@@ -35,15 +36,6 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 20_000
 MAX_ENTRIES = 500
-
-
-class InvalidRequest(ValueError):
-    """Bad input; `param` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 class UserDataEraser(Protocol):
@@ -184,9 +176,9 @@ class MemoryService:
     def _user(principal: Principal, user: str | None) -> str:
         user = user or principal.bound_user
         if not user:
-            raise InvalidRequest("`user` is required: name the user whose memories these are.", "user")
+            raise InvalidInput("`user` is required: name the user whose memories these are.", "user")
         if len(user) > 256:
-            raise InvalidRequest("`user` is too long (256 characters at most).", "user")
+            raise InvalidInput("`user` is too long (256 characters at most).", "user")
         return user
 
     async def _item_for(
@@ -214,9 +206,9 @@ class MemoryService:
         owner = self._user(principal, user)
         authorize(principal, policy, Operation.MEMORY_WRITE, owner)
         if not entries:
-            raise InvalidRequest("`memories` must hold at least one entry.", "memories")
+            raise InvalidInput("`memories` must hold at least one entry.", "memories")
         if len(entries) > MAX_ENTRIES:
-            raise InvalidRequest(f"`memories` holds at most {MAX_ENTRIES} entries per call.", "memories")
+            raise InvalidInput(f"`memories` holds at most {MAX_ENTRIES} entries per call.", "memories")
         redact = self._redactor_for(policy)
         if infer:
             # Audited inside, including whatever was written before a failure.
@@ -226,9 +218,9 @@ class MemoryService:
             text = entry.text if entry.text is not None else messages_text(entry.messages or [])
             text = redact(text.strip())
             if not text:
-                raise InvalidRequest(f"`memories[{i}]` has no text.", f"memories[{i}]")
+                raise InvalidInput(f"`memories[{i}]` has no text.", f"memories[{i}]")
             if len(text) > MAX_TEXT_CHARS:
-                raise InvalidRequest(
+                raise InvalidInput(
                     f"`memories[{i}]` is longer than {MAX_TEXT_CHARS} characters.", f"memories[{i}].text"
                 )
             source = Source(
@@ -292,9 +284,9 @@ class MemoryService:
             else:
                 turns = [(0, {"role": "user", "content": redact(entry.text or "")})]
             if not any(_content_text(m).strip() for _, m in turns):
-                raise InvalidRequest(f"`memories[{i}]` has no text.", f"memories[{i}]")
+                raise InvalidInput(f"`memories[{i}]` has no text.", f"memories[{i}]")
             if sum(len(_content_text(m)) for _, m in turns) > MAX_TEXT_CHARS:
-                raise InvalidRequest(
+                raise InvalidInput(
                     f"`memories[{i}]` is longer than {MAX_TEXT_CHARS} characters.", f"memories[{i}]"
                 )
             exchanges.append(
@@ -368,7 +360,7 @@ class MemoryService:
                 self.vault.list, principal.tenant, owner, limit, cursor
             )
         except ValueError:
-            raise InvalidRequest("`cursor` is not a cursor this endpoint returned.", "cursor") from None
+            raise InvalidInput("`cursor` is not a cursor this endpoint returned.", "cursor") from None
         await self._audit(
             principal,
             policy,
@@ -394,7 +386,7 @@ class MemoryService:
         owner = self._user(principal, user)
         authorize(principal, policy, Operation.MEMORY_READ, owner)
         if not query or not query.strip():
-            raise InvalidRequest("`query` must be a non-empty string.", "query")
+            raise InvalidInput("`query` must be a non-empty string.", "query")
         if params is None:
             params = RetrievalParams.from_policy(policy, top_k=top_k, neighbours=self.neighbours)
             # the API's caller asked for top_k results: the injection budget does not apply here
@@ -467,9 +459,9 @@ class MemoryService:
         if patch.text is not None:
             text = redact(patch.text.strip())
             if not text:
-                raise InvalidRequest("`text` must be a non-empty string.", "text")
+                raise InvalidInput("`text` must be a non-empty string.", "text")
             if len(text) > MAX_TEXT_CHARS:
-                raise InvalidRequest(f"`text` is longer than {MAX_TEXT_CHARS} characters.", "text")
+                raise InvalidInput(f"`text` is longer than {MAX_TEXT_CHARS} characters.", "text")
             vector = await self.embedder.embed_one(text)
         elif patch.state == State.ACTIVE and item.state != State.ACTIVE:
             vector = await self.embedder.embed_one(item.text)
@@ -514,7 +506,7 @@ class MemoryService:
         try:
             snap = await asyncio.to_thread(self.vault.version, principal.tenant, memory_id, int(version))
         except VersionNotFound:
-            raise InvalidRequest(f"memory {memory_id} has no version {version}.", "rollback_to") from None
+            raise InvalidInput(f"memory {memory_id} has no version {version}.", "rollback_to") from None
         vector = await self.embedder.embed_one(snap.text) if snap.state == State.ACTIVE else None
         updated = await asyncio.to_thread(
             lambda: self.vault.rollback(principal.tenant, memory_id, int(version), vector=vector)
@@ -650,7 +642,7 @@ def _check_validity(item: MemoryItem, patch: Patch) -> None:
         invalid_at = invalid_at.replace(tzinfo=UTC)
     if valid_from > invalid_at:
         param = "valid_from" if patch.valid_from is not None else "invalid_at"
-        raise InvalidRequest("`valid_from` must not be after `invalid_at`.", param)
+        raise InvalidInput("`valid_from` must not be after `invalid_at`.", param)
 
 
 def _is_async(eraser: Any) -> bool:
@@ -666,7 +658,7 @@ def _content_text(message: dict[str, Any]) -> str:
 __all__ = [
     "AccessDenied",
     "Entry",
-    "InvalidRequest",
+    "InvalidInput",
     "MemoryNotFound",
     "MemoryService",
     "Patch",

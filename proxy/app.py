@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from proxy.errors import ApiError, error_response
+from memos.errors import MemosError
+from proxy.errors import ApiError, error_response, memos_error
 from proxy.metrics import Metrics
 from proxy.middleware import ProxyMiddleware
 from proxy.routes import audit, chat, health, memories, openai, passthrough
@@ -64,6 +65,10 @@ def create_app(settings: Settings, *, configure: Callable[[Services], None] | No
         assert isinstance(exc, ApiError)
         return error_response(exc)
 
+    async def memory_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MemosError)
+        return error_response(memos_error(exc))
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = (
@@ -106,6 +111,6 @@ def create_app(settings: Settings, *, configure: Callable[[Services], None] | No
     return Starlette(
         routes=routes(),
         middleware=middleware,
-        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        exception_handlers={ApiError: api_error, MemosError: memory_error, HTTPException: http_error},
         lifespan=lifespan,
     )

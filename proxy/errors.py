@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.responses import Response
 
+from memos.errors import Denied, InvalidInput, MemosError, NotFound, Unavailable
+
 if TYPE_CHECKING:
     from proxy.upstream.base import UpstreamError
 
@@ -95,8 +97,26 @@ def storage_error(exc: BaseException) -> ApiError | None:
     )
 
 
+def memos_error(exc: MemosError) -> ApiError:
+    """Memory's errors as the client sees them: the one place their kinds become HTTP statuses."""
+    storage = storage_error(exc)
+    if storage is not None:
+        return storage
+    if isinstance(exc, InvalidInput):
+        return bad_request(exc.message, param=exc.param)
+    if isinstance(exc, NotFound):
+        return not_found(str(exc), param=exc.param)
+    if isinstance(exc, Denied):
+        return forbidden(str(exc))
+    if isinstance(exc, Unavailable):
+        return ApiError(503, str(exc), type="server_error", code="memory_unavailable")
+    return ApiError(500, "Internal error.", type="server_error", code="internal_error")
+
+
 def server_error(exc: BaseException) -> ApiError:
     """What an exception no route handled answers: a storage failure as such, anything else 500."""
+    if isinstance(exc, MemosError):
+        return memos_error(exc)
     return storage_error(exc) or ApiError(500, "Internal error.", type="server_error", code="internal_error")
 
 

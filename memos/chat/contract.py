@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from memos.errors import Unavailable
 from memos.governance.principal import Principal
 
 
-class MemoryUnavailable(Exception):
+class MemoryUnavailable(Unavailable):
     """Memory could not be reached and the tenant's policy fails closed: the proxy answers 503."""
 
 

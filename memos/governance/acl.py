@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from memos.errors import Denied
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal, Role
 
@@ -37,7 +38,7 @@ class Operation(StrEnum):
     POLICY_ADMIN = "policy.admin"
 
 
-class AccessDenied(Exception):
+class AccessDenied(Denied):
     """The principal may not do this. The message is safe to show to the caller (HTTP 403)."""
 
     status_code = 403

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from memos.errors import InvalidInput
 from memos.governance.policy import Policy
 from memos.polling import PollingThread
 
@@ -32,7 +33,7 @@ _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SUFFIXES = (".yaml", ".yml")
 
 
-class PolicyError(ValueError):
+class PolicyError(InvalidInput):
     """A policy file is invalid. `str()` names the file, the line and the field."""
 
     def __init__(self, file: str, line: int | None, field: str | None, message: str) -> None:

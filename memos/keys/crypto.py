@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from memos.errors import Inconsistent
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -29,7 +31,7 @@ _NONCE_BYTES = 12
 KEY_BYTES = 32
 
 
-class DecryptionError(Exception):
+class DecryptionError(Inconsistent):
     """Ciphertext could not be authenticated (wrong key, tampered bytes or wrong associated data)."""
 
 

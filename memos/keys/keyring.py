@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import Field, SQLModel, select
 
+from memos.errors import Inconsistent
 from memos.keys.crypto import MasterKey, TenantCipher, new_data_key
 from memos.storage.db import Database
 
@@ -30,7 +31,7 @@ class TenantKeyRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-class TenantKeyDestroyed(Exception):
+class TenantKeyDestroyed(Inconsistent):
     """The tenant's data key was destroyed: its data is gone for good."""
 
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memos.errors import NotFound
+
 LOCAL_PREFIX = "local/"
 _EDGE_BYTES = 1 << 20  # bytes hashed at each end of a weight file
 
 
-class UnknownLocalModel(KeyError):
+class UnknownLocalModel(NotFound, KeyError):
     """The name is not in the configured local models."""
 
 

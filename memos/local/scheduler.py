@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from memos.chat.contract import MemoryMode
 from memos.chat.memory import rendered  # the block renders exactly as plaintext injection renders it
+from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
 from memos.logsafe import exception_summary
 from memos.recall import injection
@@ -166,7 +167,7 @@ def _aware(when: datetime | None) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-class UserErasedMeanwhile(RuntimeError):
+class UserErasedMeanwhile(MemosError):
     """The user was erased while their cache or adapter was being built: the result was discarded."""
 
 

@@ -34,6 +34,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from memos.errors import InvalidInput
+
 FORMAT = "memos-export"
 VERSION = 1
 CIPHER = "AES-256-GCM"
@@ -46,7 +48,7 @@ MIN_PASSPHRASE_CHARS = 8
 _NONCE = 12
 
 
-class ExportFileError(ValueError):
+class ExportFileError(InvalidInput):
     """The file cannot be read: not an export, damaged, truncated, or the wrong passphrase.
     The message is safe to show (it never holds file content)."""
 

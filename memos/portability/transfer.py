@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from memos.embeddings import normalise
+from memos.errors import InvalidInput
 from memos.item import Kind, MemoryItem, Scope, Source, State, iso, snapshot, source_dict
 from memos.storage.vault import MemVault
 
@@ -50,7 +51,7 @@ _PAGE = 500
 _NULLABLE = ("valid_from", "invalid_at", "expires_at")
 
 
-class InvalidExport(ValueError):
+class InvalidExport(InvalidInput):
     """The document is not a valid export; the message names the record and field (never text)."""
 
 

@@ -28,6 +28,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine
 
+from memos.errors import MemosError
+
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 # Every module that defines tables; add yours here.
@@ -40,7 +42,7 @@ TABLE_MODULES: tuple[str, ...] = (
 )
 
 
-class StorageError(Exception):
+class StorageError(MemosError):
     """The storage refused a write or could not be reached (not contention, not bad input)."""
 
     kind = "unavailable"

@@ -40,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from memos.embeddings import Embedder, normalise
+from memos.errors import NotFound
 from memos.item import Kind, MemoryItem, Scope, Source, State, bounded_sources, snapshot, source_dict
 from memos.keys.keyring import Keyring
 from memos.limits import metadata_problem
@@ -61,11 +62,17 @@ from memos.storage.vectors import VectorIndex
 log = logging.getLogger(__name__)
 
 
-class MemoryNotFound(LookupError):
+class MemoryNotFound(NotFound):
     """No such memory in this tenant (or it was deleted)."""
 
+    param = "id"
 
-class VersionNotFound(LookupError):
+    def __init__(self, memory_id: str) -> None:
+        super().__init__(f"No memory found with id '{memory_id}'.")
+        self.memory_id = memory_id
+
+
+class VersionNotFound(NotFound):
     pass
 
 

@@ -25,10 +25,9 @@ from memos.chat.contract import (
     FinishedExchange,
     MemoryMode,
     MemorySwitch,
-    MemoryUnavailable,
     PreparedChat,
 )
-from memos.governance.acl import AccessDenied, Operation, authorize, effective_user, is_allowed
+from memos.governance.acl import Operation, authorize, effective_user, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from memos.logsafe import exception_summary
@@ -39,7 +38,6 @@ from proxy.errors import (
     bad_request,
     client_gone_response,
     error_envelope,
-    forbidden,
     not_found,
     raw_json_response,
     upstream_error_response,
@@ -113,10 +111,7 @@ async def chat_completions(request: Request) -> Response:
     requested_mode = _header_enum(request, "x-memos-memory-mode", MemoryMode, MemoryMode.AUTO)
     principal, policy = caller.principal, caller.policy
     user = effective_user(principal, header_user(request) or chat.user)
-    try:
-        authorize(principal, policy, Operation.CHAT, user)
-    except AccessDenied as exc:
-        raise forbidden(str(exc)) from None
+    authorize(principal, policy, Operation.CHAT, user)
     check_model_allowed(policy, chat.model)
     try:
         kind, upstream = services.upstreams.route(chat.model)
@@ -135,10 +130,7 @@ async def chat_completions(request: Request) -> Response:
     )
     # What was asked, before memory adds anything (a shallow copy: memory may edit the list in place).
     asked = list(chat.messages) if ctx.switch in _WRITES else []
-    try:
-        prepared = await services.chat_memory.prepare(ctx, body)
-    except MemoryUnavailable as exc:  # the vault is unreachable and the tenant's policy fails closed
-        raise ApiError(503, str(exc), type="server_error", code="memory_unavailable") from exc
+    prepared = await services.chat_memory.prepare(ctx, body)  # MemoryUnavailable: 503 (fails closed)
     call = ChatCall(
         upstream_target(services.settings, caller, kind, request.headers), prepared, ctx.request_id
     )

@@ -24,7 +24,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from memos.governance.acl import AccessDenied
 from memos.item import MemoryItem, State
 from memos.limits import (
     METADATA_MAX_DEPTH,
@@ -40,10 +39,10 @@ from memos.limits import (
     metadata_problem,
     time_problem,
 )
-from memos.memories import MAX_ENTRIES, MAX_TEXT_CHARS, Entry, InvalidRequest, MemoryNotFound, Patch
+from memos.memories import MAX_ENTRIES, MAX_TEXT_CHARS, Entry, Patch
 from memos.recall.retrieval import Hit
 from proxy.auth import Caller, authenticate
-from proxy.errors import ApiError, bad_request, forbidden, json_response, not_found
+from proxy.errors import ApiError, bad_request, json_response
 from proxy.wire import (
     MAX_JSON_DEPTH,
     MAX_JSON_ITEMS,
@@ -315,16 +314,6 @@ async def _context(request: Request) -> tuple[MemoryService, Caller, str]:
     return services.memory, caller, request.state.request_id
 
 
-def _translate(exc: Exception, memory_id: str | None = None) -> ApiError:
-    if isinstance(exc, MemoryNotFound):
-        return not_found(f"No memory found with id '{memory_id or exc}'.", param="id")
-    if isinstance(exc, AccessDenied):
-        return forbidden(str(exc))
-    if isinstance(exc, InvalidRequest):
-        return bad_request(exc.message, param=exc.param)
-    raise exc
-
-
 # ---------------------------------------------------------------------------------------------- handlers
 
 
@@ -335,18 +324,15 @@ async def add_memories(request: Request) -> Response:
     if not isinstance(infer, bool):
         raise bad_request("'infer' must be a boolean.", param="infer", code="invalid_type")
     entries = _entries(body)
-    try:
-        items = await memory.add(
-            caller.principal,
-            caller.policy,
-            _user_from(request, body),
-            entries,
-            infer=infer,
-            request_id=request_id,
-            session=request.headers.get("x-memos-session") or None,
-        )
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc) from None
+    items = await memory.add(
+        caller.principal,
+        caller.policy,
+        _user_from(request, body),
+        entries,
+        infer=infer,
+        request_id=request_id,
+        session=request.headers.get("x-memos-session") or None,
+    )
     return json_response({"object": "list", "data": [item_json(i) for i in items]})
 
 
@@ -354,12 +340,9 @@ async def list_memories(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     limit = _int_param(request.query_params.get("limit"), "limit", 1, MAX_LIMIT, 50)
     cursor = _cursor(request)
-    try:
-        items, next_cursor = await memory.list(
-            caller.principal, caller.policy, _user_from(request), limit or 50, cursor, request_id
-        )
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc) from None
+    items, next_cursor = await memory.list(
+        caller.principal, caller.policy, _user_from(request), limit or 50, cursor, request_id
+    )
     return json_response(
         {
             "object": "list",
@@ -385,22 +368,16 @@ async def search_memories(request: Request) -> Response:
             f"'query' is longer than {MAX_QUERY_CHARS} characters.", param="query", code="invalid_value"
         )
     top_k = _int_param(body.get("top_k"), "top_k", 1, MAX_TOP_K, None)
-    try:
-        hits = await memory.search(
-            caller.principal, caller.policy, _user_from(request, body), query, top_k, request_id
-        )
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc) from None
+    hits = await memory.search(
+        caller.principal, caller.policy, _user_from(request, body), query, top_k, request_id
+    )
     return json_response({"object": "list", "data": [hit_json(h) for h in hits]})
 
 
 async def get_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     memory_id = request.path_params["memory_id"]
-    try:
-        item = await memory.get(caller.principal, caller.policy, memory_id, request_id)
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc, memory_id) from None
+    item = await memory.get(caller.principal, caller.policy, memory_id, request_id)
     return json_response(item_json(item))
 
 
@@ -470,30 +447,21 @@ async def patch_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     memory_id = request.path_params["memory_id"]
     patch = _patch(await read_json_object(request))
-    try:
-        item = await memory.patch(caller.principal, caller.policy, memory_id, patch, request_id)
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc, memory_id) from None
+    item = await memory.patch(caller.principal, caller.policy, memory_id, patch, request_id)
     return json_response(item_json(item))
 
 
 async def delete_memory(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     memory_id = request.path_params["memory_id"]
-    try:
-        await memory.delete(caller.principal, caller.policy, memory_id, request_id)
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc, memory_id) from None
+    await memory.delete(caller.principal, caller.policy, memory_id, request_id)
     return json_response({"id": memory_id, "object": "memory.deleted", "deleted": True})
 
 
 async def memory_history(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     memory_id = request.path_params["memory_id"]
-    try:
-        versions = await memory.history(caller.principal, caller.policy, memory_id, request_id)
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc, memory_id) from None
+    versions = await memory.history(caller.principal, caller.policy, memory_id, request_id)
     return json_response({"object": "list", "data": [item_json(v) for v in versions]})
 
 
@@ -507,10 +475,7 @@ async def erase_user(request: Request) -> Response:
             code="missing_required_parameter",
         )
     user = user_id(user, "user")
-    try:
-        counts = await memory.erase_user(caller.principal, caller.policy, user, request_id)
-    except (MemoryNotFound, AccessDenied, InvalidRequest) as exc:
-        raise _translate(exc) from None
+    counts = await memory.erase_user(caller.principal, caller.policy, user, request_id)
     return json_response({"object": "memory.erased", "user": user, "deleted": True, "counts": counts})
 
 

@@ -10,7 +10,7 @@ from memos.embeddings import MicroBatcher
 from memos.governance.acl import AccessDenied
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal, Role
-from memos.memories import Entry, InvalidRequest, MemoryNotFound, MemoryService, Patch
+from memos.memories import Entry, InvalidInput, MemoryNotFound, MemoryService, Patch
 from memos.recall.retrieval import Retriever
 from tests.memos.vault_support import VaultEnv, db_url, env  # noqa: F401 - fixtures
 
@@ -126,7 +126,7 @@ async def test_patch_rollback_and_history(svc) -> None:
     assert hits[0].item.text == "alice works at a museum"
     rolled = await service.patch(APP, POLICY, item.id, Patch(rollback_to=1))
     assert rolled.version == 3 and rolled.text == "alice works at a library"
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         await service.rollback(APP, POLICY, item.id, 42)
     assert err.value.param == "rollback_to"
     assert [v.version for v in await service.history(APP, POLICY, item.id)] == [1, 2, 3]
@@ -135,16 +135,16 @@ async def test_patch_rollback_and_history(svc) -> None:
 
 async def test_invalid_input_names_the_field(svc) -> None:
     service, _ = svc
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         await service.add(APP, POLICY, None, [Entry(text="x")])
     assert err.value.param == "user"
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         await service.add(APP, POLICY, "alice", [])
     assert err.value.param == "memories"
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         await service.search(APP, POLICY, "alice", "   ")
     assert err.value.param == "query"
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         await service.list(APP, POLICY, "alice", cursor="nope")
     assert err.value.param == "cursor"
 
@@ -192,7 +192,7 @@ async def test_an_inferred_batch_with_a_bad_entry_changes_nothing(svc) -> None:
     written = await service.add(APP, POLICY, "bob", [good], infer=True)
     assert written
     for bad in (Entry(text="   "), Entry(text="x" * 20_001)):
-        with pytest.raises(InvalidRequest) as caught:
+        with pytest.raises(InvalidInput) as caught:
             await service.add(APP, POLICY, "alice", [good, bad], infer=True)
         assert caught.value.param == "memories[1]"  # answered as 400 invalid_request_error
     items, _ = await service.list(APP, POLICY, "alice")
