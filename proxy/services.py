@@ -238,7 +238,7 @@ def build_services(
         services.background.append(embedder)
     # -- write-back and injection: the outbox, its worker (reader -> operator -> vault), the chat
     #    memory around every chat call; the memory API's `infer: true` shares the reader and operator.
-    from memos.chat.memory import PlaintextChatMemory, RetrieverRecall
+    from memos.chat.memory import RetrieverRecall, VaultChatMemory
     from memos.writeback.operator import MemOperator
     from memos.writeback.outbox import Outbox
     from memos.writeback.reader import MemReader
@@ -284,11 +284,19 @@ def build_services(
 
     injection_audit = GroupCommitAudit(core.audit, executor=pools.audit)
     services.background.append(injection_audit)  # stopped before the pools: queued entries commit
-    services.chat_memory = PlaintextChatMemory(
+    # -- local runtime and MemScheduler: `local/<name>` models (nothing loaded until first used),
+    #    activation/parametric memory chosen per request by the scheduler, its background pass, and
+    #    the erasure of a user's KV caches and adapters.
+    from proxy.upstream.local import build_local_memory
+
+    scheduler, local = build_local_memory(settings, core.keyring, memory.vault, core.audit)
+    services.scheduler = scheduler
+    memory.register_eraser(scheduler)
+    services.chat_memory = VaultChatMemory(
         recall=RetrieverRecall(memory.retriever, memory.embedder.embed_one, neighbours=memory.neighbours),
         outbox=outbox,
-        policies=live_policies,
         audit=injection_audit,
+        local=scheduler,
         on_enqueued=worker.notify,
         write_retry=write_retry,
         recall_timeout_s=settings.memory_recall_timeout_ms / 1000,
@@ -300,15 +308,6 @@ def build_services(
     if settings.worker_enabled or role == "worker":
         services.background.append(worker)
         services.worker_running = lambda: worker.running
-    # -- local runtime and MemScheduler: `local/<name>` models (nothing loaded until first used),
-    #    activation/parametric memory chosen per request by the scheduler, its background pass, and
-    #    the erasure of a user's KV caches and adapters.
-    from proxy.upstream.local import build_local_memory
-
-    scheduler, local = build_local_memory(settings, core.keyring, memory.vault, core.audit)
-    services.scheduler = scheduler
-    services.chat_memory.local = scheduler
-    memory.register_eraser(scheduler)
     if local is not None:
         services.upstreams.local = local
     if role == "server":

@@ -1,18 +1,22 @@
 """The seam between the chat route (proxy/) and memory (memos/): what memory does around one chat call.
 
-The proxy builds a ChatContext, asks `prepare` for the body to send upstream, relays the answer, and
-hands the finished exchange to `complete` before the reply's last byte, so that nothing acknowledged
-is lost. Memory never sees HTTP objects.
+The proxy builds a ChatContext, asks `plan` what memory does (the body to send upstream and what to
+record), relays the answer, and hands the finished exchange to `complete` before the reply's last
+byte, so that nothing acknowledged is lost. Memory never sees HTTP objects.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from memos.errors import Unavailable
+from memos.governance.policy import Policy
 from memos.governance.principal import Principal
+
+if TYPE_CHECKING:
+    from memos.local.runtime import LocalMemory
 
 
 class MemoryUnavailable(Unavailable):
@@ -43,29 +47,44 @@ class MemoryMode(StrEnum):
 
 @dataclass(frozen=True)
 class ChatContext:
+    """One chat request as memory sees it: who, which user and session, and what the client asked of
+    memory (headers). What memory then does is decided once, by `ChatMemory.plan`."""
+
     principal: Principal
+    policy: Policy
     request_id: str
     user: str | None
     session: str | None
-    switch: MemorySwitch = MemorySwitch.ON
+    requested_switch: MemorySwitch = MemorySwitch.ON
     requested_mode: MemoryMode = MemoryMode.AUTO
     model: str = ""
     # True when the model is served by the local runtime (activation/parametric become possible).
     local_model: bool = False
 
 
-@dataclass
-class PreparedChat:
-    """What memory decided: the body to send, the mode used, and what to remember for write-back."""
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What memory does on one request, decided once (memos.chat.planner): the proxy reads it and never
+    re-derives any of it; the upstream gets `body` and, for a local model, `local`."""
 
-    body: dict[str, Any]
+    body: dict[str, Any]  # what is sent upstream (the memory block injected for remote plaintext)
+    switch: MemorySwitch = MemorySwitch.OFF  # what memory may do: the client's wish narrowed by policy/ACL
     mode: MemoryMode = MemoryMode.OFF
-    injected_ids: list[str] = field(default_factory=list)
-    # For the local runtime: a ready activation or parametric memory to run with (opaque to the proxy).
-    local_memory: Any = None
+    injected_ids: tuple[str, ...] = ()
+    # A local model's memory inputs: the block (any mode), its KV cache (activation), the adapter
+    # (parametric). None for remote models, and for local ones when nothing is injected.
+    local: LocalMemory | None = None
     # Set when memory was asked for but did not run as asked (None: it did, or it was not asked for).
     reason: MemoryReason | None = None
     block_tokens: int = 0  # the injected plaintext block's size (memos.recall.injection.estimate_tokens)
+
+    @property
+    def reads(self) -> bool:
+        return self.switch in (MemorySwitch.ON, MemorySwitch.READ)
+
+    @property
+    def writes(self) -> bool:
+        return self.switch in (MemorySwitch.ON, MemorySwitch.WRITE)
 
     @property
     def injected_count(self) -> int:
@@ -80,9 +99,12 @@ class FinishedExchange:
 
 
 class ChatMemory(Protocol):
-    async def prepare(self, ctx: ChatContext, body: dict[str, Any]) -> PreparedChat: ...
+    async def plan(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:
+        """Decide and prepare what memory does on this request. Raises MemoryUnavailable when memory
+        cannot run and the tenant's policy fails closed."""
+        ...
 
-    async def complete(self, ctx: ChatContext, prepared: PreparedChat, exchange: FinishedExchange) -> None:
+    async def complete(self, ctx: ChatContext, plan: MemoryPlan, exchange: FinishedExchange) -> None:
         """Durably record the exchange for write-back (outbox row committed before returning)."""
         ...
 
@@ -90,8 +112,8 @@ class ChatMemory(Protocol):
 class NoChatMemory:
     """Memory off: the body goes through unchanged and nothing is recorded."""
 
-    async def prepare(self, ctx: ChatContext, body: dict[str, Any]) -> PreparedChat:
-        return PreparedChat(body=body)
+    async def plan(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:
+        return MemoryPlan(body=body)
 
-    async def complete(self, ctx: ChatContext, prepared: PreparedChat, exchange: FinishedExchange) -> None:
+    async def complete(self, ctx: ChatContext, plan: MemoryPlan, exchange: FinishedExchange) -> None:
         return None

@@ -1,16 +1,14 @@
-"""PlaintextChatMemory: what memory does around one chat call (memos.chat.contract.ChatMemory).
+"""VaultChatMemory: what memory does around one chat call (memos.chat.contract.ChatMemory).
 
-prepare(): decide the mode (plaintext for remote models; a local planner may answer activation or
-parametric for local ones), retrieve the user's memories with their latest turns as the query, keep
-what fits the policy's token budget, and place one fenced system block first (memos.recall.injection);
-audit the injection (memory ids only). complete(): redact the exchange and commit it to the outbox
-before returning, so the reply's last byte is only sent once the exchange is durable; the worker does
-the rest.
+plan(): decide, once (memos.chat.planner), what memory may do and which mode serves; for plaintext,
+retrieve the user's memories with their latest turns as the query, keep what fits the policy's token
+budget, and place one fenced system block first (memos.recall.injection), or hand the block to the
+local runtime; audit the injection (memory ids only). complete(): redact the exchange and commit it to
+the outbox before returning, so the reply's last byte is only sent once the exchange is durable; the
+worker does the rest.
 
-The switch decided by the proxy is honoured (off: nothing; read: inject, never write; write: write,
-never inject), and so are the policy's `memory.inject` / `memory.write`. When the vault cannot be
-reached, `memory.fail_mode` decides: open answers without memory, closed raises MemoryUnavailable,
-which the proxy answers with 503.
+When the vault cannot be reached, `memory.fail_mode` decides: open answers without memory, closed
+raises MemoryUnavailable, which the proxy answers with 503.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,11 +25,12 @@ from memos.chat.contract import (
     ChatContext,
     FinishedExchange,
     MemoryMode,
+    MemoryPlan,
     MemoryReason,
     MemorySwitch,
     MemoryUnavailable,
-    PreparedChat,
 )
+from memos.chat.planner import LocalMemorySource, choose_mode, memory_switch, plan_local
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
@@ -39,7 +39,6 @@ from memos.observe import MemoryObserver, NoObserver
 from memos.recall import injection
 from memos.writeback.outbox import Outbox
 from memos.writeback.reader import bound_turns, message_text
-from memos.writeback.worker import PolicySource
 from memos.writeback.write_retry import WriteRetryQueue
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ CONTEXT_CHARS = 2000
 
 
 class _Overloaded(Exception):
-    """Memory could not keep up with this request (admission control in PlaintextChatMemory)."""
+    """Memory could not keep up with this request (admission control in VaultChatMemory)."""
 
 
 class InjectionAudit(Protocol):
@@ -93,30 +92,6 @@ class RetrieverRecall:
             items.append(hit.item)
             items.extend(getattr(hit, "context", ()) or ())
         return items
-
-
-class LocalPlanner(Protocol):
-    """For local models (memos.local.scheduler.MemScheduler): activation / parametric / plaintext / off."""
-
-    async def plan_local(
-        self, tenant: str, user: str, model_name: str, requested: MemoryMode, policy: Policy
-    ) -> tuple[MemoryMode, Any]: ...
-
-    def count_hits(self, tenant: str, memory_ids: Sequence[str]) -> None:
-        """Injected memories were used (the heat that promotes them); must not block."""
-        ...
-
-
-def choose_remote_mode(requested: MemoryMode, policy: Policy) -> MemoryMode:
-    """A remote model knows plaintext and off; plaintext when the policy allows it."""
-    if requested is MemoryMode.OFF or "plaintext" not in policy.memory.allowed_modes:
-        return MemoryMode.OFF
-    return MemoryMode.PLAINTEXT
-
-
-def rendered(item: MemoryItem) -> injection.RenderedMemory:
-    """A vault item as the block shows it: dated when it was recorded."""
-    return injection.RenderedMemory(id=item.id, text=item.text, when=item.observed_at or item.created_at)
 
 
 def query_of(messages: Sequence[dict[str, Any]]) -> str:
@@ -162,15 +137,14 @@ def caller_metadata(body: dict[str, Any]) -> dict[str, Any]:
     return {str(k)[:64]: v for k, v in list(metadata.items())[:16] if isinstance(v, str | int | float | bool)}
 
 
-class PlaintextChatMemory:
+class VaultChatMemory:
     def __init__(
         self,
         *,
         recall: Recall,
         outbox: Outbox,
-        policies: PolicySource,
         audit: InjectionAudit | None = None,
-        local: LocalPlanner | None = None,
+        local: LocalMemorySource | None = None,
         on_enqueued: Callable[[], None] | None = None,
         write_retry: WriteRetryQueue | None = None,
         recall_timeout_s: float = 2.0,
@@ -180,89 +154,101 @@ class PlaintextChatMemory:
     ) -> None:
         self._recall = recall
         self._outbox = outbox
-        self._policies = policies
         self._audit = audit
-        self.local = local  # set by the composition root when the local runtime is configured
+        self._local = local  # None: no local runtime (every model is remote)
         self._on_enqueued = on_enqueued
         # Fail-open exchanges whose outbox commit failed wait there (memos.writeback.write_retry).
         self._write_retry = write_retry
-        self.recall_timeout_s = recall_timeout_s
-        self.max_inflight = max_inflight
+        self._recall_timeout_s = recall_timeout_s
+        self._max_inflight = max_inflight
         self._inflight = 0  # retrievals running now (admission control; touched on the loop only)
         self._observer: MemoryObserver = observer or NoObserver()
         self._now = now
 
     # -- before the upstream call ---------------------------------------------------------------------
 
-    async def prepare(self, ctx: ChatContext, body: dict[str, Any]) -> PreparedChat:
-        policy = self._policies.get(ctx.principal.tenant)
-        self._refuse_unrecordable(ctx, policy)
-        if (
-            ctx.user is None
-            or ctx.switch not in (MemorySwitch.ON, MemorySwitch.READ)
-            or not policy.memory.inject
-        ):
-            return PreparedChat(body=body)
+    async def plan(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:
+        switch = memory_switch(ctx.requested_switch, ctx.principal, ctx.policy, ctx.user)
+        self._refuse_unrecordable(ctx, switch)
+        off = MemoryPlan(body=body, switch=switch)
+        if ctx.user is None or switch not in (MemorySwitch.ON, MemorySwitch.READ):
+            return off
         try:
-            return await self._prepare(ctx, body, policy, ctx.user)
+            return await self._plan(ctx, body, switch, ctx.user)
         except MemoryUnavailable:
             raise
         except _Overloaded:
-            return self._overloaded(ctx, policy, body)
+            return self._overloaded(ctx, off)
         except Exception as exc:
-            return self._unavailable(ctx, policy, body, exc)
+            return self._unavailable(ctx, off, exc)
 
-    async def _prepare(
-        self, ctx: ChatContext, body: dict[str, Any], policy: Policy, user: str
-    ) -> PreparedChat:
-        if ctx.local_model and self.local is not None:
-            mode, local_memory = await self.local.plan_local(
-                ctx.principal.tenant, user, ctx.model, ctx.requested_mode, policy
+    async def _plan(
+        self, ctx: ChatContext, body: dict[str, Any], switch: MemorySwitch, user: str
+    ) -> MemoryPlan:
+        local = self._local if ctx.local_model else None
+        if local is not None:
+            mode, local_memory = await plan_local(
+                local, ctx.principal.tenant, user, ctx.model, ctx.requested_mode, ctx.policy
             )
-            if mode in (MemoryMode.ACTIVATION, MemoryMode.PARAMETRIC):
-                ids = list(getattr(local_memory, "memory_ids", ()) or ())
-                await self._audit_injection(ctx, policy, user, ids, mode)
-                return PreparedChat(body=body, mode=mode, injected_ids=ids, local_memory=local_memory)
+            if local_memory is not None:
+                ids = list(local_memory.memory_ids)
+                await self._audit_injection(ctx, user, ids, mode)
+                return MemoryPlan(
+                    body=body, switch=switch, mode=mode, injected_ids=tuple(ids), local=local_memory
+                )
         else:
-            mode = choose_remote_mode(ctx.requested_mode, policy)
+            mode = choose_mode(ctx.requested_mode, ctx.policy.memory.allowed_modes, local=False)
         if mode is not MemoryMode.PLAINTEXT:
-            return PreparedChat(body=body)
-        return await self._plaintext(ctx, body, policy, user)
+            return MemoryPlan(body=body, switch=switch)
+        return await self._plaintext(ctx, body, switch, user)
 
     async def _plaintext(
-        self, ctx: ChatContext, body: dict[str, Any], policy: Policy, user: str
-    ) -> PreparedChat:
-        messages = body.get("messages") or []
-        query = query_of(messages)
+        self, ctx: ChatContext, body: dict[str, Any], switch: MemorySwitch, user: str
+    ) -> MemoryPlan:
+        query = query_of(body.get("messages") or [])
         if not query:
-            return PreparedChat(body=body, mode=MemoryMode.PLAINTEXT)
-        items = await self._admitted_recall(ctx, user, query, policy)
-        chosen = injection.fit_budget([rendered(i) for i in items], policy.memory.token_budget)
+            return MemoryPlan(body=body, switch=switch, mode=MemoryMode.PLAINTEXT)
+        items = await self._admitted_recall(ctx, user, query)
+        chosen = injection.fit_budget([injection.rendered(i) for i in items], ctx.policy.memory.token_budget)
         ids = [m.id for m in chosen]
         if ids:
-            await self._audit_injection(ctx, policy, user, ids, MemoryMode.PLAINTEXT)
-            if self.local is not None:
-                self.local.count_hits(ctx.principal.tenant, ids)
-        return PreparedChat(
+            await self._audit_injection(ctx, user, ids, MemoryMode.PLAINTEXT)
+            if self._local is not None:
+                self._local.count_hits(ctx.principal.tenant, ids)
+        block_tokens = injection.block_tokens(chosen)
+        if ctx.local_model and ids:
+            # The local runtime tokenises the block apart from the conversation, so that its ids are
+            # exactly those an activation request has (memos.local.runtime.build_prompt).
+            from memos.local.runtime import LocalMemory  # no torch: the runtime imports it lazily
+
+            block = LocalMemory(MemoryMode.PLAINTEXT, block=injection.render(chosen), memory_ids=tuple(ids))
+            return MemoryPlan(
+                body=body,
+                switch=switch,
+                mode=MemoryMode.PLAINTEXT,
+                injected_ids=tuple(ids),
+                local=block,
+                block_tokens=block_tokens,
+            )
+        return MemoryPlan(
             body=injection.inject(body, chosen),
+            switch=switch,
             mode=MemoryMode.PLAINTEXT,
-            injected_ids=ids,
-            block_tokens=injection.block_tokens(chosen),
+            injected_ids=tuple(ids),
+            block_tokens=block_tokens,
         )
 
-    async def _admitted_recall(
-        self, ctx: ChatContext, user: str, query: str, policy: Policy
-    ) -> Sequence[MemoryItem]:
+    async def _admitted_recall(self, ctx: ChatContext, user: str, query: str) -> Sequence[MemoryItem]:
         """The recall, unless memory cannot keep up: more than `max_inflight` retrievals running, or
         this one not done within `recall_timeout_s`. Overload is answered at once, never queued."""
-        if self._inflight >= self.max_inflight:
+        if self._inflight >= self._max_inflight:
             raise _Overloaded
         self._inflight += 1
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(
-                self._recall.recall(ctx.principal.tenant, user, query, policy, session=ctx.session),
-                self.recall_timeout_s,
+                self._recall.recall(ctx.principal.tenant, user, query, ctx.policy, session=ctx.session),
+                self._recall_timeout_s,
             )
         except TimeoutError:
             raise _Overloaded from None
@@ -270,16 +256,14 @@ class PlaintextChatMemory:
             self._inflight -= 1
             self._observer.recalled(ctx.principal.tenant, time.perf_counter() - started)
 
-    def _overloaded(self, ctx: ChatContext, policy: Policy, body: dict[str, Any]) -> PreparedChat:
-        if policy.memory.fail_mode == FailMode.CLOSED:
+    def _overloaded(self, ctx: ChatContext, off: MemoryPlan) -> MemoryPlan:
+        if ctx.policy.memory.fail_mode == FailMode.CLOSED:
             raise MemoryUnavailable("Memory is overloaded and this tenant's policy fails closed; retry.")
         log.info("memory overloaded (request %s): answering without", ctx.request_id)
-        return PreparedChat(body=body, reason=MemoryReason.OVERLOADED)
+        return replace(off, reason=MemoryReason.OVERLOADED)
 
-    def _unavailable(
-        self, ctx: ChatContext, policy: Policy, body: dict[str, Any], exc: Exception
-    ) -> PreparedChat:
-        if policy.memory.fail_mode == FailMode.CLOSED:
+    def _unavailable(self, ctx: ChatContext, off: MemoryPlan, exc: Exception) -> MemoryPlan:
+        if ctx.policy.memory.fail_mode == FailMode.CLOSED:
             log.warning(
                 "memory unavailable (request %s): %s; failing closed", ctx.request_id, type(exc).__name__
             )
@@ -287,11 +271,9 @@ class PlaintextChatMemory:
         log.warning(
             "memory unavailable (request %s): %s; answering without", ctx.request_id, type(exc).__name__
         )
-        return PreparedChat(body=body, reason=MemoryReason.VAULT_UNAVAILABLE)
+        return replace(off, reason=MemoryReason.VAULT_UNAVAILABLE)
 
-    async def _audit_injection(
-        self, ctx: ChatContext, policy: Policy, user: str, ids: list[str], mode: MemoryMode
-    ) -> None:
+    async def _audit_injection(self, ctx: ChatContext, user: str, ids: list[str], mode: MemoryMode) -> None:
         if self._audit is None or not ids:
             return
         await self._audit.append(
@@ -303,22 +285,20 @@ class PlaintextChatMemory:
                 user=user,
                 memory_ids=tuple(ids),
                 detail={"mode": mode.value},
-                level=policy.audit_level,
+                level=ctx.policy.audit_level,
             )
         )
 
     # -- after the answer -----------------------------------------------------------------------------
 
-    def _refuse_unrecordable(self, ctx: ChatContext, policy: Policy) -> None:
+    def _refuse_unrecordable(self, ctx: ChatContext, switch: MemorySwitch) -> None:
         """A fail-closed tenant's chat that would be written back is refused before the upstream call
         while storage is known to fail (exchanges wait for it, or the last write failed): its answer
         could not be recorded, and the upstream's work would be wasted."""
         if (
             self._write_retry is not None
-            and policy.memory.fail_mode == FailMode.CLOSED
-            and ctx.user is not None
-            and ctx.switch in (MemorySwitch.ON, MemorySwitch.WRITE)
-            and policy.memory.write
+            and ctx.policy.memory.fail_mode == FailMode.CLOSED
+            and switch in (MemorySwitch.ON, MemorySwitch.WRITE)
             and self._write_retry.storage_failing
         ):
             log.warning(
@@ -329,18 +309,14 @@ class PlaintextChatMemory:
                 "retry later."
             )
 
-    async def complete(self, ctx: ChatContext, prepared: PreparedChat, exchange: FinishedExchange) -> None:
-        policy = self._policies.get(ctx.principal.tenant)
-        if (
-            ctx.user is None
-            or ctx.switch not in (MemorySwitch.ON, MemorySwitch.WRITE)
-            or not policy.memory.write
-        ):
+    async def complete(self, ctx: ChatContext, plan: MemoryPlan, exchange: FinishedExchange) -> None:
+        if ctx.user is None or not plan.writes:
             return
+        policy = ctx.policy
         turns = new_turns(exchange.request_messages)
         if not any(message["role"] == "user" for _, message in turns):
             return
-        payload = self.payload(ctx, policy, turns, exchange.assistant_text, prepared.body)
+        payload = self.payload(ctx, policy, turns, exchange.assistant_text, plan.body)
         fails_open = policy.memory.fail_mode != FailMode.CLOSED
         retry = self._write_retry
         if fails_open and retry is not None and retry.holding:

@@ -71,7 +71,7 @@ class Prompt:
 
 @dataclass(frozen=True)
 class LocalMemory:
-    """What the scheduler decided for one local request (carried in PreparedChat.local_memory)."""
+    """What the scheduler decided for one local request (carried in MemoryPlan.local)."""
 
     mode: MemoryMode
     block: str | None = None  # the memory block (placed first as a system message); None: no block

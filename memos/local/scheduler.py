@@ -1,9 +1,8 @@
 """MemScheduler: which memory mode serves each request, and the lifecycle of memories between tiers.
 
-Per request (`choose_mode`, `plan_local`): plaintext, activation, parametric or off, from the
-requested mode (`X-Memos-Memory-Mode`, auto by default), the tenant policy's allowed modes, whether the
-model is served locally, and what is ready (the user's activation block and its KV cache, the user's
-LoRA adapter).
+Per request (`readiness`, `memory_for`): what of a user's local memory is ready (the activation block
+and its KV cache, the LoRA adapter), and the runtime's inputs for the mode the planner chose from it
+(memos.chat.planner.choose_mode decides, from the requested mode and the policy's allowed modes).
 
 - plaintext: retrieved memories as one system block (remote and local models alike);
 - activation (local models): the user's activation block - the memories promoted into it - held as a
@@ -34,14 +33,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from memos.chat.contract import MemoryMode
-from memos.chat.memory import rendered  # the block renders exactly as plaintext injection renders it
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
 from memos.logsafe import exception_summary
 from memos.recall import injection
 
 if TYPE_CHECKING:
-    from memos.governance.policy import Policy
     from memos.local.kvcache import KVBlock, KVCacheStore
     from memos.local.lora import AdapterHandle, AdapterMeta, AdapterStore, LoraTraining
     from memos.local.model_registry import LoadedModel, LocalModelRegistry
@@ -92,49 +89,6 @@ class SchedulerConfig:
     lora: LoraTraining | None = None  # None: memos.local.lora.LoraTraining() defaults
 
 
-def choose_mode(
-    requested: MemoryMode,
-    allowed: Iterable[str],
-    *,
-    local: bool,
-    activation_possible: bool = False,
-    activation_ready: bool = False,
-    parametric_ready: bool = False,
-) -> MemoryMode:
-    """The mode that serves a request.
-
-    An explicit request is honoured when the policy allows it and it can serve (activation needs a
-    non-empty block, whose cache is then built if missing; parametric needs a trained adapter);
-    otherwise, and for `auto`, the first that is allowed and ready of: activation with its cache built,
-    parametric, plaintext, activation (cache to be built), off. Remote models only know plaintext and off.
-    """
-    allowed_modes = {MemoryMode(m) for m in allowed if m in MemoryMode._value2member_map_}
-    if requested is MemoryMode.OFF:
-        return MemoryMode.OFF
-
-    def can(mode: MemoryMode, ready: bool) -> bool:
-        return mode in allowed_modes and ready
-
-    if not local:
-        return MemoryMode.PLAINTEXT if MemoryMode.PLAINTEXT in allowed_modes else MemoryMode.OFF
-    possible = {
-        MemoryMode.ACTIVATION: activation_possible,
-        MemoryMode.PARAMETRIC: parametric_ready,
-        MemoryMode.PLAINTEXT: True,
-    }
-    if requested in possible and can(requested, possible[requested]):
-        return requested
-    for mode, ready in (
-        (MemoryMode.ACTIVATION, activation_ready),
-        (MemoryMode.PARAMETRIC, parametric_ready),
-        (MemoryMode.PLAINTEXT, True),
-        (MemoryMode.ACTIVATION, activation_possible),
-    ):
-        if can(mode, ready):
-            return mode
-    return MemoryMode.OFF
-
-
 @dataclass(frozen=True)
 class Transition:
     memory_id: str
@@ -159,6 +113,30 @@ class _BlockView:
 @dataclass
 class _UserState:
     models: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class LocalReadiness:
+    """What of a user's local memory is ready for one request (MemScheduler.readiness)."""
+
+    tenant: str
+    user: str
+    loaded: LoadedModel
+    view: _BlockView
+    kv: KVBlock | None  # the stored cache, possibly stale (then extended from its common prefix)
+    adapter: AdapterHandle | None  # only while every memory it learned is still live
+
+    @property
+    def activation_possible(self) -> bool:
+        return bool(self.view.text)
+
+    @property
+    def activation_ready(self) -> bool:
+        return self.kv is not None and self.kv.token_ids == self.view.ids
+
+    @property
+    def parametric_ready(self) -> bool:
+        return self.adapter is not None
 
 
 def _aware(when: datetime | None) -> datetime | None:
@@ -237,13 +215,15 @@ class MemScheduler:
         promoted.sort(key=lambda i: (-i.hits, i.id))
         fitted = {
             m.id
-            for m in injection.fit_budget([rendered(i) for i in promoted], self.config.block_token_budget)
+            for m in injection.fit_budget(
+                [injection.rendered(i) for i in promoted], self.config.block_token_budget
+            )
         }
         return [i for i in promoted if i.id in fitted]
 
     @staticmethod
     def render_block(items: Sequence[MemoryItem]) -> str:
-        return injection.render([rendered(i) for i in items])
+        return injection.render([injection.rendered(i) for i in items])
 
     def stable_memories(
         self, items: Sequence[MemoryItem], min_age_s: float | None = None
@@ -287,50 +267,50 @@ class MemScheduler:
             except Exception as exc:
                 log.warning("recording memory hits failed: %s", exception_summary(exc))
 
-    async def plan_local(
-        self, tenant: str, user: str, model_name: str, requested: MemoryMode, policy: Policy
-    ) -> tuple[MemoryMode, LocalMemory | None]:
-        """For a local model (`local/<name>` or `<name>`): the mode, and for activation/parametric
-        the memory the runtime runs with. For plaintext the caller retrieves and renders the block
-        itself, as for remote models."""
+    async def readiness(self, tenant: str, user: str, model_name: str) -> LocalReadiness:
+        """For a local model (`local/<name>` or `<name>`): what of the user's local memory is ready now
+        (the activation block and its cache, the adapter). Which mode serves is decided by the planner
+        (memos.chat.planner), which then asks `memory_for` for the runtime's inputs."""
         from memos.local.kvcache import KVKey
-        from memos.local.runtime import LocalMemory
 
-        assert self.registry is not None and self.kv_store is not None and self.adapter_store is not None
+        assert self.registry is not None and self.kv_store is not None
         model_name = self.registry.name_of(model_name)
         self.note(tenant, user, model_name)
-        allowed = policy.memory.allowed_modes if policy.memory.inject else ["off"]
-        if requested is MemoryMode.OFF or not policy.memory.inject:
-            return MemoryMode.OFF, None
         loaded = await self.registry.get(model_name)
 
-        def inspect() -> tuple[_BlockView, KVBlock | None, Any]:
+        def inspect() -> LocalReadiness:
             view = self._block_view(tenant, user, loaded)
             kv = None
             if view.ids:
+                assert self.kv_store is not None
                 kv = self.kv_store.load(KVKey(tenant, user, loaded.fingerprint), loaded.device)
-            return view, kv, self._current_adapter(tenant, user, loaded.fingerprint, view.live_ids)
+            adapter = self._current_adapter(tenant, user, loaded.fingerprint, view.live_ids)
+            return LocalReadiness(tenant, user, loaded, view, kv, adapter)
 
-        view, kv, adapter = await asyncio.to_thread(inspect)
-        text, ids, memory_ids = view.text, view.ids, view.memory_ids
-        ready = kv is not None and kv.token_ids == ids
-        mode = choose_mode(
-            requested,
-            allowed,
-            local=True,
-            activation_possible=bool(text),
-            activation_ready=ready,
-            parametric_ready=adapter is not None,
-        )
+        return await asyncio.to_thread(inspect)
+
+    async def memory_for(self, ready: LocalReadiness, mode: MemoryMode) -> LocalMemory | None:
+        """The runtime's inputs for activation (the block's cache, built now if it is missing or stale)
+        or parametric (the adapter); None for any other mode."""
+        from memos.local.runtime import LocalMemory
+
+        view = ready.view
         if mode is MemoryMode.ACTIVATION:
-            if not ready:
+            kv = ready.kv
+            if not ready.activation_ready:
                 kv = await self.build_cache(
-                    tenant, user, loaded, ids, memory_ids, previous=kv, erasures=view.erasures
+                    ready.tenant,
+                    ready.user,
+                    ready.loaded,
+                    view.ids,
+                    view.memory_ids,
+                    previous=kv,
+                    erasures=view.erasures,
                 )
-            return mode, LocalMemory(mode, block=text, kv=kv, memory_ids=memory_ids)
-        if mode is MemoryMode.PARAMETRIC:
-            return mode, LocalMemory(mode, adapter=adapter, memory_ids=adapter.memory_ids)
-        return mode, None
+            return LocalMemory(mode, block=view.text, kv=kv, memory_ids=view.memory_ids)
+        if mode is MemoryMode.PARAMETRIC and ready.adapter is not None:
+            return LocalMemory(mode, adapter=ready.adapter, memory_ids=ready.adapter.memory_ids)
+        return None
 
     def _block_view(self, tenant: str, user: str, loaded: LoadedModel) -> _BlockView:
         """Blocking: the user's activation block for this model. Recomputed when the vault's change

@@ -43,7 +43,7 @@ class AuditSink(Protocol):
 
 
 def exchange_from_record(record: OutboxRecord) -> Exchange:
-    """The reader's view of an outbox payload (written by memos.chat.memory.PlaintextChatMemory)."""
+    """The reader's view of an outbox payload (written by memos.chat.memory.VaultChatMemory)."""
     payload = record.payload
     observed = payload.get("observed_at")
     observed_at = (

@@ -109,7 +109,7 @@ class WriteRetryQueue:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    # -- producer (PlaintextChatMemory.complete) -----------------------------------------------------
+    # -- producer (VaultChatMemory.complete) ---------------------------------------------------------
 
     @property
     def holding(self) -> bool:

@@ -24,12 +24,10 @@ from memos.chat.contract import (
     ChatContext,
     FinishedExchange,
     MemoryMode,
+    MemoryPlan,
     MemorySwitch,
-    PreparedChat,
 )
-from memos.governance.acl import Operation, authorize, effective_user, is_allowed
-from memos.governance.policy import Policy
-from memos.governance.principal import Principal
+from memos.governance.acl import Operation, authorize, effective_user
 from memos.logsafe import exception_summary
 from proxy.auth import authenticate
 from proxy.disconnect import ClientDisconnected, until_disconnect
@@ -61,7 +59,6 @@ from proxy.wire import ChatRequest, header_user, read_json_object
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/chat/completions"
-_WRITES = (MemorySwitch.ON, MemorySwitch.WRITE)
 
 
 def routes() -> list[BaseRoute]:
@@ -79,27 +76,6 @@ def _header_enum(
     except ValueError:
         allowed = " | ".join(m.value for m in enum)
         raise bad_request(f"Invalid value for header {name}: expected {allowed}.", param=name) from None
-
-
-def memory_switch(
-    requested: MemorySwitch, principal: Principal, policy: Policy, user: str | None
-) -> MemorySwitch:
-    """What memory may do on this request: the client's wish narrowed by the policy and the ACL."""
-    if requested is MemorySwitch.OFF or user is None:
-        return MemorySwitch.OFF
-    read = (
-        requested in (MemorySwitch.ON, MemorySwitch.READ)
-        and policy.memory.inject
-        and is_allowed(principal, policy, Operation.MEMORY_READ, user)
-    )
-    write = (
-        requested in _WRITES
-        and policy.memory.write
-        and is_allowed(principal, policy, Operation.MEMORY_WRITE, user)
-    )
-    if read and write:
-        return MemorySwitch.ON
-    return MemorySwitch.READ if read else MemorySwitch.WRITE if write else MemorySwitch.OFF
 
 
 async def chat_completions(request: Request) -> Response:
@@ -120,35 +96,39 @@ async def chat_completions(request: Request) -> Response:
 
     ctx = ChatContext(
         principal=principal,
+        policy=policy,
         request_id=request.state.request_id,
         user=user,
         session=request.headers.get("x-memos-session"),
-        switch=memory_switch(requested_switch, principal, policy, user),
+        requested_switch=requested_switch,
         requested_mode=requested_mode,
         model=chat.model,
         local_model=kind is UpstreamKind.LOCAL,
     )
-    # What was asked, before memory adds anything (a shallow copy: memory may edit the list in place).
-    asked = list(chat.messages) if ctx.switch in _WRITES else []
-    prepared = await services.chat_memory.prepare(ctx, body)  # MemoryUnavailable: 503 (fails closed)
+    # What was asked, before memory adds anything (a shallow copy: nothing may edit it afterwards).
+    asked = list(chat.messages)
+    plan = await services.chat_memory.plan(ctx, body)  # MemoryUnavailable: 503 (fails closed)
     call = ChatCall(
-        upstream_target(services.settings, caller, kind, request.headers), prepared, ctx.request_id
+        upstream_target(services.settings, caller, kind, request.headers),
+        plan.body,
+        ctx.request_id,
+        local_memory=plan.local,
     )
     memo_headers = {
-        "x-memos-memory-mode": prepared.mode.value,
-        "x-memos-memories": str(prepared.injected_count),
+        "x-memos-memory-mode": plan.mode.value,
+        "x-memos-memories": str(plan.injected_count),
     }
-    if prepared.reason is not None:
-        memo_headers["x-memos-memory-reason"] = prepared.reason.value
-        services.metrics.skipped_memory(principal.tenant, prepared.reason.value)
+    if plan.reason is not None:
+        memo_headers["x-memos-memory-reason"] = plan.reason.value
+        services.metrics.skipped_memory(principal.tenant, plan.reason.value)
     services.metrics.observe_memory(
         principal.tenant,
-        prepared.mode.value,
-        read=ctx.switch in (MemorySwitch.ON, MemorySwitch.READ),
-        injected=prepared.injected_count,
-        block_tokens=prepared.block_tokens,
+        plan.mode.value,
+        read=plan.reads,
+        injected=plan.injected_count,
+        block_tokens=plan.block_tokens,
     )
-    relay = _Relay(services, request, ctx, prepared, asked, memo_headers)
+    relay = _Relay(services, request, ctx, plan, asked, memo_headers)
     if chat.stream:
         return await relay.stream(upstream, call)
     return await relay.once(upstream, call)
@@ -160,14 +140,14 @@ class _Relay:
         services: Services,
         request: Request,
         ctx: ChatContext,
-        prepared: PreparedChat,
+        plan: MemoryPlan,
         asked: list[dict[str, Any]],
         headers: dict[str, str],
     ) -> None:
         self.services = services
         self.request = request
         self.ctx = ctx
-        self.prepared = prepared
+        self.plan = plan
         self.asked = asked
         self.headers = headers
         self.tenant = ctx.principal.tenant
@@ -178,11 +158,11 @@ class _Relay:
 
     async def _complete(self, text: str, tool_calls: list[dict[str, Any]]) -> None:
         """Hand the finished exchange to memory; raises ApiError(503) if it cannot be recorded."""
-        if self.ctx.switch not in _WRITES:
+        if not self.plan.writes:
             return
         exchange = FinishedExchange(request_messages=self.asked, assistant_text=text, tool_calls=tool_calls)
         try:
-            await self.services.chat_memory.complete(self.ctx, self.prepared, exchange)
+            await self.services.chat_memory.complete(self.ctx, self.plan, exchange)
         except Exception as exc:
             log.error(
                 "memory write-back failed (request %s): %s", self.ctx.request_id, exception_summary(exc)
@@ -203,7 +183,7 @@ class _Relay:
         except ClientDisconnected:
             return client_gone_response()
         self.services.metrics.observe_upstream(self.tenant, ROUTE, time.perf_counter() - started)
-        if self.ctx.switch in _WRITES:
+        if self.plan.writes:
             try:
                 text, tool_calls = message_of(reply.data)
             except orjson.JSONDecodeError:
@@ -234,7 +214,7 @@ class _Relay:
     async def _events(
         self, events: EventStream, first: tuple[bytes, dict[str, Any]] | None
     ) -> AsyncIterator[bytes]:
-        assembler = StreamAssembler() if self.ctx.switch in _WRITES else None
+        assembler = StreamAssembler() if self.plan.writes else None
         usage: bytes | None = None
         # Events that arrived together go out in one write (an optional method of the stream).
         drain: Callable[[], list[bytes]] | None = getattr(events, "drain", None)

@@ -17,7 +17,7 @@ body and the headers worth relaying are kept so the proxy can pass them on faith
 
 Implementations: `proxy.upstream.http.HttpUpstream` (OpenAI-compatible passthrough, the default),
 `proxy.upstream.litellm_adapter.LiteLLMUpstream` (lazy litellm) and `proxy.upstream.local` (the local
-runtime, which reads `call.prepared.local_memory`). `proxy.upstream.router.UpstreamRouter` picks one
+runtime, which reads `call.local_memory`). `proxy.upstream.router.UpstreamRouter` picks one
 per model name.
 """
 
@@ -26,11 +26,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
-from memos.chat.contract import PreparedChat
+if TYPE_CHECKING:
+    from memos.local.runtime import LocalMemory
+
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,13 @@ class UpstreamTarget:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChatCall:
     target: UpstreamTarget
-    prepared: PreparedChat  # prepared.body is what is sent; local upstreams read prepared.local_memory
+    body: dict[str, Any]  # what is sent (memory's plan decided it)
     request_id: str
-
-    @property
-    def body(self) -> dict[str, Any]:
-        return self.prepared.body
+    # A local model's memory inputs (block, KV cache, adapter), from the plan; remote upstreams ignore it.
+    local_memory: LocalMemory | None = None
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from memos.chat.contract import PreparedChat
 from proxy.sse import message_of
 from proxy.upstream.base import ChatCall, UpstreamTarget
 from proxy.upstream.router import UpstreamKind, UpstreamRouter
@@ -33,7 +32,7 @@ class UpstreamCompleter:
         kind, upstream = self._router.route(model)
         body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
         call = ChatCall(
-            self._target_for(kind), PreparedChat(body=body), f"memos-extract-{uuid.uuid4().hex[:16]}"
+            self._target_for(kind), body, f"memos-extract-{uuid.uuid4().hex[:16]}"
         )
         reply = await upstream.chat(call)
         text, _ = message_of(reply.data)

@@ -1,9 +1,9 @@
 """The local runtime as an upstream: `local/<name>` models answered in the OpenAI wire format.
 
-The memory the scheduler chose arrives in `call.prepared.local_memory` (a memos.local.runtime.LocalMemory):
-its block goes first (prefilled now in plaintext mode, taken from its KV cache in activation mode) and
-its adapter, if any, is active for the call (parametric mode). Without it the conversation is served
-as it came. Generation runs on the runtime's threads; streamed answers keep the upstream contract
+The memory the plan chose arrives in `call.local_memory` (a memos.local.runtime.LocalMemory): its block
+goes first (prefilled now in plaintext mode, taken from its KV cache in activation mode) and its
+adapter, if any, is active for the call (parametric mode). Without it the conversation is served as it
+came. Generation runs on the runtime's threads; streamed answers keep the upstream contract
 (chunk JSON payloads, usage last when `stream_options.include_usage`).
 """
 
@@ -38,7 +38,7 @@ class LocalUpstream:
         self.runtime = runtime or LocalRuntime()
 
     async def _prepare(self, call: ChatCall) -> tuple[Any, Any, Any, dict[str, Any]]:
-        from memos.local.runtime import LocalMemory, SamplingParams, build_prompt
+        from memos.local.runtime import SamplingParams, build_prompt
 
         body = call.body
         model = str(body.get("model", ""))
@@ -61,21 +61,12 @@ class LocalUpstream:
                 "`messages` must be a non-empty list.", status=400, code="invalid_messages"
             )
         loaded = await self.registry.get(name)
-        prepared = call.prepared
-        memory = prepared.local_memory
+        memory = call.local_memory
         kv = adapter = block = None
-        if isinstance(memory, LocalMemory):
+        if memory is not None:
             block = memory.block
             adapter = memory.adapter if memory.mode is MemoryMode.PARAMETRIC else None
             kv = memory.kv if memory.mode is MemoryMode.ACTIVATION else None
-        elif (
-            prepared.mode is MemoryMode.PLAINTEXT
-            and prepared.injected_ids
-            and messages[0].get("role") == "system"
-        ):
-            # Plaintext injection put the memory block first (memos.recall.injection.inject): tokenize it as
-            # the block, so that the ids are exactly those an activation request has.
-            block, messages = messages[0].get("content"), messages[1:]
         from jinja2 import TemplateError
 
         try:

@@ -11,8 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from memos.chat.contract import ChatContext, FinishedExchange, MemoryMode, MemorySwitch, PreparedChat
+from memos.chat.contract import ChatContext, FinishedExchange, MemoryMode, MemoryPlan, MemorySwitch
+from memos.chat.planner import memory_switch
 from memos.governance.policy import Policy, UpstreamPolicy
+from memos.local.runtime import LocalMemory
 from proxy.services import DefaultPolicies
 from proxy.upstream.base import ChatCall, JsonCall, UpstreamReply, UpstreamTarget
 from tests.proxy.conftest import Api
@@ -95,17 +97,23 @@ class RecordingMemory:
         self.fail = fail
         self.delay_s = delay_s
         self.contexts: list[ChatContext] = []
+        self.switches: list[MemorySwitch] = []  # what the planner made of each request's switch
         self.completed: list[FinishedExchange] = []
         self.completed_at: float | None = None
 
-    async def prepare(self, ctx: ChatContext, body: dict[str, Any]) -> PreparedChat:
+    async def plan(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:
         self.contexts.append(ctx)
+        switch = memory_switch(ctx.requested_switch, ctx.principal, ctx.policy, ctx.user)
+        self.switches.append(switch)
         if self.inject is None:
-            return PreparedChat(body=body)
+            return MemoryPlan(body=body, switch=switch)
+        if ctx.local_model:  # the local runtime gets the block apart from the conversation
+            local = LocalMemory(MemoryMode.PLAINTEXT, block=self.inject, memory_ids=("m1", "m2"))
+            return MemoryPlan(body=body, switch=switch, mode=MemoryMode.PLAINTEXT, local=local)
         body["messages"].insert(0, {"role": "system", "content": self.inject})  # in place, on purpose
-        return PreparedChat(body=body, mode=MemoryMode.PLAINTEXT, injected_ids=["m1", "m2"])
+        return MemoryPlan(body=body, switch=switch, mode=MemoryMode.PLAINTEXT, injected_ids=("m1", "m2"))
 
-    async def complete(self, ctx: ChatContext, prepared: PreparedChat, exchange: FinishedExchange) -> None:
+    async def complete(self, ctx: ChatContext, plan: MemoryPlan, exchange: FinishedExchange) -> None:
         await asyncio.sleep(self.delay_s)
         if self.fail:
             raise RuntimeError("outbox down")
@@ -133,7 +141,7 @@ def test_memory_injects_and_records_non_streamed(
     assert r.headers["x-memos-memories"] == "2"
     assert upstream.chat_requests[-1]["messages"][0] == {"role": "system", "content": "MEMORY: likes tea"}
     (ctx,) = memory.contexts
-    assert (ctx.user, ctx.session, ctx.switch, ctx.requested_mode) == (
+    assert (ctx.user, ctx.session, memory.switches[0], ctx.requested_mode) == (
         "alice",
         "s1",
         MemorySwitch.ON,
@@ -181,14 +189,14 @@ def test_memory_switch(
 ) -> None:
     headers = {"X-Memos-Memory": header} | ({"X-Memos-User": user} if user else {})
     assert api.post(CHAT, body(), headers=headers).status_code == 200
-    assert memory.contexts[0].switch is expected
+    assert memory.switches[0] is expected
     assert bool(memory.completed) is writes
 
 
 def test_readonly_key_does_not_write_back(running: RunningProxy, memory: RecordingMemory) -> None:
     api = Api(running, running.create_key("acme", "readonly"))
     assert api.post(CHAT, body(), headers={"X-Memos-User": "alice"}).status_code == 200
-    assert memory.contexts[0].switch is MemorySwitch.READ and memory.completed == []
+    assert memory.switches[0] is MemorySwitch.READ and memory.completed == []
 
 
 def test_user_bound_key_may_not_act_for_another_user(running: RunningProxy, memory: RecordingMemory) -> None:
@@ -437,12 +445,13 @@ def test_non_json_event_is_an_error_event(api: Api, local: ScriptedUpstream) -> 
     assert "error" in orjson.loads(lines[-1].removeprefix("data: ")) and local.closed
 
 
-def test_prepared_chat_reaches_the_upstream(api: Api, local: ScriptedUpstream, running: RunningProxy) -> None:
+def test_the_plan_reaches_the_upstream(api: Api, local: ScriptedUpstream, running: RunningProxy) -> None:
     memory = RecordingMemory()
     running.services.chat_memory = memory
     api.post(CHAT, body(model="local/tiny"), headers={"X-Memos-User": "alice"})
     (call,) = local.calls
-    assert call.prepared.mode is MemoryMode.PLAINTEXT and memory.contexts[0].local_model
+    assert memory.contexts[0].local_model and call.local_memory is not None
+    assert call.local_memory.block == "MEMORY: likes tea" and call.body["messages"] == MESSAGES
     assert call.target.api_key is None
     assert [m["id"] for m in api.get("/models").json()["data"]][-1] == "local/tiny"
 

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memos.chat.contract import PreparedChat
 from proxy.upstream.base import (
     ChatCall,
     UpstreamHTTPError,
@@ -52,7 +51,7 @@ def upstream_for(handler: httpx.MockTransport) -> HttpUpstream:
 
 def call(body: dict | None = None) -> ChatCall:
     return ChatCall(
-        UpstreamTarget(base_url=None, api_key="sk-x"), PreparedChat(body=body or {"model": "m"}), "rid"
+        UpstreamTarget(base_url=None, api_key="sk-x"), body or {"model": "m"}, "rid"
     )
 
 

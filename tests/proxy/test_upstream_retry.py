@@ -19,7 +19,6 @@ import httpx
 import orjson
 import pytest
 
-from memos.chat.contract import PreparedChat
 from proxy.upstream import aiohttp_transport
 from proxy.upstream.aiohttp_transport import AiohttpTransport
 from proxy.upstream.base import ChatCall, UpstreamTarget, UpstreamUnreachable
@@ -149,7 +148,7 @@ def raw(request: pytest.FixtureRequest) -> Iterator[RawUpstream]:
 
 CALL = ChatCall(
     UpstreamTarget(base_url=None, api_key=None),
-    PreparedChat(body={"model": "gpt-4o-mini", "messages": []}),
+    {"model": "gpt-4o-mini", "messages": []},
     "rid",
 )
 

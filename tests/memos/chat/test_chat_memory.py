@@ -1,4 +1,4 @@
-"""PlaintextChatMemory over the real vault, retriever, outbox, worker pipeline and audit log."""
+"""VaultChatMemory over the real vault, retriever, outbox, worker pipeline and audit log."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from memos.chat.contract import (
     ChatContext,
     FinishedExchange,
     MemoryMode,
+    MemoryPlan,
     MemoryReason,
     MemorySwitch,
     MemoryUnavailable,
-    PreparedChat,
 )
-from memos.chat.memory import PlaintextChatMemory, RetrieverRecall, new_turns, query_of
+from memos.chat.memory import RetrieverRecall, VaultChatMemory, new_turns, query_of
 from memos.governance.audit import AuditLog
 from memos.governance.group_commit import GroupCommitAudit
 from memos.governance.policy import FailMode, Policy
@@ -48,11 +48,25 @@ class Policies:
 @dataclass
 class Stack:
     env: VaultEnv
-    memory: PlaintextChatMemory
+    memory: VaultChatMemory
     outbox: Outbox
     writeback: WriteBack
     policies: Policies
     audit: AuditLog
+
+    def context(
+        self, user: str | None, *, switch=MemorySwitch.ON, session: str | None = "s1", rid="req-1"
+    ) -> ChatContext:
+        """A request as the proxy hands it over, under the tenant's policy as it is now."""
+        return ChatContext(
+            principal=APP,
+            policy=self.policies.policy,
+            request_id=rid,
+            user=user,
+            session=session,
+            requested_switch=switch,
+            model="gpt-4o-mini",
+        )
 
     async def drain(self) -> int:
         count = 0
@@ -63,27 +77,17 @@ class Stack:
                 count += 1
         return count
 
-    async def chat(
-        self, user: str, text: str, *, switch=MemorySwitch.ON, session="s1", **body
-    ) -> PreparedChat:
+    async def chat(self, user: str, text: str, *, switch=MemorySwitch.ON, session="s1", **body) -> MemoryPlan:
         """One exchange: prepare, (the upstream answers), complete."""
-        ctx = context(user, switch=switch, session=session)
+        ctx = self.context(user, switch=switch, session=session)
         request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **body}
-        prepared = await self.memory.prepare(ctx, request)
+        prepared = await self.memory.plan(ctx, request)
         await self.memory.complete(ctx, prepared, FinishedExchange(list(request["messages"]), "Noted."))
         return prepared
 
-    async def ask(self, user: str, text: str, **kw) -> PreparedChat:
-        ctx = context(user, **kw)
-        return await self.memory.prepare(ctx, {"model": "m", "messages": [{"role": "user", "content": text}]})
-
-
-def context(
-    user: str | None, *, switch=MemorySwitch.ON, session: str | None = "s1", rid="req-1"
-) -> ChatContext:
-    return ChatContext(
-        principal=APP, request_id=rid, user=user, session=session, switch=switch, model="gpt-4o-mini"
-    )
+    async def ask(self, user: str, text: str, **kw) -> MemoryPlan:
+        ctx = self.context(user, **kw)
+        return await self.memory.plan(ctx, {"model": "m", "messages": [{"role": "user", "content": text}]})
 
 
 async def embed_with(vault_env: VaultEnv):
@@ -99,14 +103,12 @@ async def stack(env: VaultEnv) -> Stack:
     audit = AuditLog.from_master(env.db, env.master)
     outbox = Outbox(env.db, env.keyring)
     recall = RetrieverRecall(Retriever(env.vault), await embed_with(env))
-    memory = PlaintextChatMemory(
-        recall=recall, outbox=outbox, policies=policies, audit=GroupCommitAudit(audit)
-    )
+    memory = VaultChatMemory(recall=recall, outbox=outbox, audit=GroupCommitAudit(audit))
     writeback = WriteBack(MemReader(), MemOperator(env.vault), policies, audit)
     return Stack(env, memory, outbox, writeback, policies, audit)
 
 
-def system_block(prepared: PreparedChat) -> str:
+def system_block(prepared: MemoryPlan) -> str:
     first = prepared.body["messages"][0]
     assert first["role"] == "system"
     return first["content"]
@@ -132,7 +134,7 @@ async def test_another_users_memories_are_never_injected(stack: Stack) -> None:
     await stack.chat("alice", "My secret project is called Bluebird.")
     await stack.drain()
     prepared = await stack.ask("bob", "What is my secret project called Bluebird?")
-    assert prepared.injected_ids == []
+    assert prepared.injected_ids == ()
     assert all("Bluebird" not in m["content"] for m in prepared.body["messages"][:-1])
 
 
@@ -152,7 +154,7 @@ async def test_switches_and_policy(stack: Stack) -> None:
     assert (await stack.ask("alice", question)).injected_ids
     for switch in (MemorySwitch.OFF, MemorySwitch.WRITE):
         prepared = await stack.ask("alice", question, switch=switch)
-        assert prepared.injected_ids == [] and prepared.mode is MemoryMode.OFF
+        assert prepared.injected_ids == () and prepared.mode is MemoryMode.OFF
         assert prepared.body["messages"] == [{"role": "user", "content": question}]
     # read: injects, but the exchange is not written back.
     prepared = await stack.chat("alice", "I also collect fountain pens.", switch=MemorySwitch.READ)
@@ -165,16 +167,16 @@ async def test_switches_and_policy(stack: Stack) -> None:
     assert stack.outbox.pending() == 1
     # The policy can turn either side off.
     stack.policies.set(inject=False)
-    assert (await stack.ask("alice", question)).injected_ids == []
+    assert (await stack.ask("alice", question)).injected_ids == ()
     stack.policies.set(inject=True, write=False)
     await stack.chat("alice", "I also collect shells.")
     assert stack.outbox.pending() == 1
 
 
 async def test_no_user_means_no_memory(stack: Stack) -> None:
-    ctx = context(None)
+    ctx = stack.context(None)
     body = {"messages": [{"role": "user", "content": "I live in Oslo."}]}
-    prepared = await stack.memory.prepare(ctx, body)
+    prepared = await stack.memory.plan(ctx, body)
     assert prepared.body is body
     await stack.memory.complete(ctx, prepared, FinishedExchange(body["messages"], "ok"))
     assert stack.outbox.pending() == 0
@@ -230,7 +232,7 @@ class BrokenRecall:
 async def test_fail_open_answers_without_memory(stack: Stack) -> None:
     memory = replace_recall(stack, BrokenRecall())
     body = {"messages": [{"role": "user", "content": "hello there, I like tea"}]}
-    prepared = await memory.prepare(context("alice"), body)
+    prepared = await memory.plan(stack.context("alice"), body)
     assert prepared.body is body and prepared.mode is MemoryMode.OFF
     assert prepared.reason is MemoryReason.VAULT_UNAVAILABLE
 
@@ -239,7 +241,7 @@ async def test_fail_closed_raises_memory_unavailable(stack: Stack) -> None:
     stack.policies.set(fail_mode=FailMode.CLOSED)
     memory = replace_recall(stack, BrokenRecall())
     with pytest.raises(MemoryUnavailable):
-        await memory.prepare(context("alice"), {"messages": [{"role": "user", "content": "I like tea"}]})
+        await memory.plan(stack.context("alice"), {"messages": [{"role": "user", "content": "I like tea"}]})
 
 
 class HeldRecall:
@@ -255,53 +257,47 @@ class HeldRecall:
 
 
 async def test_a_retrieval_over_its_time_is_answered_without_memory_saying_why(stack: Stack) -> None:
-    memory = PlaintextChatMemory(
-        recall=(held := HeldRecall()), outbox=stack.outbox, policies=stack.policies, recall_timeout_s=0.05
-    )
+    memory = VaultChatMemory(recall=(held := HeldRecall()), outbox=stack.outbox, recall_timeout_s=0.05)
     body = {"messages": [{"role": "user", "content": "Which tea do I like?"}]}
-    prepared = await memory.prepare(context("alice"), body)
+    prepared = await memory.plan(stack.context("alice"), body)
     assert prepared.body is body and prepared.reason is MemoryReason.OVERLOADED
     assert memory._inflight == 0  # the slot is given back
     stack.policies.set(fail_mode=FailMode.CLOSED)
     with pytest.raises(MemoryUnavailable):
-        await memory.prepare(context("alice"), body)
+        await memory.plan(stack.context("alice"), body)
     held.release.set()
 
 
 async def test_retrievals_over_the_limit_are_shed_at_once(stack: Stack) -> None:
-    memory = PlaintextChatMemory(
-        recall=(held := HeldRecall()), outbox=stack.outbox, policies=stack.policies, max_inflight=1
-    )
+    memory = VaultChatMemory(recall=(held := HeldRecall()), outbox=stack.outbox, max_inflight=1)
     body = {"messages": [{"role": "user", "content": "Which tea do I like?"}]}
-    first = asyncio.create_task(memory.prepare(context("alice"), body))
+    first = asyncio.create_task(memory.plan(stack.context("alice"), body))
     await held.started.wait()
-    shed = await memory.prepare(context("bob"), body)  # the one slot is taken: not queued
+    shed = await memory.plan(stack.context("bob"), body)  # the one slot is taken: not queued
     assert shed.reason is MemoryReason.OVERLOADED
     held.release.set()
     assert (await first).reason is None
 
 
 async def test_an_outbox_failure_fails_closed_or_open_by_policy(stack: Stack) -> None:
-    ctx = context("alice")
+    ctx = stack.context("alice")
     body = {"messages": [{"role": "user", "content": "I like tea"}]}
-    prepared = PreparedChat(body=body)
+    prepared = MemoryPlan(body=body, switch=MemorySwitch.ON)
     stack.env.db.dispose()
     broken = Outbox(type(stack.env.db)("sqlite:////nonexistent-dir/x/y.db"), stack.env.keyring)
-    memory = PlaintextChatMemory(recall=BrokenRecall(), outbox=broken, policies=stack.policies)
+    memory = VaultChatMemory(recall=BrokenRecall(), outbox=broken)
     await memory.complete(ctx, prepared, FinishedExchange(body["messages"], "ok"))  # open: swallowed
     stack.policies.set(fail_mode=FailMode.CLOSED)
     with pytest.raises(MemoryUnavailable):
-        await memory.complete(ctx, prepared, FinishedExchange(body["messages"], "ok"))
+        await memory.complete(stack.context("alice"), prepared, FinishedExchange(body["messages"], "ok"))
 
 
-def replace_recall(stack: Stack, recall) -> PlaintextChatMemory:
-    return PlaintextChatMemory(
-        recall=recall, outbox=stack.outbox, policies=stack.policies, audit=GroupCommitAudit(stack.audit)
-    )
+def replace_recall(stack: Stack, recall) -> VaultChatMemory:
+    return VaultChatMemory(recall=recall, outbox=stack.outbox, audit=GroupCommitAudit(stack.audit))
 
 
 async def test_only_the_new_turns_are_written_back(stack: Stack) -> None:
-    ctx = context("alice")
+    ctx = stack.context("alice")
     messages = [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": "I live in Oslo."},
@@ -309,7 +305,9 @@ async def test_only_the_new_turns_are_written_back(stack: Stack) -> None:
         {"role": "user", "content": "I teach chemistry."},
     ]
     await stack.memory.complete(
-        ctx, PreparedChat(body={"messages": messages}), FinishedExchange(messages, "Cool.")
+        ctx,
+        MemoryPlan(body={"messages": messages}, switch=MemorySwitch.ON),
+        FinishedExchange(messages, "Cool."),
     )
     [record] = stack.outbox.claim()
     assert record.payload["turns"] == [
@@ -331,8 +329,8 @@ def test_query_and_turn_helpers() -> None:
 
 
 def test_dates_in_the_block_are_when_memories_were_recorded() -> None:
-    from memos.chat.memory import rendered
     from memos.item import MemoryItem
+    from memos.recall.injection import rendered
 
     item = MemoryItem(id="m", tenant="t", owner="o", text="x", observed_at=datetime(2025, 5, 1, tzinfo=UTC))
     assert rendered(item).when == datetime(2025, 5, 1, tzinfo=UTC)
@@ -354,9 +352,11 @@ class CountingEmbedder:
 
 
 async def told(stack: Stack, rid: str, text: str) -> None:
-    ctx = context("alice", rid=rid)
+    ctx = stack.context("alice", rid=rid)
     request = {"model": "m", "messages": [{"role": "user", "content": text}]}
-    await stack.memory.complete(ctx, PreparedChat(body=request), FinishedExchange(request["messages"], "Ok."))
+    await stack.memory.complete(
+        ctx, MemoryPlan(body=request, switch=MemorySwitch.ON), FinishedExchange(request["messages"], "Ok.")
+    )
 
 
 async def test_a_users_rows_are_written_back_as_one_group(stack: Stack) -> None:

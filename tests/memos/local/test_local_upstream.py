@@ -9,7 +9,7 @@ import sys
 import orjson
 import pytest
 
-from memos.chat.contract import MemoryMode, PreparedChat
+from memos.chat.contract import MemoryMode
 from memos.local.kvcache import prefill
 from memos.local.runtime import LocalMemory, block_ids
 from proxy.upstream.base import ChatCall, UpstreamError, UpstreamTarget
@@ -24,8 +24,8 @@ def upstream(registry):  # type: ignore[no-untyped-def]
     up.runtime.close()
 
 
-def call(body: dict, **prepared) -> ChatCall:  # type: ignore[no-untyped-def, type-arg]
-    return ChatCall(UpstreamTarget(None), PreparedChat(body=body, **prepared), "req-1")
+def call(body: dict, local_memory: LocalMemory | None = None) -> ChatCall:  # type: ignore[type-arg]
+    return ChatCall(UpstreamTarget(None), body, "req-1", local_memory=local_memory)
 
 
 def body(**extra) -> dict:  # type: ignore[no-untyped-def, type-arg]
@@ -87,12 +87,11 @@ async def test_a_malformed_n_is_400_naming_the_field(upstream, value) -> None:  
 async def test_memory_modes_reach_the_runtime(upstream, loaded) -> None:  # type: ignore[no-untyped-def]
     kv = prefill(loaded, block_ids(loaded.tokenizer, BLOCK))
     activation = await upstream.chat(
-        call(body(), mode=MemoryMode.ACTIVATION, local_memory=LocalMemory(MemoryMode.ACTIVATION, BLOCK, kv))
+        call(body(), local_memory=LocalMemory(MemoryMode.ACTIVATION, BLOCK, kv))
     )
     assert activation.data["usage"]["prompt_tokens_details"]["cached_tokens"] == len(kv.token_ids)
-    # Plaintext injection (memos.recall.injection) put the block first in the body: same ids, same answer.
-    injected = {**body(), "messages": [{"role": "system", "content": BLOCK}, *CONVERSATION]}
-    plaintext = await upstream.chat(call(injected, mode=MemoryMode.PLAINTEXT, injected_ids=["m1"]))
+    # Plaintext hands the block over apart from the conversation: same ids, same answer, no cache.
+    plaintext = await upstream.chat(call(body(), local_memory=LocalMemory(MemoryMode.PLAINTEXT, BLOCK)))
     assert plaintext.data["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert plaintext.data["usage"]["prompt_tokens"] == activation.data["usage"]["prompt_tokens"]
     assert plaintext.data["choices"] == activation.data["choices"]

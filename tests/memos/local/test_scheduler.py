@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from memos.chat.contract import MemoryMode
+from memos.chat.planner import choose_mode, plan_local
 from memos.embeddings import HashEmbedder
 from memos.governance.audit import AuditLog
 from memos.governance.policy import MemoryPolicy, Policy
@@ -18,7 +19,7 @@ from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
 from memos.local.kvcache import KVCacheStore, KVKey
 from memos.local.lora import AdapterStore, LoraTraining
-from memos.local.scheduler import MemScheduler, SchedulerConfig, choose_mode
+from memos.local.scheduler import MemScheduler, SchedulerConfig
 from memos.storage.db import Database
 from memos.storage.vault import MemVault
 from memos.storage.vectors import VectorIndex
@@ -155,29 +156,29 @@ async def test_plan_builds_reuses_and_rebuilds_the_cache(env, loaded) -> None:  
     policy = Policy()
     items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
     # Nothing promoted yet: no block, so plaintext.
-    mode, memory = await scheduler.plan_local("acme", "alice", "local/tiny", AUTO, policy)
+    mode, memory = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
     assert (mode, memory) == (X, None)
     scheduler.promote("acme", "alice", [i.id for i in items])
     # auto: the cache is not built yet -> plaintext now, built by the background pass.
-    mode, _ = await scheduler.plan_local("acme", "alice", "local/tiny", AUTO, policy)
+    mode, _ = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
     assert mode is X
     await scheduler.tick()
     key = KVKey("acme", "alice", loaded.fingerprint)
     assert scheduler.kv_store.path(key).exists()
-    mode, memory = await scheduler.plan_local("acme", "alice", "local/tiny", AUTO, policy)
+    mode, memory = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
     assert mode is A and memory.kv is not None and set(memory.memory_ids) == {i.id for i in items}
     assert memory.block == scheduler.render_block(items)
     # A changed memory: the stored cache no longer matches, so it is not used ...
     vault.update("acme", items[0].id, text="I live in Porto.")
-    mode, _ = await scheduler.plan_local("acme", "alice", "tiny", AUTO, policy)
+    mode, _ = await plan_local(scheduler, "acme", "alice", "tiny", AUTO, policy)
     assert mode is X
     # ... unless activation is asked for, which rebuilds it now (extending the common prefix).
-    mode, rebuilt = await scheduler.plan_local("acme", "alice", "tiny", A, policy)
+    mode, rebuilt = await plan_local(scheduler, "acme", "alice", "tiny", A, policy)
     assert mode is A and rebuilt.kv.token_ids != memory.kv.token_ids
     assert "Porto" in rebuilt.block
     # The policy decides what is allowed.
     no_activation = Policy(memory=MemoryPolicy(allowed_modes=["plaintext", "off"]))
-    assert (await scheduler.plan_local("acme", "alice", "tiny", A, no_activation))[0] is X
+    assert (await plan_local(scheduler, "acme", "alice", "tiny", A, no_activation))[0] is X
     assert any(a == "memory.promote" for a, _ in _actions(audit))
 
 
@@ -189,11 +190,11 @@ async def test_adapter_is_used_only_while_its_memories_are_live(env, loaded) -> 
     meta = scheduler.train("acme", "alice", "tiny", min_age_s=0)
     assert meta.adapter_loss < meta.base_loss and set(meta.memory_ids) == {i.id for i in items}
     assert ("memory.train", tuple(sorted(i.id for i in items))) in _actions(audit)
-    mode, memory = await scheduler.plan_local("acme", "alice", "tiny", P, Policy())
+    mode, memory = await plan_local(scheduler, "acme", "alice", "tiny", P, Policy())
     assert mode is P and memory.adapter.adapter_id == meta.adapter_id
-    assert (await scheduler.plan_local("acme", "alice", "tiny", AUTO, Policy()))[0] is P  # no block yet
+    assert (await plan_local(scheduler, "acme", "alice", "tiny", AUTO, Policy()))[0] is P  # no block yet
     vault.delete("acme", items[1].id)  # the adapter learned it: it must not answer from it any more
-    assert (await scheduler.plan_local("acme", "alice", "tiny", P, Policy()))[0] is X
+    assert (await plan_local(scheduler, "acme", "alice", "tiny", P, Policy()))[0] is X
 
 
 async def test_background_training_when_enough_stable_memories(env, loaded) -> None:  # type: ignore[no-untyped-def]
@@ -213,9 +214,9 @@ async def test_erase_user_drops_caches_and_adapters(env, loaded, runtime) -> Non
     scheduler, vault, _audit, _clock = env
     items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
     scheduler.promote("acme", "alice", [i.id for i in items])
-    _, _memory = await scheduler.plan_local("acme", "alice", "tiny", A, Policy())
+    _, _memory = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
     scheduler.train("acme", "alice", "tiny", min_age_s=0)
-    _, param = await scheduler.plan_local("acme", "alice", "tiny", P, Policy())
+    _, param = await plan_local(scheduler, "acme", "alice", "tiny", P, Policy())
     from memos.local.runtime import SamplingParams, build_prompt
 
     prompt = build_prompt(loaded.tokenizer, [{"role": "user", "content": "hi"}])
@@ -269,7 +270,7 @@ async def test_a_cache_built_while_its_user_is_erased_is_not_stored(env, loaded)
             return await asyncio.to_thread(fn, *args, **kwargs)
 
     scheduler.runtime = EraseDuringPrefill()
-    mode, _ = await scheduler.plan_local("acme", "alice", "tiny", A, Policy())
+    mode, _ = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
     assert mode is A  # the request that asked still gets its block
     assert scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint)) is None
     assert not list(scheduler.kv_store.root.rglob("*.kv"))

@@ -1,0 +1,122 @@
+"""The decisions memory makes per request, in one place: what memory may do (the switch), which mode
+serves (plaintext, activation, parametric, off), and for a local model the runtime's inputs.
+
+Pure functions of the request, the policy, the ACL and what is ready; memos.chat.memory calls them
+once per request and returns the result as one MemoryPlan. Nothing else decides these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from memos.chat.contract import MemoryMode, MemorySwitch
+from memos.governance.acl import Operation, is_allowed
+from memos.governance.policy import Policy
+from memos.governance.principal import Principal
+
+if TYPE_CHECKING:
+    from memos.local.runtime import LocalMemory
+    from memos.local.scheduler import LocalReadiness
+
+
+class LocalMemorySource(Protocol):
+    """What the planner needs of the local runtime's memory (memos.local.scheduler.MemScheduler)."""
+
+    async def readiness(self, tenant: str, user: str, model_name: str) -> LocalReadiness: ...
+
+    async def memory_for(self, ready: LocalReadiness, mode: MemoryMode) -> LocalMemory | None: ...
+
+    def count_hits(self, tenant: str, memory_ids: Sequence[str]) -> None:
+        """Injected memories were used (the heat that promotes them); must not block."""
+        ...
+
+
+def memory_switch(
+    requested: MemorySwitch, principal: Principal, policy: Policy, user: str | None
+) -> MemorySwitch:
+    """What memory may do on this request: the client's wish narrowed by the policy and the ACL."""
+    if requested is MemorySwitch.OFF or user is None:
+        return MemorySwitch.OFF
+    read = (
+        requested in (MemorySwitch.ON, MemorySwitch.READ)
+        and policy.memory.inject
+        and is_allowed(principal, policy, Operation.MEMORY_READ, user)
+    )
+    write = (
+        requested in (MemorySwitch.ON, MemorySwitch.WRITE)
+        and policy.memory.write
+        and is_allowed(principal, policy, Operation.MEMORY_WRITE, user)
+    )
+    if read and write:
+        return MemorySwitch.ON
+    return MemorySwitch.READ if read else MemorySwitch.WRITE if write else MemorySwitch.OFF
+
+
+def choose_mode(
+    requested: MemoryMode,
+    allowed: Iterable[str],
+    *,
+    local: bool,
+    activation_possible: bool = False,
+    activation_ready: bool = False,
+    parametric_ready: bool = False,
+) -> MemoryMode:
+    """The mode that serves a request that may read memory.
+
+    An explicit request is honoured when the policy allows it and it can serve (activation needs a
+    non-empty block, whose cache is then built if missing; parametric needs a trained adapter);
+    otherwise, and for `auto`, the first that is allowed and ready of: activation with its cache built,
+    parametric, plaintext, activation (cache to be built), off. Remote models only know plaintext and off.
+    """
+    allowed_modes = {MemoryMode(m) for m in allowed if m in MemoryMode._value2member_map_}
+    if requested is MemoryMode.OFF:
+        return MemoryMode.OFF
+
+    def can(mode: MemoryMode, ready: bool) -> bool:
+        return mode in allowed_modes and ready
+
+    if not local:
+        return MemoryMode.PLAINTEXT if MemoryMode.PLAINTEXT in allowed_modes else MemoryMode.OFF
+    possible = {
+        MemoryMode.ACTIVATION: activation_possible,
+        MemoryMode.PARAMETRIC: parametric_ready,
+        MemoryMode.PLAINTEXT: True,
+    }
+    if requested in possible and can(requested, possible[requested]):
+        return requested
+    for mode, ready in (
+        (MemoryMode.ACTIVATION, activation_ready),
+        (MemoryMode.PARAMETRIC, parametric_ready),
+        (MemoryMode.PLAINTEXT, True),
+        (MemoryMode.ACTIVATION, activation_possible),
+    ):
+        if can(mode, ready):
+            return mode
+    return MemoryMode.OFF
+
+
+async def plan_local(
+    local: LocalMemorySource,
+    tenant: str,
+    user: str,
+    model_name: str,
+    requested: MemoryMode,
+    policy: Policy,
+) -> tuple[MemoryMode, LocalMemory | None]:
+    """A local model's mode and, for activation or parametric, the runtime's inputs (for plaintext the
+    caller retrieves and renders the block, as for remote models)."""
+    if requested is MemoryMode.OFF:
+        return MemoryMode.OFF, None
+    ready = await local.readiness(tenant, user, model_name)
+    mode = choose_mode(
+        requested,
+        policy.memory.allowed_modes,
+        local=True,
+        activation_possible=ready.activation_possible,
+        activation_ready=ready.activation_ready,
+        parametric_ready=ready.parametric_ready,
+    )
+    if mode in (MemoryMode.ACTIVATION, MemoryMode.PARAMETRIC):
+        return mode, await local.memory_for(ready, mode)
+    return mode, None
