@@ -123,7 +123,7 @@ def main() -> None:
 
     tmp = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="memos-scale-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    db_url = args.database_url or f"sqlite:///{tmp / 'memos.storage.db'}"
+    db_url = args.database_url or f"sqlite:///{tmp / 'memos.db'}"
     db = Database(db_url)
     db.create_all()
     keyring = Keyring(db, MasterKey.generate())

@@ -130,7 +130,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'memos.storage.db').resolve()}"
+        return self.database_url or f"sqlite:///{(self.data_dir / 'memos.db').resolve()}"
 
     @property
     def resolved_vector_uri(self) -> str:

@@ -146,7 +146,7 @@ def test_audit_trail_of_real_traffic(running: RunningProxy, upstream, tmp_path):
     result = run_cli("audit", "verify", "--tenant", "acme", env=env)
     assert result.returncode == 0, result.stderr
     target = next(e["seq"] for e in entries if e["action"] == "memory.delete")
-    db_path = running.settings.data_dir / "memos.storage.db"
+    db_path = running.settings.data_dir / "memos.db"
     with sqlite3.connect(db_path) as conn:  # hide the deletion: rewrite it as a read
         conn.execute("UPDATE audit_entries SET action='memory.read' WHERE tenant='acme' AND seq=?", (target,))
     result = run_cli("audit", "verify", "--tenant", "acme", env=env)

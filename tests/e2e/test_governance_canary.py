@@ -114,4 +114,4 @@ def test_canaries_never_reach_the_disk_in_the_clear(tmp_path):
         assert not stopped_hits, describe(stopped_hits)
 
     names = {p.name for p in files_under(data_dir)}
-    assert "memos.storage.db" in names and any(p.suffix == ".lance" for p in files_under(data_dir))
+    assert "memos.db" in names and any(p.suffix == ".lance" for p in files_under(data_dir))

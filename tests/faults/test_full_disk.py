@@ -56,7 +56,7 @@ def test_a_full_disk_loses_no_acknowledged_exchange(
     assert acknowledged(chat(base, open_key, "olga", warm), warm)
     assert acknowledged(chat(base, closed_key, "carl", fact(201, "w")), fact(201, "w"))
     wait_findable(running, open_key, "olga", [warm])
-    truncate_wal(data_dir / "memos.storage.db")
+    truncate_wal(data_dir / "memos.db")
     filler = fill(data_dir.parent)
 
     # A fail-open tenant: every chat answered, none lost.

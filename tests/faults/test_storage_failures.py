@@ -49,7 +49,7 @@ def full_disk(small_tmpfs) -> tuple[Path, Callable[[], Path]]:
 
 
 def _db(point: Path) -> Database:
-    db = Database(f"sqlite:///{point / 'memos.storage.db'}")
+    db = Database(f"sqlite:///{point / 'memos.db'}")
     db.create_all()
     return db
 

@@ -13,7 +13,7 @@ from memos.storage.db import Database
 def database(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:  # type: ignore[no-untyped-def]
     """A fresh, empty database: SQLite under tmp_path, and the machine's PostgreSQL."""
     if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")
+        db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
     else:
         db = Database(request.getfixturevalue("pg_url"))
     db.create_all()

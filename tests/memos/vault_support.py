@@ -21,7 +21,7 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 @pytest.fixture(params=BACKENDS)
 def db_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'memos.storage.db'}"
+        return f"sqlite:///{tmp_path / 'memos.db'}"
     return request.getfixturevalue("pg_url")
 
 

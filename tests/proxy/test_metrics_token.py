@@ -27,7 +27,7 @@ def test_an_unreadable_outbox_is_reported_and_the_rest_still_scraped(tmp_path) -
     from memos.writeback.outbox import Outbox
     from proxy.metrics import Metrics
 
-    gone = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")  # no tables: every query fails
+    gone = Database(f"sqlite:///{tmp_path / 'memos.db'}")  # no tables: every query fails
     metrics = Metrics()
     metrics.watch_outbox(Outbox(gone, keyring=None).backlog)  # type: ignore[arg-type]
     metrics.skipped_memory("acme", "overloaded")

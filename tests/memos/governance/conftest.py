@@ -6,7 +6,7 @@ from memos.storage.db import Database
 
 @pytest.fixture
 def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")
+    database = Database(f"sqlite:///{tmp_path / 'memos.db'}")
     database.create_all()
     yield database
     database.dispose()
@@ -16,7 +16,7 @@ def db(tmp_path):
 def any_db(request, tmp_path):
     """The same tests on SQLite and on this machine's PostgreSQL (skipped when unreachable)."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'memos.storage.db'}"
+        url = f"sqlite:///{tmp_path / 'memos.db'}"
     else:
         url = request.getfixturevalue("pg_url")
     database = Database(url)

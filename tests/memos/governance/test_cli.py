@@ -22,7 +22,7 @@ def _open(env):
     from pathlib import Path
 
     data = Path(env["MEMOS_DATA_DIR"])
-    db = Database(f"sqlite:///{(data / 'memos.storage.db').resolve()}")
+    db = Database(f"sqlite:///{(data / 'memos.db').resolve()}")
     db.create_all()
     keys = MasterKeySource(path=data / "master.key").current()
     return db, keys, AuditLog.from_master(db, keys.active, keys.previous)
@@ -33,7 +33,7 @@ def _fill(env, n=8):
     for i in range(n):
         audit.record("acme", "memory.write", key_id="k1", user="u1", memory_ids=[f"mem_{i}"])
     db.dispose()
-    return env["MEMOS_DATA_DIR"] + "/memos.storage.db"
+    return env["MEMOS_DATA_DIR"] + "/memos.db"
 
 
 def _sql(path, statement):

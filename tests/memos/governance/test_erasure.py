@@ -33,7 +33,7 @@ BOB = ["bob restores klaxifor motorcycles", "bob is allergic to snibbet"]
 
 @pytest.fixture
 def stack(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
     db.create_all()
     keyring = Keyring(db, MasterKey.generate())
     embedder = HashEmbedder()

@@ -92,7 +92,7 @@ async def test_an_excluded_level_appends_nothing(audit: AuditLog) -> None:
 
 
 async def test_a_failing_database_reaches_every_waiter(tmp_path) -> None:
-    unreachable = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")  # no tables: every write fails
+    unreachable = Database(f"sqlite:///{tmp_path / 'memos.db'}")  # no tables: every write fails
     group = GroupCommitAudit(AuditLog(unreachable, b"a" * 32))
     results = await asyncio.gather(*(group.append(inject(n)) for n in range(3)), return_exceptions=True)
     assert all(isinstance(r, OperationalError) for r in results), results

@@ -78,7 +78,7 @@ class Clock:
 
 @pytest.fixture
 def env(tmp_path, registry):  # type: ignore[no-untyped-def]
-    db = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
     db.create_all()
     master = MasterKey.generate()
     keyring = Keyring(db, master)

@@ -36,7 +36,7 @@ def test_enqueue_then_claim_returns_the_payload(outbox: Outbox) -> None:
 
 
 def test_payload_is_ciphertext_on_disk(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
     db.create_all()
     box = Outbox(db, Keyring(db, MasterKey.generate()))
     box.enqueue("acme", "alice", "req-1", _payload(f"my secret word is {CANARY}"))

@@ -184,7 +184,7 @@ async def test_notify_wakes_an_idle_worker(database: Database, keyring: Keyring)
 
 
 async def test_the_worker_survives_a_database_outage(tmp_path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'memos.storage.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'memos.db'}")
     db.create_all()
     keyring = Keyring(db, MasterKey.generate())
     outbox = make_outbox(db, keyring)
