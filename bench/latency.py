@@ -44,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".venv" / "bin"
+# The console scripts (memos-proxy, litellm) of the environment running this script, wherever it is.
+BIN = Path(sysconfig.get_path("scripts"))
 RESULTS = REPO / "bench" / "results" / "latency.json"
 MODEL = "bench-model"
 

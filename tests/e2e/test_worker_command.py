@@ -39,7 +39,7 @@ def test_a_worker_process_drains_what_the_server_enqueued(tmp_path: Path) -> Non
 
             log = (tmp_path / "worker.log").open("wb")
             # The same environment, worker setting included: the command is the worker whatever it says.
-            worker = subprocess.Popen([str(CLI), "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen([*CLI, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
             log.close()
             try:
                 until(

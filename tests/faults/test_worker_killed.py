@@ -26,7 +26,7 @@ PER_USER = 3
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     try:
-        return subprocess.Popen([str(CLI), "worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([*CLI, "worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
     finally:
         out.close()
 

@@ -6,20 +6,23 @@
         client = openai.OpenAI(base_url=proxy.base_url, api_key=key)
         proxy.services                              # the live Services container (swap parts in `configure`)
 
-    with ProxyProcess(proxy_env(tmp_path, upstream.base_url)) as proc:   # `.venv/bin/memos-proxy serve`
+    with ProxyProcess(proxy_env(tmp_path, upstream.base_url)) as proc:   # `memos-proxy serve`
         key = proc.create_key("acme")               # through `memos-proxy keys create` (last line)
         proc.kill()                                 # SIGKILL, for crash tests; proc.restart() starts again
 
-`run_cli(*args, env=...)` runs any `memos-proxy` subcommand and returns the CompletedProcess.
+`run_cli(*args, env=...)` runs any `memos-proxy` subcommand and returns the CompletedProcess; `CLI` is
+the command line that starts `memos-proxy` (see `cli_command`), for tests that spawn it themselves.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,8 +38,25 @@ from proxy.services import Services
 from proxy.settings import Settings
 from tests.support.upstream import FakeUpstream
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = REPO / ".venv" / "bin" / "memos-proxy"
+
+def cli_command() -> tuple[str, ...]:
+    """How to start `memos-proxy` from the environment of the interpreter running the tests: the
+    console script installed with it (its virtualenv's or prefix's scripts dir, the interpreter's own
+    dir, the user scripts dir), else the CLI module run by this interpreter (importable, not installed
+    as a script)."""
+    scripts = [
+        sysconfig.get_path("scripts"),
+        str(Path(sys.executable).parent),
+        sysconfig.get_path("scripts", sysconfig.get_preferred_scheme("user")),
+    ]
+    for directory in dict.fromkeys(scripts):
+        found = shutil.which("memos-proxy", path=directory)
+        if found:
+            return (found,)
+    return (sys.executable, "-m", "proxy.cli")
+
+
+CLI = cli_command()
 
 
 def proxy_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Settings:
@@ -125,7 +145,7 @@ def proxy_env(data_dir: Path, upstream_url: str, **extra: str) -> dict[str, str]
 
 def run_cli(*args: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CLI), *args], env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, *args], env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -150,7 +170,7 @@ class ProxyProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(CLI), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [*CLI, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
