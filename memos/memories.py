@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from memos.embeddings import AsyncEmbedder
 from memos.errors import InvalidInput
@@ -27,8 +27,7 @@ from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from memos.item import MemoryItem, Source, State
 from memos.logsafe import exception_summary
-from memos.observe import MemoryObserver
-from memos.pools import MemoryPools
+from memos.ports import AuditSink, UserDataEraser
 from memos.recall.retrieval import Hit, RetrievalParams, Retriever
 from memos.storage.vault import MemoryNotFound, MemVault, NewMemory, VersionNotFound
 
@@ -36,17 +35,6 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 20_000
 MAX_ENTRIES = 500
-
-
-class UserDataEraser(Protocol):
-    """Anything that holds per-user data and must forget it on erasure (vault, outbox, caches, adapters).
-    `erase_user` may be blocking (run in a thread) or async; it returns how many things it removed."""
-
-    def erase_user(self, tenant: str, owner: str) -> Any: ...
-
-
-class AuditSink(Protocol):
-    def record(self, tenant: str, action: str, **fields: Any) -> Any: ...
 
 
 @dataclass
@@ -128,22 +116,9 @@ class MemoryService:
         self._redactor_for = redactor_for or _default_redactor
         self._reader = reader
         self._operator = operator
-        self.erasers: list[UserDataEraser] = [vault, *erasers]
+        # Every holder of a user's data, in the order erasure visits them (memos.builder sets it).
+        self.erasers: tuple[UserDataEraser, ...] = tuple(erasers) or (vault,)
         self.neighbours = neighbours
-
-    def use_reader(self, reader: Any, operator: Any) -> None:
-        """The MemReader and MemOperator behind `infer: true` (the composition root shares the write-back's,
-        so the API's inference uses the tenant's extractor model too)."""
-        self._reader, self._operator = reader, operator
-
-    def register_eraser(self, eraser: UserDataEraser, *, first: bool = False) -> None:
-        """`first`: erase there before the vault (the outbox must mark rows in flight before the vault
-        forgets, so a worker holding one erases its own writes again)."""
-        if eraser not in self.erasers:
-            if first:
-                self.erasers.insert(0, eraser)
-            else:
-                self.erasers.append(eraser)
 
     # ------------------------------------------------------------------ helpers
 
@@ -564,62 +539,6 @@ class MemoryService:
         if failures:
             raise RuntimeError(f"erasure incomplete in: {', '.join(failures)}")
         return counts
-
-
-def build_memory_service(
-    db: Any,
-    keyring: Any,
-    audit: AuditSink | None,
-    *,
-    vector_uri: str,
-    embedder: Any,
-    pools: MemoryPools,
-    erasers: Sequence[UserDataEraser] = (),
-    vector_cache_bytes: int = 512 * 1024 * 1024,
-    row_cache_rows: int = 50_000,
-    observer: MemoryObserver | None = None,
-) -> MemoryService:
-    """The vault, its retriever and the micro-batched embedder behind one MemoryService (blocking).
-
-    Other parts reach them as `service.vault`, `service.retriever` and `service.embedder` (async,
-    micro-batched; `service.embedder.sync` is the blocking embedder)."""
-    from memos.embeddings import MicroBatcher, background_lane
-    from memos.storage.vectors import VectorIndex
-
-    # Queries (the batcher) and the vault's own embeddings (write-back, patches, imports) on separate
-    # lanes: a query never waits for a write-back's forward pass.
-    vault = MemVault(
-        db,
-        keyring,
-        VectorIndex(vector_uri, cache_bytes=vector_cache_bytes),
-        background_lane(embedder),
-        row_cache_rows=row_cache_rows,
-    )
-    batcher = MicroBatcher(embedder, executor=pools.query_embedding, observer=observer)
-    retriever = Retriever(vault, executor=pools.recall)
-    return MemoryService(vault, retriever, batcher, audit, erasers=erasers)
-
-
-class EmbedderWarmup:
-    """A background job: load the embedding model in a thread at start, so the first request is fast."""
-
-    def __init__(self, embedder: Any) -> None:
-        self._embedder = embedder
-
-    def start(self) -> None:
-        import threading
-
-        def warm() -> None:
-            try:
-                self._embedder.embed(["warm up"])
-            except Exception as exc:
-                log.warning("embedding model warm-up failed: %s", exception_summary(exc))
-
-        if getattr(self._embedder, "name", "") == "minilm":
-            threading.Thread(target=warm, name="embedder-warmup", daemon=True).start()
-
-    def stop(self) -> None:
-        return None
 
 
 def _check_validity(item: MemoryItem, patch: Patch) -> None:

@@ -34,7 +34,8 @@ from memos.governance.policy import Policy
 from memos.governance.principal import Principal
 from memos.logsafe import exception_summary
 from memos.polling import PollingThread
-from proxy.auth_limits import Admission, FailureSummary
+from memos.ports import AuditSink, PolicySource
+from proxy.auth_limits import Admission, AuthLimiter, FailureSummary
 from proxy.errors import ApiError, forbidden, unauthorized
 from proxy.wire import header_user
 
@@ -166,22 +167,24 @@ def _record_failure(
         log.error("could not look up the key id of an auth failure: %s", exception_summary(exc))
         tenant = None
     verdict = services.auth_limits.failure(admission, tenant, request_id)
-    write_failure_summaries(services, verdict.summaries)
+    write_failure_summaries(services.audit, services.policies, verdict.summaries)
     return verdict.retry_after
 
 
-def write_failure_summaries(services: Services, summaries: list[FailureSummary]) -> None:
+def write_failure_summaries(
+    audit: AuditSink, policies: PolicySource, summaries: list[FailureSummary]
+) -> None:
     """Audit auth failures (blocking): each entry names the key id (public) and the address, with
     counts; never the secret."""
     for summary in summaries:
         try:
-            services.audit.record(
+            audit.record(
                 summary.tenant,
                 "auth.failure",
                 key_id=summary.key_id,
                 request_id=summary.request_id,
                 detail=summary.detail(),
-                level=services.policies.get(summary.tenant).audit_level,
+                level=policies.get(summary.tenant).audit_level,
             )
         except Exception as exc:
             log.error("could not audit an auth failure: %s", exception_summary(exc))
@@ -191,8 +194,12 @@ class AuthFailureAudit:
     """Background job: writes the summaries of auth-failure windows that ended (checked every
     `interval_s` in its own thread), and every open one when the app stops."""
 
-    def __init__(self, services: Services, interval_s: float = 1.0) -> None:
-        self._services = services
+    def __init__(
+        self, limits: AuthLimiter, audit: AuditSink, policies: PolicySource, interval_s: float = 1.0
+    ) -> None:
+        self._limits = limits
+        self._audit = audit
+        self._policies = policies
         self._thread = PollingThread("auth-failure-audit", interval_s, self.flush)
         # One flush at a time, so a caller of flush() finds what another flush took already written.
         self._flushing = threading.Lock()
@@ -200,8 +207,8 @@ class AuthFailureAudit:
     def flush(self, everything: bool = False) -> int:
         """Write what is due now (blocking); returns the number of entries."""
         with self._flushing:
-            summaries = self._services.auth_limits.due(everything)
-            write_failure_summaries(self._services, summaries)
+            summaries = self._limits.due(everything)
+            write_failure_summaries(self._audit, self._policies, summaries)
         return len(summaries)
 
     def start(self) -> None:

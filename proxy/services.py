@@ -2,8 +2,8 @@
 
 `open_core(settings)` opens what every command and the server share (database, master key, keyring,
 API keys, audit); `build_services(settings, metrics)` adds what serving needs (policies, upstreams,
-memory). Both are blocking and build nothing at import time. Wiring of later parts goes in the marked
-places below, one small block each.
+memory, built by memos.builder from `memory_config(settings)`). Both are blocking and build nothing at
+import time; every part gets its collaborators through its constructor.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
+from memos.builder import MemoryConfig, build_local_models, build_memory
 from memos.chat.contract import ChatMemory, NoChatMemory
 from memos.governance.apikeys import ApiKeyStore
 from memos.governance.audit import AuditLog
@@ -24,24 +24,27 @@ from memos.governance.policy import Policy
 from memos.governance.policy_store import PolicyStore
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
+from memos.local.scheduler import MemScheduler
 from memos.logsafe import exception_summary
+from memos.memories import MemoryService
+from memos.ports import Background, PolicySource
 from memos.storage.db import Database
 from proxy.auth import AuthFailureAudit, KeyResolver
 from proxy.auth_limits import AuthLimiter
 from proxy.metrics import Metrics
 from proxy.settings import Settings
+from proxy.upstream.completer import UpstreamCompleter, default_target
+from proxy.upstream.embeddings import UpstreamEmbeddings
 from proxy.upstream.http import HttpUpstream
 from proxy.upstream.litellm_adapter import LiteLLMUpstream
+from proxy.upstream.local import LocalUpstream
 from proxy.upstream.router import UpstreamRouter
 
 if TYPE_CHECKING:
     from memos.writeback.outbox import OutboxBacklog
+    from memos.writeback.write_retry import WriteRetryQueue
 
 log = logging.getLogger(__name__)
-
-
-class PolicyProvider(Protocol):
-    def get(self, tenant: str) -> Policy: ...
 
 
 class DefaultPolicies:
@@ -101,34 +104,28 @@ def open_core(settings: Settings) -> Core:
     )
 
 
-class Background(Protocol):
-    """A background job started and stopped with the app (outbox worker, scheduler, policy reload)."""
-
-    def start(self) -> Any: ...
-
-    def stop(self) -> Any: ...
-
-
 @dataclass
 class Services:
+    """Built once by `build_services`; every field is set there (tests may swap a part for a double)."""
+
     settings: Settings
     core: Core
     keys: KeyResolver
-    policies: PolicyProvider
+    policies: PolicySource
     upstreams: UpstreamRouter
     metrics: Metrics
-    memory: Any = None  # memos.memories.MemoryService (memory API); None until wired
+    auth_limits: AuthLimiter  # failed-auth back-off
+    auth_audit: AuthFailureAudit | None = None  # its summaries, audited per window
+    memory: MemoryService | None = None  # the memory API; None: memory not wired (route tests)
     chat_memory: ChatMemory = field(default_factory=NoChatMemory)
-    scheduler: Any = None  # memos.local.scheduler.MemScheduler (memory modes, tier lifecycle)
-    write_retry: Any = None  # memos.writeback.write_retry.WriteRetryQueue (exchanges waiting for storage)
+    scheduler: MemScheduler | None = None  # memory modes of local models, tier lifecycle
+    write_retry: WriteRetryQueue | None = None  # exchanges waiting for storage
     # For /readyz: the outbox's backlog, and whether this process's write-back worker runs (None: this
     # process runs none; a `memos-proxy worker` elsewhere drains the outbox).
     outbox_backlog: Callable[[], OutboxBacklog] | None = None
     worker_running: Callable[[], bool] | None = None
-    auth_limits: AuthLimiter = field(default_factory=AuthLimiter)  # failed-auth back-off
-    auth_audit: AuthFailureAudit | None = None
     # Started in order with the app, stopped in reverse; start()/stop() may be sync or async.
-    background: list[Background] = field(default_factory=list)
+    background: tuple[Background, ...] = ()
 
     @property
     def db(self) -> Database:
@@ -166,7 +163,28 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def build_upstreams(settings: Settings) -> UpstreamRouter:
+def memory_config(settings: Settings) -> MemoryConfig:
+    """The settings memory is built from (memos reads no settings of its own)."""
+    return MemoryConfig(
+        data_dir=settings.data_dir,
+        vector_uri=settings.resolved_vector_uri,
+        embedding_model=settings.embedding_model,
+        recall_threads=settings.memory_recall_threads,
+        row_cache_rows=settings.memory_row_cache_rows,
+        recall_timeout_s=settings.memory_recall_timeout_ms / 1000,
+        max_inflight=settings.memory_max_inflight,
+        worker_poll_interval_s=settings.worker_poll_interval_s,
+        worker_batch_window_s=settings.worker_batch_window_ms / 1000,
+        write_retry_capacity=settings.write_retry_capacity,
+        write_retry_capacity_bytes=settings.write_retry_capacity_mb * 1024 * 1024,
+        local_models=settings.local_models,
+        local_device=settings.local_device,
+        local_dtype=settings.local_dtype,
+        scheduler_interval_s=settings.scheduler_interval_s,
+    )
+
+
+def build_upstreams(settings: Settings, local: LocalUpstream | None = None) -> UpstreamRouter:
     http = HttpUpstream(
         settings.upstream_base_url,
         connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -178,6 +196,7 @@ def build_upstreams(settings: Settings) -> UpstreamRouter:
         http,
         litellm=LiteLLMUpstream(timeout_s=settings.upstream_read_timeout_s),
         litellm_prefixes=settings.litellm_model_prefixes,
+        local=local,
     )
 
 
@@ -189,127 +208,60 @@ def build_services(
     role "worker" (`memos-proxy worker`): the same parts, but the only background jobs are what drains
     the outbox (and what keeps its settings current); the scheduler's pass runs in the server."""
     core = open_core(settings)
-    services = Services(
+    metrics = metrics or Metrics()
+    policies = PolicyStore(settings.resolved_policy_dir, audit=core.audit)
+    config = memory_config(settings)
+    # The local runtime is built first: the router serves `local/<name>` models with it, and memory
+    # (which calls the upstream for extraction and embeddings) is built over the router.
+    local = build_local_models(config)
+    upstreams = build_upstreams(settings, LocalUpstream(local) if local is not None else None)
+    upstream_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    target = default_target(upstream_key)
+    memory = build_memory(
+        config,
+        db=core.db,
+        keyring=core.keyring,
+        audit=core.audit,
+        policies=policies,
+        completer=UpstreamCompleter(upstreams, target),
+        embeddings=UpstreamEmbeddings(upstreams, target),
+        observer=metrics,
+        local=local,
+    )
+    metrics.watch_write_retry(memory.write_retry.snapshot)
+    metrics.watch_outbox(memory.outbox.backlog)
+    auth_limits = AuthLimiter(
+        window_s=settings.auth_failure_window_s,
+        per_address=settings.auth_failures_per_address,
+        per_key=settings.auth_failures_per_key,
+        max_entries=settings.auth_limiter_entries,
+    )
+    background: list[Background] = [policies]  # hot reload
+    auth_audit = AuthFailureAudit(auth_limits, core.audit, policies)
+    background.append(auth_audit)
+    if core.master_keys is not None:
+        background.append(MasterKeyWatcher(core.master_keys))  # adopt a rotated master key
+    background += memory.jobs
+    worker_runs = settings.worker_enabled or role == "worker"
+    if worker_runs:
+        background.append(memory.worker)
+    if role == "server":
+        background.append(memory.scheduler)  # its background pass (promotion, training)
+    worker = memory.worker
+    return Services(
         settings=settings,
         core=core,
         keys=KeyResolver(core.api_keys, settings.key_cache_ttl_s),
-        policies=(policies := PolicyStore(settings.resolved_policy_dir, audit=core.audit)),
-        upstreams=build_upstreams(settings),
-        metrics=metrics or Metrics(),
-        auth_limits=AuthLimiter(
-            window_s=settings.auth_failure_window_s,
-            per_address=settings.auth_failures_per_address,
-            per_key=settings.auth_failures_per_key,
-            max_entries=settings.auth_limiter_entries,
-        ),
+        policies=policies,
+        upstreams=upstreams,
+        metrics=metrics,
+        auth_limits=auth_limits,
+        auth_audit=auth_audit,
+        memory=memory.service,
+        chat_memory=memory.chat,
+        scheduler=memory.scheduler,
+        write_retry=memory.write_retry,
+        outbox_backlog=memory.outbox.backlog,
+        worker_running=(lambda: worker.running) if worker_runs else None,
+        background=tuple(background),
     )
-    services.background.append(policies)  # hot reload
-    services.auth_audit = AuthFailureAudit(services)  # auth failures, audited per window
-    services.background.append(services.auth_audit)
-    if core.master_keys is not None:
-        services.background.append(MasterKeyWatcher(core.master_keys))  # adopt a rotated master key
-    # -- memory: the vault, retrieval and the memory API (services.memory.vault / .retriever /
-    #    .embedder, a MicroBatcher whose .sync is the blocking embedder)
-    from memos.embeddings import UpstreamEmbedder, build_embedder
-    from memos.memories import EmbedderWarmup, build_memory_service
-    from proxy.upstream.completer import default_target
-    from proxy.upstream.embeddings import UpstreamEmbeddings
-
-    upstream_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-    embedder = build_embedder(
-        settings.embedding_model, UpstreamEmbeddings(services.upstreams, default_target(upstream_key))
-    )
-    from memos.pools import MemoryPools
-
-    pools = MemoryPools.create(recall_threads=settings.memory_recall_threads)
-    services.background.append(pools)  # stopped after what uses them (background stops in reverse)
-    services.memory = build_memory_service(
-        core.db,
-        core.keyring,
-        core.audit,
-        vector_uri=settings.resolved_vector_uri,
-        embedder=embedder,
-        pools=pools,
-        row_cache_rows=settings.memory_row_cache_rows,
-        observer=services.metrics,
-    )
-    services.background.append(EmbedderWarmup(embedder))
-    if isinstance(embedder, UpstreamEmbedder):  # started on the serving loop: bound to it, dimension probed
-        services.background.append(embedder)
-    # -- write-back and injection: the outbox, its worker (reader -> operator -> vault), the chat
-    #    memory around every chat call; the memory API's `infer: true` shares the reader and operator.
-    from memos.chat.memory import RetrieverRecall, VaultChatMemory
-    from memos.writeback.operator import MemOperator
-    from memos.writeback.outbox import Outbox
-    from memos.writeback.reader import MemReader
-    from memos.writeback.worker import OutboxWorker, WriteBack
-    from proxy.upstream.completer import UpstreamCompleter
-
-    memory = services.memory
-    # Policies read through `services.policies` at call time (tests and reloads may replace the store).
-    live_policies = SimpleNamespace(get=lambda tenant: services.policies.get(tenant))
-    completer = UpstreamCompleter(services.upstreams, default_target(upstream_key))
-    reader = MemReader(completer)
-    operator = MemOperator(memory.vault, completer, cached_vector=memory.embedder.cached)
-    memory.use_reader(reader, operator)
-    outbox = Outbox(core.db, core.keyring)
-    memory.register_eraser(outbox, first=True)  # before the vault: rows in flight are marked erased
-    worker = OutboxWorker(
-        outbox,
-        process_group=WriteBack(
-            reader, operator, live_policies, core.audit, observer=services.metrics
-        ).process_group,
-        poll_interval_s=settings.worker_poll_interval_s,
-        batch_window_s=settings.worker_batch_window_ms / 1000,
-        recover_claims=core.db.is_sqlite,  # SQLite: one worker per data dir; what is claimed is dead
-        on_erased=memory.vault.erase_user,  # a row's user was erased mid-write: erase what it wrote
-    )
-    # Fail-open exchanges whose outbox commit failed wait in memory and are committed when storage
-    # takes writes again (before the outbox's eraser: erasure forgets them too).
-    from memos.writeback.write_retry import WriteRetryQueue
-
-    write_retry = WriteRetryQueue(
-        outbox,
-        core.db.health,
-        capacity=settings.write_retry_capacity,
-        capacity_bytes=settings.write_retry_capacity_mb * 1024 * 1024,
-        probe=core.db.probe_write,
-        on_written=worker.notify,
-    )
-    services.write_retry = write_retry
-    memory.register_eraser(write_retry, first=True)
-    services.metrics.watch_write_retry(write_retry.snapshot)
-    services.background.append(write_retry)
-    from memos.governance.group_commit import GroupCommitAudit
-
-    injection_audit = GroupCommitAudit(core.audit, executor=pools.audit)
-    services.background.append(injection_audit)  # stopped before the pools: queued entries commit
-    # -- local runtime and MemScheduler: `local/<name>` models (nothing loaded until first used),
-    #    activation/parametric memory chosen per request by the scheduler, its background pass, and
-    #    the erasure of a user's KV caches and adapters.
-    from proxy.upstream.local import build_local_memory
-
-    scheduler, local = build_local_memory(settings, core.keyring, memory.vault, core.audit)
-    services.scheduler = scheduler
-    memory.register_eraser(scheduler)
-    services.chat_memory = VaultChatMemory(
-        recall=RetrieverRecall(memory.retriever, memory.embedder.embed_one, neighbours=memory.neighbours),
-        outbox=outbox,
-        audit=injection_audit,
-        local=scheduler,
-        on_enqueued=worker.notify,
-        write_retry=write_retry,
-        recall_timeout_s=settings.memory_recall_timeout_ms / 1000,
-        max_inflight=settings.memory_max_inflight,
-        observer=services.metrics,
-    )
-    services.metrics.watch_outbox(outbox.backlog)
-    services.outbox_backlog = outbox.backlog
-    if settings.worker_enabled or role == "worker":
-        services.background.append(worker)
-        services.worker_running = lambda: worker.running
-    if local is not None:
-        services.upstreams.local = local
-    if role == "server":
-        services.background.append(scheduler)
-    return services

@@ -36,6 +36,7 @@ from memos.chat.contract import MemoryMode
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
 from memos.logsafe import exception_summary
+from memos.ports import AuditSink
 from memos.recall import injection
 
 if TYPE_CHECKING:
@@ -59,10 +60,6 @@ class VaultLike(Protocol):
     def record_hit_counts(
         self, tenant: str, counts: Mapping[str, int], when: datetime | None = None
     ) -> None: ...
-
-
-class AuditLike(Protocol):
-    def record(self, tenant: str, action: str, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ class MemScheduler:
         self,
         *,
         vault: VaultLike,
-        audit: AuditLike | None = None,
+        audit: AuditSink | None = None,
         registry: LocalModelRegistry | None = None,
         runtime: LocalRuntime | None = None,
         kv_store: KVCacheStore | None = None,

@@ -32,13 +32,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from memos.embeddings import normalise
 from memos.errors import InvalidInput
 from memos.item import Kind, MemoryItem, Scope, Source, State, iso, snapshot, source_dict
+from memos.ports import AuditSink
 from memos.storage.vault import MemVault
 
 EXPORTED_STATES: tuple[State, ...] = (State.ACTIVE, State.SUPERSEDED, State.ARCHIVED)
@@ -53,10 +54,6 @@ _NULLABLE = ("valid_from", "invalid_at", "expires_at")
 
 class InvalidExport(InvalidInput):
     """The document is not a valid export; the message names the record and field (never text)."""
-
-
-class AuditSink(Protocol):
-    def record(self, tenant: str, action: str, **fields: Any) -> Any: ...
 
 
 # ---------------------------------------------------------------- export

@@ -41,7 +41,8 @@ import orjson
 
 from memos.embeddings import normalise
 from memos.item import Kind, MemoryItem, Source, State, bounded_sources, omitted_count
-from memos.writeback.reader import Fact, Slot, TextCompleter, slots_of
+from memos.ports import TextCompleter
+from memos.writeback.reader import Fact, Slot, slots_of
 
 if TYPE_CHECKING:
     import numpy as np

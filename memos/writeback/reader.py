@@ -18,11 +18,12 @@ import logging
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from memos.item import Source
+from memos.ports import TextCompleter
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ MAX_MEMORY_CHARS = 1000
 MAX_EXCHANGE_TURNS = 32
 MAX_EXCHANGE_CHARS = 32_000
 MAX_FACTS_PER_EXCHANGE = 32
-
-
-class TextCompleter(Protocol):
-    """A non-streaming chat call to a named model; returns the assistant's text."""
-
-    async def complete(self, model: str, messages: list[dict]) -> str: ...
 
 
 @dataclass(frozen=True)

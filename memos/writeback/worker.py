@@ -21,25 +21,18 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import Policy
 from memos.logsafe import exception_summary
 from memos.observe import MemoryObserver, NoObserver
+from memos.ports import AuditSink, PolicySource
 from memos.writeback.operator import MemOperator, OperatorResult
 from memos.writeback.outbox import Ack, Outbox, OutboxRecord
 from memos.writeback.reader import Exchange, Fact, MemReader
 
 log = logging.getLogger(__name__)
-
-
-class PolicySource(Protocol):
-    def get(self, tenant: str) -> Policy: ...
-
-
-class AuditSink(Protocol):
-    def record_many(self, records: Sequence[AuditRecord]) -> Any: ...
 
 
 def exchange_from_record(record: OutboxRecord) -> Exchange:

@@ -31,29 +31,29 @@ def register(cli: CommandRegistry) -> None:
 def train_adapter(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
+    from memos.builder import build_local_models, build_scheduler, open_vault
     from memos.local.lora import LoraTraining
     from memos.local.model_registry import UnknownLocalModel
     from memos.local.scheduler import UserErasedMeanwhile
-    from memos.storage.vault import MemVault
-    from memos.storage.vectors import VectorIndex
-    from proxy.services import open_core
-    from proxy.upstream.local import build_local_memory
+    from proxy.services import memory_config, open_core
 
+    config = memory_config(settings)
+    if args.steps is not None:
+        config = replace(config, lora=LoraTraining(steps=args.steps))
+    models = build_local_models(config)
+    if models is None:
+        print("no local models are configured (MEMOS_LOCAL_MODELS)", file=sys.stderr)
+        return 2
     core = open_core(settings)
     try:
-        vault = MemVault(core.db, core.keyring, VectorIndex(settings.resolved_vector_uri))
-        scheduler, _ = build_local_memory(settings, core.keyring, vault, core.audit)
-        if scheduler.registry is None:
-            print("no local models are configured (MEMOS_LOCAL_MODELS)", file=sys.stderr)
-            return 2
+        vault = open_vault(config, core.db, core.keyring)
+        scheduler = build_scheduler(config, core.keyring, vault, core.audit, models)
         try:
-            name = scheduler.registry.name_of(args.model)
+            name = models.registry.name_of(args.model)
         except UnknownLocalModel:
-            names = ", ".join("local/" + n for n in scheduler.registry.names())
+            names = ", ".join("local/" + n for n in models.registry.names())
             print(f"unknown local model {args.model!r}; configured: {names}", file=sys.stderr)
             return 2
-        if args.steps is not None:
-            scheduler.config = replace(scheduler.config, lora=LoraTraining(steps=args.steps))
         try:
             meta = scheduler.train(args.tenant, args.user, name, min_age_s=args.min_age_s)
         except (ValueError, UserErasedMeanwhile) as exc:

@@ -67,10 +67,10 @@ def _passphrase(command: str, var: str | None) -> tuple[str | None, int | None]:
 
 
 def _vault(settings: Settings, core: Any, embedder: Any = None) -> Any:
-    from memos.storage.vault import MemVault
-    from memos.storage.vectors import VectorIndex
+    from memos.builder import open_vault
+    from proxy.services import memory_config
 
-    return MemVault(core.db, core.keyring, VectorIndex(settings.resolved_vector_uri), embedder)
+    return open_vault(memory_config(settings), core.db, core.keyring, embedder)
 
 
 def _embedder(settings: Settings) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memos.chat.contract import MemoryMode
 from proxy.upstream.base import (
@@ -23,6 +23,9 @@ from proxy.upstream.base import (
 )
 from proxy.upstream.router import LOCAL_PREFIX
 
+if TYPE_CHECKING:
+    from memos.builder import LocalModels
+
 OWNER = "memos-local"
 
 
@@ -31,11 +34,9 @@ class LocalRequestError(UpstreamError):
 
 
 class LocalUpstream:
-    def __init__(self, registry: Any, runtime: Any | None = None) -> None:
-        from memos.local.runtime import LocalRuntime  # no torch import: runtime imports it lazily
-
-        self.registry = registry
-        self.runtime = runtime or LocalRuntime()
+    def __init__(self, models: LocalModels) -> None:
+        self.registry = models.registry
+        self.runtime = models.runtime
 
     async def _prepare(self, call: ChatCall) -> tuple[Any, Any, Any, dict[str, Any]]:
         from memos.local.runtime import SamplingParams, build_prompt
@@ -167,31 +168,3 @@ async def _stream(
                 yield chunk({"content": item})
     finally:
         await events.aclose()
-
-
-def build_local_memory(
-    settings: Any, keyring: Any, vault: Any, audit: Any
-) -> tuple[Any, LocalUpstream | None]:
-    """The MemScheduler and, when local models are configured, the local upstream (blocking, cheap:
-    nothing is loaded and torch is not imported until a local model is first used)."""
-    from memos.local.kvcache import KVCacheStore
-    from memos.local.lora import AdapterStore
-    from memos.local.model_registry import LocalModelRegistry
-    from memos.local.scheduler import MemScheduler, SchedulerConfig
-
-    registry = upstream = None
-    if settings.local_models:
-        registry = LocalModelRegistry(
-            settings.local_models, device=settings.local_device, dtype=settings.local_dtype
-        )
-        upstream = LocalUpstream(registry)
-    scheduler = MemScheduler(
-        vault=vault,
-        audit=audit,
-        registry=registry,
-        runtime=upstream.runtime if upstream is not None else None,
-        kv_store=KVCacheStore(settings.data_dir / "kv", keyring),
-        adapter_store=AdapterStore(settings.data_dir / "adapters", keyring),
-        config=SchedulerConfig(interval_s=settings.scheduler_interval_s),
-    )
-    return scheduler, upstream

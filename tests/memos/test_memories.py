@@ -149,18 +149,24 @@ async def test_invalid_input_names_the_field(svc) -> None:
     assert err.value.param == "cursor"
 
 
+def with_erasers(service: MemoryService, *erasers: object) -> MemoryService:
+    """The same service, erasing also there (after the vault), as memos.builder wires them."""
+    return MemoryService(
+        service.vault, service.retriever, service.embedder, service.audit, erasers=(service.vault, *erasers)
+    )
+
+
 async def test_erase_user_runs_every_eraser(svc) -> None:
-    service, audit = svc
+    plain, audit = svc
     sync, asyn = SyncEraser(), AsyncEraser()
-    service.register_eraser(sync)
-    service.register_eraser(asyn)
+    service = with_erasers(plain, sync, asyn)
     await service.add(APP, POLICY, "alice", [Entry(text="one"), Entry(text="two")])
     counts = await service.erase_user(APP, POLICY, "alice")
     assert counts == {"MemVault": 2, "SyncEraser": 3, "AsyncEraser": 1}
     assert sync.calls == asyn.calls == [("acme", "alice")]
     assert audit.entries[-1]["action"] == "memory.erase"
     assert (await service.list(APP, POLICY, "alice"))[0] == []
-    service.register_eraser(BrokenEraser())
+    service = with_erasers(plain, sync, asyn, BrokenEraser())
     with pytest.raises(RuntimeError):
         await service.erase_user(APP, POLICY, "alice")
     assert len(sync.calls) == 2  # the others still ran
@@ -206,8 +212,7 @@ class LeakyEraser:
 
 
 async def test_a_failing_eraser_is_logged_without_its_message(svc, caplog) -> None:
-    service, _ = svc
-    service.register_eraser(LeakyEraser())
+    service = with_erasers(svc[0], LeakyEraser())
     with caplog.at_level("DEBUG", logger="memos"), pytest.raises(RuntimeError):
         await service.erase_user(APP, POLICY, "alice")
     assert "LeakyEraser" in caplog.text and "OSError" in caplog.text  # type and place are logged

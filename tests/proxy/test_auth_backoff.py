@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy.auth import AuthFailureAudit
 from proxy.auth_limits import ADDRESSES_PER_KEY, OVERFLOW_ADDRESS, AuthLimiter, address_key
 from proxy.services import Services
 from tests.support.proxy import RunningProxy, proxy_env, run_cli
@@ -70,6 +71,8 @@ def limited(proxy: Callable[..., RunningProxy], clock: FakeClock) -> Callable[..
                 max_entries=settings.auth_limiter_entries,
                 clock=clock,
             )
+            # Flushed by hand below (the started one watches the limiter it was built with).
+            services.auth_audit = AuthFailureAudit(services.auth_limits, services.audit, services.policies)
 
         return proxy(configure=configure, key_cache_ttl_s=0, **overrides)
 

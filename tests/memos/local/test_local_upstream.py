@@ -9,9 +9,10 @@ import sys
 import orjson
 import pytest
 
+from memos.builder import LocalModels
 from memos.chat.contract import MemoryMode
 from memos.local.kvcache import prefill
-from memos.local.runtime import LocalMemory, block_ids
+from memos.local.runtime import LocalMemory, LocalRuntime, block_ids
 from proxy.upstream.base import ChatCall, UpstreamError, UpstreamTarget
 from proxy.upstream.local import LocalUpstream
 from tests.support.local_models import BLOCK, CONVERSATION
@@ -19,7 +20,7 @@ from tests.support.local_models import BLOCK, CONVERSATION
 
 @pytest.fixture
 def upstream(registry):  # type: ignore[no-untyped-def]
-    up = LocalUpstream(registry)
+    up = LocalUpstream(LocalModels(registry, LocalRuntime()))
     yield up
     up.runtime.close()
 
@@ -107,17 +108,22 @@ def test_no_heavy_imports_until_a_local_model_is_used(tmp_path) -> None:  # type
     code = f"""
 import sys
 from pathlib import Path
-import proxy.upstream.local, memos.local.scheduler, memos.local.kvcache, memos.local.lora
-import memos.local.runtime, memos.local.model_registry
+import proxy.services, proxy.upstream.local, memos.builder, memos.local.scheduler, memos.local.kvcache
+import memos.local.lora, memos.local.runtime, memos.local.model_registry
 from memos.keys.crypto import MasterKey
 from memos.storage.db import Database
 from memos.keys.keyring import Keyring
+from proxy.services import memory_config
 from proxy.settings import Settings
-from proxy.upstream.local import build_local_memory
+from proxy.upstream.local import LocalUpstream
+from memos.builder import build_local_models, build_scheduler
 db = Database("sqlite:///{tmp_path}/k.db"); db.create_all()
 settings = Settings(data_dir=Path("{tmp_path}"), local_models={{"tiny": "{tmp_path}/missing"}})
-scheduler, local = build_local_memory(settings, Keyring(db, MasterKey.generate()), None, None)
-assert local is not None and scheduler.registry.names() == ["tiny"]
+config = memory_config(settings)
+models = build_local_models(config)
+assert models is not None and LocalUpstream(models).registry.names() == ["tiny"]
+scheduler = build_scheduler(config, Keyring(db, MasterKey.generate()), None, None, models)
+assert scheduler.registry.names() == ["tiny"]
 heavy = [m for m in ("torch", "transformers", "peft", "safetensors") if m in sys.modules]
 assert not heavy, heavy
 """
