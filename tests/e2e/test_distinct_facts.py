@@ -40,22 +40,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeUpstre
 
 
 @pytest.fixture(scope="module")
-def running(stack: tuple[FakeUpstream, RunningProxy]) -> RunningProxy:
-    return stack[1]
-
-
-@pytest.fixture(scope="module")
-def key(running: RunningProxy) -> str:
-    return running.create_key("acme", "app")
-
-
-@pytest.fixture(scope="module")
-def client(running: RunningProxy, key: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def outbox(running: RunningProxy) -> Outbox:
     # The proxy's own outbox table, read through a second handle on the same database.
     return Outbox(running.services.core.db, running.services.core.keyring)

@@ -13,7 +13,6 @@ Qwen2-shaped model with a tokenizer trained in the test (nothing downloaded):
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,8 @@ import pytest
 from memos.local.kvcache import KVKey
 from proxy.cli import main as cli_main
 from tests.support.local_models import FIVE_MEMORIES
+from tests.support.memory import add_memories as add_verbatim
+from tests.support.memory import until
 from tests.support.proxy import RunningProxy, proxy_env, proxy_settings, run_cli, run_proxy
 from tests.support.upstream import FakeUpstream
 
@@ -62,18 +63,9 @@ def stack(
             yield upstream, proxy
 
 
-@pytest.fixture(scope="module")
-def running(stack: tuple[FakeUpstream, RunningProxy]) -> RunningProxy:
-    return stack[1]
-
-
-@pytest.fixture(scope="module")
-def key(running: RunningProxy) -> str:
-    return running.create_key("acme", "app")
-
-
 @pytest.fixture
 def client(running: RunningProxy, key: str) -> openai.OpenAI:
+    # `running` and `key` are those of tests/e2e/conftest.py; a local model answers slower.
     return openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0, timeout=120)
 
 
@@ -97,14 +89,7 @@ def add_memories(running: RunningProxy, key: str, user: str, texts: list[str]) -
     # A day apart: the block's order (oldest first, then by random id) and so the prompt, and what the
     # random model generates from it, are the same in every run.
     memories = [{"text": t, "observed_at": f"2026-01-{i + 1:02d}T12:00:00Z"} for i, t in enumerate(texts)]
-    response = httpx.post(
-        f"{running.base_url}/memories",
-        json={"user": user, "memories": memories, "infer": False},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    return [item["id"] for item in response.json()["data"]]
+    return add_verbatim(running, key, user, memories)
 
 
 def ask(
@@ -272,9 +257,7 @@ def test_plaintext_hits_promote_memories_into_the_activation_block(
     # Nothing is promoted yet: auto serves plaintext, and each injection counts a hit.
     for _ in range(2):
         assert ask(client, "dave", "auto", max_tokens=2)[1]["x-memos-memory-mode"] == "plaintext"
-    deadline = time.monotonic() + 30
-    while any(vault.get("acme", i).hits < 2 for i in ids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until(lambda: all(vault.get("acme", i).hits >= 2 for i in ids), "both injections counted", 30)
     assert all(vault.get("acme", i).hits == 2 for i in ids)
     # The background pass's lifecycle step, with thresholds a test can reach.
     scheduler.config = replace(scheduler.config, promote_min_hits=2, stable_min_age_s=0)

@@ -38,21 +38,6 @@ def upstream(stack: tuple[FakeUpstream, RunningProxy]) -> FakeUpstream:
     return stack[0]
 
 
-@pytest.fixture
-def running(stack: tuple[FakeUpstream, RunningProxy]) -> RunningProxy:
-    return stack[1]
-
-
-@pytest.fixture(scope="module")
-def key(stack: tuple[FakeUpstream, RunningProxy]) -> str:
-    return stack[1].create_key("acme", "app")
-
-
-@pytest.fixture
-def client(running: RunningProxy, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0)
-
-
 def say(
     client: openai.OpenAI, user: str, text: str, *, stream: bool = False, headers: dict | None = None
 ) -> tuple[str, httpx.Headers]:

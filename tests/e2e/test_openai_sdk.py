@@ -54,21 +54,6 @@ def upstream(stack: tuple[FakeUpstream, RunningProxy]) -> FakeUpstream:
     return stack[0]
 
 
-@pytest.fixture
-def running(stack: tuple[FakeUpstream, RunningProxy]) -> RunningProxy:
-    return stack[1]
-
-
-@pytest.fixture(scope="module")
-def key(stack: tuple[FakeUpstream, RunningProxy]) -> str:
-    return stack[1].create_key("acme", "app")
-
-
-@pytest.fixture
-def client(running: RunningProxy, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0)
-
-
 def test_plain_completion_passes_every_field_through(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",

@@ -23,15 +23,19 @@ def search_hits(running: RunningProxy | ProxyProcess, key: str, user: str, query
     return reply.json()["data"]
 
 
-def add_memories(running: RunningProxy | ProxyProcess, key: str, user: str, texts: list[str]) -> None:
-    """Store `texts` as the user's memories, verbatim (POST /v1/memories, infer: false)."""
+def add_memories(
+    running: RunningProxy | ProxyProcess, key: str, user: str, memories: list[str] | list[dict]
+) -> list[str]:
+    """Store `memories` (texts, or entries such as {"text": ..., "observed_at": ...}) as the user's
+    memories, verbatim (POST /v1/memories, infer: false); returns their ids."""
     reply = httpx.post(
         f"{running.base_url}/memories",
         headers={"Authorization": f"Bearer {key}"},
-        json={"user": user, "memories": texts, "infer": False},
+        json={"user": user, "memories": memories, "infer": False},
         timeout=30,
     )
     assert reply.status_code == 200, reply.text
+    return [item["id"] for item in reply.json()["data"]]
 
 
 def listed(running: RunningProxy | ProxyProcess, key: str, user: str) -> list[dict]:
