@@ -8,17 +8,15 @@ left. Polls with a deadline; no assertion on wall time.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import openai
 
-from tests.support.memory import search
+from tests.support.faults import wait_findable
 from tests.support.proxy import ProxyProcess, proxy_env
 from tests.support.upstream import FakeUpstream
 
 MODEL = "gpt-4o-mini"
-DEADLINE_S = 90.0
 FACTS = [
     "I restore antique clocks on weekends.",
     "My sister Ingrid teaches violin in Tromso.",
@@ -44,18 +42,9 @@ def chat(client: openai.OpenAI, user: str, text: str, stream: bool) -> str:
     return "".join(chunk.choices[0].delta.content or "" for chunk in parts if chunk.choices)
 
 
-def searchable(proc: ProxyProcess, key: str, user: str, text: str) -> bool:
-    return text in search(proc, key, user, text)
-
-
 def wait_all(proc: ProxyProcess, key: str, user: str, facts: list[str]) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    missing = list(facts)
-    while missing:
-        missing = [f for f in missing if not searchable(proc, key, user, f)]
-        if missing:
-            assert time.monotonic() < deadline, f"lost after the crash: {missing}\n{proc.log()[-3000:]}"
-            time.sleep(0.1)
+    """Every fact is found by a search after the restart (tests/support/faults.py: 90 s at most)."""
+    wait_findable(proc, key, user, facts, log=lambda: proc.log()[-3000:])
 
 
 def tell_then_kill(proc: ProxyProcess, key: str, user: str) -> None:

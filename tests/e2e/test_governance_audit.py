@@ -5,23 +5,16 @@ erased, records key, policy and auth events, never holds text, pages with a curs
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import httpx
 import openai
 import pytest
 
+from tests.support.memory import until
 from tests.support.proxy import RunningProxy, proxy_env, run_cli
 
 WORDS = ["quibbleworth", "marzipanic", "zephyrine", "glockenspar", "trundlewick"]
 MODEL = "gpt-4o-mini"
-
-
-def _until(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def _all_entries(api: httpx.Client, limit: int = 1000) -> list[dict]:
@@ -113,7 +106,7 @@ def test_audit_trail_of_real_traffic(running: RunningProxy, upstream, tmp_path):
     def writes() -> list[dict]:
         return [e for e in _all_entries(admin) if e["action"] == "memory.write"]
 
-    _until(lambda: len(writes()) >= 3, "the write-back is audited")
+    until(lambda: len(writes()) >= 3, "the write-back is audited")
     entries = _all_entries(admin, limit=3)  # page by page, following the cursor
     assert entries == _all_entries(admin)
     by_action: dict[str, list[dict]] = {}

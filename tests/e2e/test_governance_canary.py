@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import random
 import string
-import time
-from collections.abc import Callable
 
 import httpx
 import openai
 
 from tests.support.bytescan import describe, files_under, scan
+from tests.support.memory import until
 from tests.support.proxy import ProxyProcess, proxy_env
 from tests.support.upstream import FakeUpstream
 
@@ -30,13 +29,6 @@ DEADLINE_S = 90.0
 def _canary(rng: random.Random) -> str:
     # Letters only, so no tokenizer, redactor or stemmer splits it; long enough to be unique.
     return "".join(rng.choice(string.ascii_lowercase) for _ in range(24))
-
-
-def _until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"not reached before the deadline: {what}"
-        time.sleep(0.1)
 
 
 def test_canaries_never_reach_the_disk_in_the_clear(tmp_path):
@@ -88,8 +80,8 @@ def test_canaries_never_reach_the_disk_in_the_clear(tmp_path):
                 assert hits.status_code == 200, hits.text
                 return any(canary in h["memory"] for h in hits.json()["data"])
 
-            _until(lambda: found(api_canary), "the API canary is searchable")
-            _until(lambda: found(chat_canary), "the chat canary is written back and searchable")
+            until(lambda: found(api_canary), "the API canary is searchable", DEADLINE_S)
+            until(lambda: found(chat_canary), "the chat canary is written back and searchable", DEADLINE_S)
             listed = api.get("/memories", params={"user": "u1", "limit": 100}).json()["data"]
             assert any(chat_canary in item["memory"] for item in listed)
 

@@ -9,7 +9,6 @@ Deleting the tenant destroys its data key: what it left on disk can no longer be
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import lancedb
@@ -25,18 +24,12 @@ from memos.storage.db import Database
 from memos.storage.tables import MemoryRow, MemoryVersionRow, PostingRow, item_aad
 from memos.writeback.outbox import OutboxRow
 from tests.support.bytescan import describe, scan
+from tests.support.memory import until
 from tests.support.proxy import RunningProxy, proxy_env, run_cli
 
 U1_WORDS = ["florbicate", "wendlestrop", "quaximony", "brindlehoff"]
 U2_WORDS = ["snorkeltine", "pavlovique"]
 MODEL = "gpt-4o-mini"
-
-
-def _until(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def _disk_secrets(running: RunningProxy, owner: str, words: list[str]) -> dict[str, str | bytes]:
@@ -96,7 +89,7 @@ def test_erasing_a_user_leaves_nothing(running: RunningProxy):
         hits = api.post("/memories/search", json={"user": user, "query": word}).json()["data"]
         return any(word in h["memory"] for h in hits)
 
-    _until(lambda: searchable("u1", U1_WORDS[3]), "the chat was written back")
+    until(lambda: searchable("u1", U1_WORDS[3]), "the chat was written back")
     u1_secrets = _disk_secrets(running, "u1", U1_WORDS)
     u2_secrets = _disk_secrets(running, "u2", U2_WORDS)
     assert sum("vector" in k for k in u1_secrets) >= 4 and sum("payload" in k for k in u1_secrets) >= 4

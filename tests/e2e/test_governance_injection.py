@@ -8,13 +8,13 @@ inject but are never written back; a user-bound key cannot chat as another user.
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import openai
 import pytest
 
 from memos.recall.injection import HEADER
+from tests.support.memory import until
 from tests.support.proxy import RunningProxy
 
 MODEL = "gpt-4o-mini"
@@ -87,15 +87,12 @@ def test_readonly_chats_are_not_written_back_and_bound_keys_stay_bound(running: 
         messages=[{"role": "user", "content": "I keep a vegetable garden with leeks."}],
         extra_headers={"X-Memos-User": "bob"},
     )
-    deadline = time.monotonic() + 60
-    while True:
-        hits = api.post("/memories/search", json={"user": "bob", "query": "leeks axolotl Quexby"}).json()[
-            "data"
-        ]
-        if any("leeks" in h["memory"] for h in hits):
-            break
-        assert time.monotonic() < deadline, "the app key's chat was not written back"
-        time.sleep(0.05)
+
+    def written_back() -> bool:
+        hits = api.post("/memories/search", json={"user": "bob", "query": "leeks axolotl Quexby"}).json()
+        return any("leeks" in h["memory"] for h in hits["data"])
+
+    until(written_back, "the app key's chat was written back", 60)
     listed = api.get("/memories", params={"user": "bob", "limit": 100}).json()["data"]
     assert not any("Quexby" in m["memory"] for m in listed)
 

@@ -4,12 +4,12 @@ last good policy, and every other tenant keeps working (and keeps hot-reloading)
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
+from tests.support.memory import until
 from tests.support.proxy import RunningProxy
 
 
@@ -19,12 +19,8 @@ def _write(path: Path, text: str) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # a new stamp on coarse clocks
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the policy store")
-        time.sleep(0.05)
+def _wait(predicate) -> None:
+    until(predicate, "the policy store reloaded", 10.0)
 
 
 def _chat(client: openai.OpenAI, model: str) -> str:

@@ -4,13 +4,12 @@ rotation, and a restarted proxy reads everything."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 from sqlmodel import select
 
 from memos.governance.masterkeys import read_key_file
 from memos.keys.keyring import TenantKeyRow
+from tests.support.memory import until
 from tests.support.proxy import proxy_env, proxy_settings, run_cli, run_proxy
 
 
@@ -50,10 +49,11 @@ def test_rotation_while_serving(upstream, tmp_path):
 
         # Still serving, without a restart; the proxy adopts the new master within about a second.
         assert _get(running.base_url, acme, memory_id) == "the boat is blue"
-        deadline = time.monotonic() + 10
-        while running.services.keyring.master.key_id != new_id:
-            assert time.monotonic() < deadline, "the running proxy did not adopt the new master key"
-            time.sleep(0.05)
+        until(
+            lambda: running.services.keyring.master.key_id == new_id,
+            "the running proxy adopted the new master key",
+            10,
+        )
         beta = running.create_key("beta", "admin")
         beta_id = _add(running.base_url, beta, "the car is red")
         with running.services.db.session() as session:
