@@ -86,6 +86,11 @@ class Setup:
     def export(self, out: Path, *args: str):
         return self.cli("export", "--tenant", "acme", "--out", str(out), *args, MEMOS_TEST_PASS=PASS)
 
+    def import_sealed(self, tenant: str, path: Path):
+        """`memos-proxy import` of a sealed file into `tenant`, with the right passphrase."""
+        args = ["--in", str(path), "--passphrase-env", "MEMOS_TEST_PASS"]
+        return self.cli("import", "--tenant", tenant, *args, MEMOS_TEST_PASS=PASS)
+
     def imported(self, tenant_api: httpx.Client) -> dict[str, dict]:
         """The memories an import wrote (ids from the audit trail), by text."""
         ids = [
@@ -130,16 +135,7 @@ def test_sealed_round_trip_into_another_tenant(setup: Setup) -> None:
     assert all(w not in json.dumps(_audit(setup.acme)) for w in ("Quibbleworth", "glockenspar", SECRET_META))
 
     # Import into another tenant.
-    done = setup.cli(
-        "import",
-        "--tenant",
-        "globex",
-        "--in",
-        str(out),
-        "--passphrase-env",
-        "MEMOS_TEST_PASS",
-        MEMOS_TEST_PASS=PASS,
-    )
+    done = setup.import_sealed("globex", out)
     assert done.returncode == 0, done.stderr
     assert "imported 4 memories (6 versions) into tenant globex; 0 already there" in done.stdout
 
@@ -173,31 +169,13 @@ def test_sealed_round_trip_into_another_tenant(setup: Setup) -> None:
     assert setup.acme.get(f"/memories/{setup.changed_id}").json()["memory"] == ALICE_V2
 
     # Importing the same file again adds nothing.
-    again = setup.cli(
-        "import",
-        "--tenant",
-        "globex",
-        "--in",
-        str(out),
-        "--passphrase-env",
-        "MEMOS_TEST_PASS",
-        MEMOS_TEST_PASS=PASS,
-    )
+    again = setup.import_sealed("globex", out)
     assert again.returncode == 0, again.stderr
     assert "imported 0 memories (0 versions) into tenant globex; 4 already there" in again.stdout
     assert len(_listed(setup.globex, "alice")) == 2 and len(_listed(setup.globex, "bob")) == 1
 
     # Importing back into the source tenant recognises every memory as already there.
-    back = setup.cli(
-        "import",
-        "--tenant",
-        "acme",
-        "--in",
-        str(out),
-        "--passphrase-env",
-        "MEMOS_TEST_PASS",
-        MEMOS_TEST_PASS=PASS,
-    )
+    back = setup.import_sealed("acme", out)
     assert back.returncode == 0 and "imported 0 memories" in back.stdout, back.stderr
 
     # The import is audited as writes in the target tenant, ids only; both chains verify.

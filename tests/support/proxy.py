@@ -72,11 +72,10 @@ def proxy_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Setti
     return Settings(**values)
 
 
-class RunningProxy:
-    def __init__(self, app: Any, settings: Settings, port: int) -> None:
-        self.app = app
-        self.settings = settings
-        self.port = port
+class Loopback:
+    """A proxy listening on 127.0.0.1:`port`: its root URL and its OpenAI base URL."""
+
+    port: int
 
     @property
     def url(self) -> str:
@@ -85,6 +84,13 @@ class RunningProxy:
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+
+class RunningProxy(Loopback):
+    def __init__(self, app: Any, settings: Settings, port: int) -> None:
+        self.app = app
+        self.settings = settings
+        self.port = port
 
     @property
     def services(self) -> Services:
@@ -149,7 +155,7 @@ def run_cli(*args: str, env: Mapping[str, str], timeout: float = 120) -> subproc
     )
 
 
-class ProxyProcess:
+class ProxyProcess(Loopback):
     """`memos-proxy serve` as a child process; waits for /healthz."""
 
     def __init__(self, env: Mapping[str, str], port: int | None = None) -> None:
@@ -157,14 +163,6 @@ class ProxyProcess:
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(self.env["MEMOS_DATA_DIR"]) / f"proxy-{self.port}.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
 
     def start(self, timeout: float = 60) -> ProxyProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
