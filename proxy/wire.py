@@ -3,6 +3,10 @@
 Everything else in the body (tools, response_format, n, logprobs, unknown fields) is the upstream's
 business and passes through untouched. Errors name the field in `param`.
 
+Bodies (and queries) are read through pydantic models, WireModel: ChatRequest here, the memory API's in
+proxy/memory_wire.py. `parse` reads one; `invalid_input` is the one place a ValidationError becomes the
+400 envelope. A model validates and reads; what is forwarded upstream is still the client's own body.
+
 Every JSON body read here (and every JSON body relayed, see `check_json_shape`) is bounded in shape:
 containers nest at most MAX_JSON_DEPTH levels (the body object is level 1) and no array or object
 has more than MAX_JSON_ITEMS members. Deeper bodies could not be re-encoded for the upstream or the
@@ -16,14 +20,28 @@ header that is present but empty.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import parse_qsl
 
 import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainValidator,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 from starlette.requests import Request
+from typing_extensions import TypedDict
 
-from memos.limits import json_shape_problem, user_id_problem
-from proxy.errors import bad_request
+from memos import USER_ID_MAX_CHARS, USER_ID_PATTERN, json_shape_problem, user_id_problem
+from proxy.errors import ApiError, bad_request
 
 MAX_JSON_DEPTH = 64
 MAX_JSON_ITEMS = 100_000
@@ -127,7 +145,8 @@ def query_param(request: Request, name: str) -> str | None:
         ) from None
 
 
-def _type_name(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed value, for messages (`object`, `array`, `number`, ...)."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number" if isinstance(value, int | float) else type(value).__name__
     )
@@ -141,71 +160,197 @@ def require_string(body: dict[str, Any], name: str) -> str:
         )
     if not isinstance(value, str) or not value:
         raise bad_request(
-            f"Invalid type for '{name}': expected a non-empty string, but got {_type_name(value)}.",
+            f"Invalid type for '{name}': expected a non-empty string, but got {json_type(value)}.",
             param=name,
             code="invalid_type",
         )
     return value
 
 
-def optional(body: dict[str, Any], name: str, kind: type, expected: str) -> Any:
-    value = body.get(name)
-    if value is None or isinstance(value, kind):
-        return value
-    raise bad_request(
-        f"Invalid type for '{name}': expected {expected}, but got {_type_name(value)}.",
-        param=name,
-        code="invalid_type",
-    )
+# ---------------------------------------------------------------------------------------------- models
+#
+# Request bodies (and queries) are read through pydantic models: the model validates, and its JSON
+# schema is what the OpenAPI document publishes (proxy/openapi.py). A ValidationError becomes the
+# 400 envelope in one place, `invalid_input`: the first error, its location as `param`
+# (`memories[3].text`), a message naming the field and never echoing its value.
+#
+# Validators that need their own words raise PydanticCustomError with one of the envelope's codes as
+# its type (ErrorCode) and a reason as its message; a model-level rule names its field with
+# `ctx["field"]`.
+
+ErrorCode = Literal["invalid_type", "invalid_value", "missing_required_parameter", "invalid_request"]
+_CUSTOM_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
+
+# What a pydantic type error expected, in the wire's words.
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean",
+    "bool_parsing": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+# Why a string did not match a pattern, by pattern (see `matching`).
+_PATTERN_REASONS: dict[str, str] = {}
 
 
-class ChatRequest:
-    """The few fields of a chat request the proxy itself uses (the body is kept as is)."""
+def matching(pattern: str, reason: str) -> StringConstraints:
+    """A pattern that both validates a string and is published in the schema; `reason` is what the
+    client reads when a value does not match (a pattern itself says little)."""
+    _PATTERN_REASONS[pattern] = reason
+    return StringConstraints(pattern=pattern)
 
-    __slots__ = ("include_usage", "messages", "model", "stream", "user")
 
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.model = require_string(body, "model")
-        messages = body.get("messages")
-        if messages is None:
-            raise bad_request(
-                "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
-            )
-        if not isinstance(messages, list):
-            raise bad_request(
-                f"Invalid type for 'messages': expected an array, but got {_type_name(messages)}.",
-                param="messages",
-                code="invalid_type",
-            )
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise bad_request(
-                    f"Invalid type for 'messages[{index}]': expected an object, "
-                    f"but got {_type_name(message)}.",
-                    param=f"messages[{index}]",
-                    code="invalid_type",
-                )
-            if not isinstance(message.get("role"), str):
-                raise bad_request(
-                    f"Invalid value for 'messages[{index}].role': expected a string.",
-                    param=f"messages[{index}].role",
-                    code="invalid_type",
-                )
-        self.messages: list[dict[str, Any]] = messages
-        self.stream: bool = bool(optional(body, "stream", bool, "a boolean"))
-        options = optional(body, "stream_options", dict, "an object")
-        self.include_usage = False
-        if options is not None:
-            include = options.get("include_usage")
-            if include is not None and not isinstance(include, bool):
-                raise bad_request(
-                    "Invalid type for 'stream_options.include_usage': expected a boolean.",
-                    param="stream_options.include_usage",
-                    code="invalid_type",
-                )
-            self.include_usage = bool(include)
-        user = body.get("user")
-        self.user: str | None = None if user is None else user_id(user, "user")
+def _value_reason(kind: str, ctx: Mapping[str, Any], msg: str) -> str:
+    if kind in ("too_short", "string_too_short"):
+        unit = "characters" if kind.startswith("string") else "items"
+        n = ctx["min_length"]
+        return "must not be empty" if n == 1 else f"must have at least {n} {unit}"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters long"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "less_than_equal": ("at most", "le"),
+        "greater_than": ("greater than", "gt"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"must be {words} {ctx[key]}"
+    if kind in ("literal_error", "enum"):
+        return f"expected {ctx['expected']}"
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_REASONS.get(ctx["pattern"], f"must match the pattern {ctx['pattern']!r}")
+    if kind == "finite_number":
+        return "must be a finite number"
+    return msg[:1].lower() + msg[1:]
+
+
+def invalid_input(exc: ValidationError) -> ApiError:
+    """The 400 a ValidationError answers: its first error, named by where it is in the body."""
+    error = exc.errors(include_url=False)[0]
+    kind, ctx = error["type"], error.get("ctx") or {}
+    loc = [*error["loc"], *([ctx["field"]] if "field" in ctx else [])]
+    param = field_path(loc) or None
+    where = f"'{param}'" if param else "the request body"
+    code: str | None
+    if kind in _CUSTOM_CODES:  # a validator's own words
+        reason = error["msg"]
+        code, message = {
+            "invalid_type": (kind, f"Invalid type for {where}: {reason}."),
+            "invalid_value": (kind, f"Invalid value for {where}: {reason}."),
+            "missing_required_parameter": (kind, f"Missing required parameter: {where} {reason}."),
+            "invalid_request": (None, f"{reason}."),
+        }[kind]
+    elif kind == "missing":
+        code, message = "missing_required_parameter", f"Missing required parameter: {where}."
+    elif kind == "extra_forbidden":
+        code, message = "unknown_parameter", f"Unknown parameter: {where}."
+    elif kind in _EXPECTED:
+        got = json_type(error["input"])
+        code, message = (
+            "invalid_type",
+            f"Invalid type for {where}: expected {_EXPECTED[kind]}, but got {got}.",
+        )
+    else:
+        code = "invalid_value"
+        message = f"Invalid value for {where}: {_value_reason(kind, ctx, error['msg'])}."
+    return bad_request(message, param=param, code=code)
+
+
+class WireModel(BaseModel):
+    """A request body or query as the proxy reads it (unknown fields ignored unless a model says)."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: Mapping[str, Any]) -> M:
+    """`data` read as `model`, or the 400 that says what is wrong with it."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_input(exc) from None
+
+
+def parse_query(request: Request, model: type[M]) -> M:
+    """The query parameters a model names (each decoded strictly, see `query_param`), read as it."""
+    data = {name: value for name in model.model_fields if (value := query_param(request, name)) is not None}
+    return parse(model, data)
+
+
+def _user_id(value: Any) -> str:
+    problem = user_id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("invalid_value", "a user id {problem}", {"problem": problem})
+    return value  # type: ignore[no-any-return]
+
+
+USER_ID_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": USER_ID_MAX_CHARS,
+    "pattern": USER_ID_PATTERN,
+    "description": f"A user id: 1 to {USER_ID_MAX_CHARS} characters, no control characters (NUL "
+    "included), not only whitespace. The same rule holds for the chat body's `user` and X-Memos-User.",
+}
+# One rule wherever a user id comes from (memos.limits.user_id_problem, as `user_id` for headers and
+# queries), published from the same constants.
+UserId = Annotated[str, PlainValidator(_user_id), WithJsonSchema(USER_ID_SCHEMA)]
+
+
+def _as_sent(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validated, but kept as the client sent it (the same object, key order and all)."""
+    handler(value)
+    return value
+
+
+class ChatMessage(TypedDict):
+    """A chat message as far as the proxy reads it: an object with a string `role`."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    role: str
+
+
+class StreamOptions(WireModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool | None = None
+
+
+class ChatRequest(WireModel):
+    """The fields of a chat request the proxy itself reads. `ChatRequest(body)` validates; the body
+    itself (unknown fields, tools, response_format, ...) is forwarded as the client sent it, and
+    `messages` holds the client's own message objects."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, StringConstraints(min_length=1)]
+    messages: list[Annotated[ChatMessage, WrapValidator(_as_sent)]]
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    user: UserId | None = None
+
+    def __init__(self, body: Mapping[str, Any], /) -> None:
+        try:
+            self.__pydantic_validator__.validate_python(body, self_instance=self)
+        except ValidationError as exc:
+            raise invalid_input(exc) from None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options is not None and self.stream_options.include_usage)
 
 
 def check_embeddings(body: dict[str, Any]) -> str:
