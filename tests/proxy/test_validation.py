@@ -114,7 +114,7 @@ def test_deep_patch_metadata_is_refused(admin: httpx.Client) -> None:
 def test_vault_refuses_metadata_it_could_not_answer(running: RunningProxy) -> None:
     """Whatever reaches the vault past the edge: too deep to read back means never sealed."""
     from memos.item import Source
-    from memos.storage.vault import NewMemory
+    from memos.storage.batch import NewMemory
 
     vault = running.services.memory.vault
     source = Source(request_id="r", message_index=0, session=None, metadata=nested(300))
@@ -388,7 +388,7 @@ def test_cursor_pattern_admits_exactly_the_vaults_cursors() -> None:
     from hypothesis import strategies as st
 
     from memos.storage.vault import decode_cursor, encode_cursor
-    from proxy.routes.memories import CURSOR_MAX_CHARS, CURSOR_PATTERN
+    from proxy.memory_wire import CURSOR_MAX_CHARS, CURSOR_PATTERN
 
     pattern = re.compile(CURSOR_PATTERN)
     for seq in [0, 1, 9, 10, 99, 100, 12345, 2**31, 10**18 - 1]:
@@ -406,7 +406,7 @@ def test_cursor_pattern_admits_exactly_the_vaults_cursors() -> None:
 
 def test_openapi_states_the_enforced_limits(admin: httpx.Client) -> None:
     from memos.limits import NOT_BLANK_PATTERN, USER_ID_PATTERN, YEAR_PATTERN
-    from proxy.routes.memories import _PATCH_CHANGES, _PATCH_FIELDS
+    from proxy.memory_wire import PATCH_FIELDS
 
     doc = admin.get("/openapi.json").json()
     schemas = doc["components"]["schemas"]
@@ -415,9 +415,11 @@ def test_openapi_states_the_enforced_limits(admin: httpx.Client) -> None:
     entry = schemas["MemoryEntry"]["properties"]
     text = entry["text"]["anyOf"][0]
     assert text["minLength"] == 1 and text["pattern"] == NOT_BLANK_PATTERN
-    assert set(_PATCH_CHANGES) == _PATCH_FIELDS - {"rollback_to"}
+    changes, rollback = schemas["PatchMemory"]["oneOf"]
+    assert set(changes["properties"]) - {"user"} == PATCH_FIELDS - {"rollback_to"}
+    assert set(rollback["properties"]) == {"rollback_to", "user"}
     assert entry["observed_at"]["anyOf"][0]["oneOf"][0]["pattern"] == YEAR_PATTERN
-    assert f"{METADATA_MAX_DEPTH} levels" in entry["metadata"]["description"]
+    assert f"{METADATA_MAX_DEPTH} levels" in entry["metadata"]["anyOf"][0]["description"]
     assert f"at most {MAX_JSON_DEPTH} levels" in doc["info"]["description"]
     header = next(
         p for p in doc["paths"]["/v1/memories"]["post"]["parameters"] if p["name"] == "X-Memos-User"
@@ -440,3 +442,125 @@ def test_blank_text_in_any_dialect_is_a_400(admin: httpx.Client) -> None:
     )
     (item,) = add(admin, "blank").json()["data"]
     assert_400(admin.patch(f"/v1/memories/{item['id']}", json={"text": "\x1c\u3000"}), "text")
+
+
+# ---------------------------------------------------------------- the wire models
+
+
+def test_chat_request_reads_its_fields_and_leaves_the_body_as_sent() -> None:
+    import copy
+
+    from proxy.wire import ChatRequest
+
+    messages = [{"content": "be brief", "role": "system"}, {"role": "user", "content": "hi", "name": "x"}]
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True, "future_option": 1},
+        "user": "alice",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "unknown_field": {"nested": [1, 2]},
+    }
+    sent = copy.deepcopy(body)
+    chat = ChatRequest(body)
+    assert (chat.model, chat.stream, chat.include_usage, chat.user) == ("gpt-4o-mini", True, True, "alice")
+    assert all(a is b for a, b in zip(chat.messages, messages, strict=True))  # the client's own objects
+    assert body == sent and list(body["messages"][0]) == ["content", "role"]  # untouched, key order too
+    bare = ChatRequest({"model": "m", "messages": [], "stream": None, "stream_options": None, "user": None})
+    assert (bare.stream, bare.include_usage, bare.user) == (None, False, None)
+
+
+def test_a_validation_error_names_its_first_field() -> None:
+    from proxy.errors import ApiError
+    from proxy.memory_wire import AddMemories, PatchMemory
+    from proxy.wire import parse
+
+    def refused(model: Any, data: dict[str, Any]) -> ApiError:
+        with pytest.raises(ApiError) as info:
+            parse(model, data)
+        assert info.value.status == 400
+        return info.value
+
+    body = {"memories": ["A fact.", {"text": "a"}, {"text": "b"}, {"text": 5, "metadata": []}]}
+    error = refused(AddMemories, body)
+    assert (error.param, error.code) == ("memories[3].text", "invalid_type")
+    assert error.message == "Invalid type for 'memories[3].text': expected a string, but got number."
+    error = refused(AddMemories, {"memories": [{"messages": [{"role": "user", "content": {}}]}]})
+    assert error.param == "memories[0].messages[0].content"
+    error = refused(PatchMemory, {"txet": "typo"})
+    assert (error.param, error.code, error.message) == (
+        "txet",
+        "unknown_parameter",
+        "Unknown parameter: 'txet'.",
+    )
+    error = refused(PatchMemory, {"rollback_to": 2, "text": "b"})
+    assert (error.param, error.code) == ("rollback_to", "invalid_value")
+    error = refused(PatchMemory, {"user": "u"})
+    assert error.param is None and error.message.startswith("Nothing to change: give at least one of")
+    # Never the value itself: a message names the field and the kind of problem.
+    secret = "my password is hunter2 " * 3
+    for data in ({"text": [secret]}, {"state": secret}, {"importance": secret}, {"expires_at": secret}):
+        assert secret.strip() not in refused(PatchMemory, data).message
+
+
+def test_the_models_hold_each_limit_at_the_constant() -> None:
+    from memos import MAX_ENTRIES, METADATA_MAX_VALUES, USER_ID_MAX_CHARS
+    from proxy.errors import ApiError
+    from proxy.memory_wire import (
+        MAX_LIMIT,
+        MAX_QUERY_CHARS,
+        MAX_TOP_K,
+        MAX_VERSION,
+        AddMemories,
+        ListQuery,
+        PatchMemory,
+        SearchMemories,
+    )
+    from proxy.wire import parse
+
+    cases: list[tuple[Any, dict[str, Any], dict[str, Any], str]] = [
+        (AddMemories, {"memories": ["x"] * MAX_ENTRIES}, {"memories": ["x"] * (MAX_ENTRIES + 1)}, "memories"),
+        (
+            SearchMemories,
+            {"query": "q" * MAX_QUERY_CHARS},
+            {"query": "q" * (MAX_QUERY_CHARS + 1)},
+            "query",
+        ),
+        (SearchMemories, {"query": "q", "top_k": MAX_TOP_K}, {"query": "q", "top_k": MAX_TOP_K + 1}, "top_k"),
+        (SearchMemories, {"query": "q", "top_k": 1}, {"query": "q", "top_k": 0}, "top_k"),
+        (
+            SearchMemories,
+            {"query": "q", "user": "u" * USER_ID_MAX_CHARS},
+            {"query": "q", "user": "u" * (USER_ID_MAX_CHARS + 1)},
+            "user",
+        ),
+        (ListQuery, {"limit": str(MAX_LIMIT)}, {"limit": str(MAX_LIMIT + 1)}, "limit"),
+        (PatchMemory, {"rollback_to": MAX_VERSION}, {"rollback_to": MAX_VERSION + 1}, "rollback_to"),
+        (PatchMemory, {"importance": 1}, {"importance": 1.01}, "importance"),
+        (
+            PatchMemory,
+            {"metadata": {str(i): i for i in range(METADATA_MAX_VALUES)}},
+            {"metadata": {str(i): i for i in range(METADATA_MAX_VALUES + 1)}},
+            "metadata",
+        ),
+    ]
+    for model, at_the_limit, past_it, param in cases:
+        parse(model, at_the_limit)
+        with pytest.raises(ApiError) as info:
+            parse(model, past_it)
+        assert info.value.param == param, (model, param)
+    # Booleans are not integers, numeric strings and integral floats still are (as before).
+    assert parse(SearchMemories, {"query": "q", "top_k": "5"}).top_k == 5
+    assert parse(SearchMemories, {"query": "q", "top_k": 5.0}).top_k == 5
+    with pytest.raises(ApiError):
+        parse(SearchMemories, {"query": "q", "top_k": True})
+
+
+def test_text_longer_than_the_limit_is_refused_after_redaction(admin: httpx.Client) -> None:
+    from memos import MAX_TEXT_CHARS
+
+    assert add(admin, "long-text", text="x" * MAX_TEXT_CHARS).status_code == 200
+    assert_400(add(admin, "long-text", text="y" * (MAX_TEXT_CHARS + 1)), "memories[0].text")
+    (item,) = add(admin, "long-patch").json()["data"]
+    assert_400(admin.patch(f"/v1/memories/{item['id']}", json={"text": "z" * (MAX_TEXT_CHARS + 1)}), "text")
