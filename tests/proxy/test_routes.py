@@ -152,3 +152,225 @@ def test_metrics_by_tenant_and_route(api: Api, upstream: FakeUpstream, running: 
 def test_healthz(running: RunningProxy) -> None:
     r = httpx.get(running.url + "/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+# ---------------------------------------------------------------- the memory API's OpenAPI document
+#
+# Generated from the wire models (proxy/memory_wire.py, proxy/openapi.py); these pin that it is a valid
+# OpenAPI 3.1 document, that every operation, parameter, header and status stays documented, and that
+# each limit it states is the constant the server enforces.
+
+
+def _walk(node: object, path: str = "") -> Iterator[tuple[str, str, object]]:
+    """(path, keyword, value) of every keyword in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from _walk(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}/{i}")
+
+
+def test_openapi_document_is_valid_openapi_31() -> None:
+    import jsonschema
+    from schemathesis.specs.openapi.definitions import OPENAPI_31
+
+    from proxy.openapi import openapi_document
+
+    doc = openapi_document()
+    assert doc["openapi"] == "3.1.0"
+    jsonschema.Draft202012Validator(OPENAPI_31).validate(doc)
+    schemas = doc["components"]["schemas"]
+    for schema in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    for path, key, value in _walk(doc):
+        if key == "$ref":
+            assert isinstance(value, str) and value.startswith("#/components/schemas/"), path
+            assert value.removeprefix("#/components/schemas/") in schemas, (path, value)
+        if key == "schema" and "/parameters/" in path:
+            jsonschema.Draft202012Validator.check_schema(value)  # type: ignore[arg-type]
+    # Nothing pydantic-only leaks into the published schemas (titles, a `default: null`, raw names).
+    keywords = {key for path, key, _ in _walk(schemas) if not path.endswith("/properties")}
+    assert not keywords & {"title", "ge", "le", "gt", "lt", "$defs"}
+    assert all(v is not None for _, key, v in _walk(schemas) if key == "default")
+
+
+def test_openapi_document_keeps_every_operation_parameter_and_status() -> None:
+    from proxy.openapi import openapi_document
+
+    doc = openapi_document()
+    ops = {
+        (path, method): op
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method != "parameters"
+    }
+    memory_errors = ["200", "400", "401", "403", "429"]
+    expected = {
+        ("/v1/memories", "post"): ("addMemories", memory_errors, ["X-Memos-User", "X-Memos-Session"]),
+        ("/v1/memories", "get"): ("listMemories", memory_errors, ["user", "limit", "cursor", "X-Memos-User"]),
+        ("/v1/memories", "delete"): ("eraseUser", memory_errors, ["user"]),
+        ("/v1/memories/search", "post"): ("searchMemories", memory_errors, ["X-Memos-User"]),
+        ("/v1/memories/{memory_id}", "get"): ("getMemory", [*memory_errors, "404"], []),
+        ("/v1/memories/{memory_id}", "patch"): ("patchMemory", [*memory_errors, "404"], []),
+        ("/v1/memories/{memory_id}", "delete"): ("deleteMemory", [*memory_errors, "404"], []),
+        ("/v1/memories/{memory_id}/history", "get"): ("memoryHistory", [*memory_errors, "404"], []),
+        ("/healthz", "get"): ("healthz", ["200"], []),
+        ("/readyz", "get"): ("readyz", ["200", "503"], []),
+    }
+    assert set(ops) == set(expected)
+    for where, (operation_id, statuses, parameters) in expected.items():
+        op = ops[where]
+        assert op["operationId"] == operation_id
+        assert sorted(op["responses"]) == sorted(statuses), where
+        assert all(r["description"] for r in op["responses"].values())
+        assert [p["name"] for p in op.get("parameters", [])] == parameters, where
+        assert op["summary"]
+    for path in ("/v1/memories/{memory_id}", "/v1/memories/{memory_id}/history"):
+        (memory_id,) = doc["paths"][path]["parameters"]
+        assert memory_id["name"] == "memory_id" and memory_id["in"] == "path" and memory_id["required"]
+    (erase_user,) = ops[("/v1/memories", "delete")]["parameters"]
+    assert erase_user["required"] is True and erase_user["in"] == "query"
+    assert ops[("/healthz", "get")]["security"] == [] == ops[("/readyz", "get")]["security"]
+
+
+def test_every_limit_in_the_openapi_document_is_the_constant() -> None:
+    from memos import (
+        MAX_ENTRIES,
+        MAX_TEXT_CHARS,
+        METADATA_MAX_DEPTH,
+        METADATA_MAX_VALUES,
+        NOT_BLANK_PATTERN,
+        TIMESTAMP_END,
+        TIMESTAMP_MIN,
+        USER_ID_MAX_CHARS,
+        USER_ID_PATTERN,
+        YEAR_PATTERN,
+    )
+    from proxy.memory_wire import (
+        CURSOR_MAX_CHARS,
+        CURSOR_PATTERN,
+        DEFAULT_LIMIT,
+        MAX_LIMIT,
+        MAX_QUERY_CHARS,
+        MAX_TOP_K,
+        MAX_VERSION,
+        MEMORY_ID_PATTERN,
+    )
+    from proxy.openapi import openapi_document
+    from proxy.wire import MAX_JSON_DEPTH, MAX_JSON_ITEMS
+
+    doc = openapi_document()
+    schemas = doc["components"]["schemas"]
+
+    def nonnull(schema: dict) -> dict:
+        return next(s for s in schema.get("anyOf", [schema]) if s.get("type") != "null")
+
+    add = schemas["AddMemories"]["properties"]
+    assert (add["memories"]["minItems"], add["memories"]["maxItems"]) == (1, MAX_ENTRIES)
+    entry = schemas["MemoryEntry"]["properties"]
+    assert nonnull(entry["text"])["maxLength"] == MAX_TEXT_CHARS
+    assert nonnull(entry["metadata"])["maxProperties"] == METADATA_MAX_VALUES
+    assert f"{METADATA_MAX_DEPTH} levels" in nonnull(entry["metadata"])["description"]
+    string_time, number_time = nonnull(entry["observed_at"])["oneOf"]
+    assert string_time["pattern"] == YEAR_PATTERN
+    assert (number_time["minimum"], number_time["exclusiveMaximum"]) == (TIMESTAMP_MIN, TIMESTAMP_END)
+    search = schemas["SearchMemories"]["properties"]
+    assert search["query"]["maxLength"] == MAX_QUERY_CHARS == MAX_TEXT_CHARS
+    assert search["query"]["pattern"] == NOT_BLANK_PATTERN
+    assert (nonnull(search["top_k"])["minimum"], nonnull(search["top_k"])["maximum"]) == (1, MAX_TOP_K)
+    changes, rollback = schemas["PatchMemory"]["oneOf"]
+    assert changes["properties"]["text"]["maxLength"] == MAX_TEXT_CHARS
+    assert changes["properties"]["importance"].items() >= {"minimum": 0, "maximum": 1}.items()
+    assert rollback["properties"]["rollback_to"]["maximum"] == MAX_VERSION
+    listing = {p["name"]: p for p in doc["paths"]["/v1/memories"]["get"]["parameters"]}
+    limit = {"minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
+    assert listing["limit"]["schema"].items() >= limit.items()
+    assert listing["cursor"]["schema"]["maxLength"] == CURSOR_MAX_CHARS
+    assert listing["cursor"]["schema"]["pattern"] == CURSOR_PATTERN
+    memory_id = doc["paths"]["/v1/memories/{memory_id}"]["parameters"][0]
+    assert memory_id["schema"]["pattern"] == MEMORY_ID_PATTERN
+    assert f"at most {MAX_JSON_DEPTH} levels" in doc["info"]["description"]
+    assert f"more than {MAX_JSON_ITEMS} members" in doc["info"]["description"]
+
+    # Wherever a user id is published (bodies, queries, the header), it is the one rule.
+    users = [
+        nonnull(v)
+        for path, key, v in _walk(doc)
+        if (key == "user" and path.endswith("/properties")) or (key == "schema" and "/parameters/" in path)
+    ]
+    users = [u for u in users if u.get("pattern") == USER_ID_PATTERN]
+    assert len(users) >= 7
+    assert all((u["minLength"], u["maxLength"]) == (1, USER_ID_MAX_CHARS) for u in users)
+    # And no other number is stated as a limit anywhere: each is one of the constants above.
+    allowed = {
+        "maxLength": {MAX_TEXT_CHARS, USER_ID_MAX_CHARS, CURSOR_MAX_CHARS},
+        "minLength": {1},
+        "maxItems": {MAX_ENTRIES},
+        "minItems": {1},
+        "maxProperties": {METADATA_MAX_VALUES},
+        "maximum": {MAX_TOP_K, MAX_LIMIT, MAX_VERSION, 1},
+        "minimum": {0, 1, TIMESTAMP_MIN},
+        "exclusiveMaximum": {TIMESTAMP_END},
+        "pattern": {NOT_BLANK_PATTERN, USER_ID_PATTERN, YEAR_PATTERN, CURSOR_PATTERN, MEMORY_ID_PATTERN},
+    }
+    for path, key, value in _walk(doc):
+        if key in allowed and not path.endswith("/properties"):
+            assert value in allowed[key], (path, key, value)
+
+
+def test_answers_are_the_published_shapes() -> None:
+    """What the handlers answer has exactly the fields of the response types, and validates against
+    the schema the document publishes for them."""
+    from datetime import UTC, datetime
+    from typing import get_type_hints
+
+    import jsonschema
+
+    from memos.item import Kind, MemoryItem, Scope, Source, State
+    from memos.recall.retrieval import Hit
+    from proxy.errors import bad_request, not_found
+    from proxy.memory_wire import Memory, SearchHit, hit_json, memory_json
+    from proxy.openapi import openapi_document
+
+    doc = openapi_document()
+
+    def check(value: object, name: str) -> None:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+        jsonschema.Draft202012Validator(schema).validate(value)
+
+    item = MemoryItem(
+        id="mem_" + "a" * 28,
+        tenant="acme",
+        owner="alice",
+        text="Alice likes tea.",
+        sources=[Source(request_id="req_1", message_index=0, session="s", metadata={"k": 1})],
+        observed_at=datetime(2024, 5, 1, 12, tzinfo=UTC),
+    )
+    answer = memory_json(item)
+    assert set(answer) == set(get_type_hints(Memory))
+    assert answer["observed_at"] == "2024-05-01T12:00:00+00:00"  # ISO 8601 with its offset, as ever
+    check(answer, "Memory")
+    hit = hit_json(Hit(item=item, score=0.5, context=[item]))
+    assert set(hit) == set(get_type_hints(SearchHit))
+    check(hit, "SearchHit")
+    check({"object": "list", "data": [answer]}, "Memories")
+    check({"object": "list", "data": [answer], "next_cursor": None, "has_more": False}, "MemoryList")
+    for error in (bad_request("x", param="user", code="invalid_value"), not_found("x")):
+        check(error.envelope(), "Error")
+    # The enums the document lists are memos' own.
+    schema = doc["components"]["schemas"]["Memory"]["properties"]
+    assert schema["scope"]["enum"] == [s.value for s in Scope]
+    assert schema["kind"]["enum"] == [k.value for k in Kind]
+    assert schema["state"]["enum"] == [s.value for s in State]
+
+
+def test_openapi_json_is_the_generated_document(running: RunningProxy) -> None:
+    from proxy.openapi import openapi_document
+    from proxy.routes.memories import openapi_document as served_by_the_routes
+
+    assert served_by_the_routes is openapi_document
+    r = httpx.get(running.url + "/openapi.json")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == openapi_document()
