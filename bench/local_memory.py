@@ -105,13 +105,13 @@ def run(
 ) -> dict[str, Any]:
     import torch
 
+    from memos.db import Database
     from memos.keys.crypto import MasterKey
     from memos.keys.keyring import Keyring
     from memos.local.kvcache import KVCacheStore, KVKey, prefill
     from memos.local.lora import AdapterStore, LoraTraining, select_adapter, train_adapter
     from memos.local.runtime import LocalRuntime, SamplingParams, build_prompt
     from memos.local.synthetic import random_loaded_model
-    from memos.storage.db import Database
 
     load_before = os.getloadavg()
     started = time.perf_counter()

@@ -42,12 +42,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from memos.db import Database  # noqa: E402
 from memos.embeddings import HashEmbedder, MiniLMEmbedder, normalise  # noqa: E402
 from memos.item import Source  # noqa: E402
 from memos.keys.crypto import MasterKey  # noqa: E402
 from memos.keys.keyring import Keyring  # noqa: E402
 from memos.recall.retrieval import RetrievalParams, Retriever  # noqa: E402
-from memos.storage.db import Database  # noqa: E402
 from memos.storage.vault import MemVault, NewMemory  # noqa: E402
 from memos.storage.vectors import VectorIndex  # noqa: E402
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memos.chat.memory import RetrieverRecall, VaultChatMemory
+from memos.db import Database
 from memos.embeddings import (
     Embedder,
     EmbeddingsClient,
@@ -39,7 +40,6 @@ from memos.observe import MemoryObserver
 from memos.pools import MemoryPools
 from memos.ports import Background, PolicySource, TextCompleter
 from memos.recall.retrieval import Retriever
-from memos.storage.db import Database
 from memos.storage.vault import MemVault
 from memos.storage.vectors import VectorIndex
 from memos.writeback.operator import MemOperator

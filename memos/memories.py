@@ -29,7 +29,8 @@ from memos.item import MemoryItem, Source, State
 from memos.logsafe import exception_summary
 from memos.ports import AuditSink, UserDataEraser
 from memos.recall.retrieval import Hit, RetrievalParams, Retriever
-from memos.storage.vault import MemoryNotFound, MemVault, NewMemory, VersionNotFound
+from memos.storage.batch import NewMemory
+from memos.storage.vault import MemoryNotFound, MemVault, VersionNotFound
 
 log = logging.getLogger(__name__)
 

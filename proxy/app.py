@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from memos.errors import MemosError
+from memos import MemosError
 from proxy.errors import ApiError, error_response, memos_error
 from proxy.metrics import Metrics
 from proxy.middleware import ProxyMiddleware

@@ -28,13 +28,21 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 from starlette.requests import Request
 
-from memos.governance.acl import AccessDenied, Operation, authorize, effective_user
-from memos.governance.apikeys import ApiKeyStore, hash_key, parse_key_id
-from memos.governance.policy import Policy
-from memos.governance.principal import Principal
-from memos.logsafe import exception_summary
-from memos.polling import PollingThread
-from memos.ports import AuditSink, PolicySource
+from memos import (
+    AccessDenied,
+    ApiKeyStore,
+    AuditSink,
+    Operation,
+    Policy,
+    PolicySource,
+    PollingThread,
+    Principal,
+    authorize,
+    effective_user,
+    exception_summary,
+    hash_key,
+    parse_key_id,
+)
 from proxy.auth_limits import Admission, AuthLimiter, FailureSummary
 from proxy.errors import ApiError, forbidden, unauthorized
 from proxy.wire import header_user

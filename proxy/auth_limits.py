@@ -195,9 +195,7 @@ class AuthLimiter:
             with self._lock:
                 self._refund(admission.address)
 
-    def failure(
-        self, admission: Admission, tenant: str | None, request_id: str | None = None
-    ) -> Verdict:
+    def failure(self, admission: Admission, tenant: str | None, request_id: str | None = None) -> Verdict:
         """The key was wrong. `tenant`: the tenant of the key id it names, None when that id is no key."""
         now = self.clock()
         summaries: list[FailureSummary] = []
@@ -309,9 +307,7 @@ class AuthLimiter:
             overflow.addresses.add(client)
         return out
 
-    def _open_window(
-        self, name: tuple[str, str], now: float, out: list[FailureSummary]
-    ) -> _Window | None:
+    def _open_window(self, name: tuple[str, str], now: float, out: list[FailureSummary]) -> _Window | None:
         """The window under `name` if it is still open; one that ended is closed (summarised)."""
         window = self._windows.get(name)
         if window is not None and now - window.opened_at >= self.window_s:

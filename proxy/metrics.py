@@ -12,8 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from memos.writeback.outbox import OutboxBacklog
-    from memos.writeback.write_retry import RetrySnapshot
+    from memos import OutboxBacklog, RetrySnapshot
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 NO_TENANT = "-"

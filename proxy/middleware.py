@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from memos.logsafe import exception_summary
+from memos import exception_summary
 from proxy.errors import error_envelope, server_error
 from proxy.metrics import NO_TENANT, Metrics
 

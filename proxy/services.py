@@ -14,21 +14,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from memos.builder import MemoryConfig, build_local_models, build_memory
-from memos.chat.contract import ChatMemory, NoChatMemory
-from memos.governance.apikeys import ApiKeyStore
-from memos.governance.audit import AuditLog
-from memos.governance.masterkeys import MasterKeySource, MasterKeyWatcher
-from memos.governance.masterkeys import connect as connect_master_keys
-from memos.governance.policy import Policy
-from memos.governance.policy_store import PolicyStore
-from memos.keys.crypto import MasterKey
-from memos.keys.keyring import Keyring
-from memos.local.scheduler import MemScheduler
-from memos.logsafe import exception_summary
-from memos.memories import MemoryService
-from memos.ports import Background, PolicySource
-from memos.storage.db import Database
+from memos import (
+    ApiKeyStore,
+    AuditLog,
+    Background,
+    ChatMemory,
+    Database,
+    Keyring,
+    MasterKey,
+    MasterKeySource,
+    MasterKeyWatcher,
+    MemoryConfig,
+    MemoryService,
+    MemScheduler,
+    NoChatMemory,
+    Policy,
+    PolicySource,
+    PolicyStore,
+    build_local_models,
+    build_memory,
+    connect_master_keys,
+    exception_summary,
+)
 from proxy.auth import AuthFailureAudit, KeyResolver
 from proxy.auth_limits import AuthLimiter
 from proxy.metrics import Metrics
@@ -41,8 +48,7 @@ from proxy.upstream.local import LocalUpstream
 from proxy.upstream.router import UpstreamRouter
 
 if TYPE_CHECKING:
-    from memos.writeback.outbox import OutboxBacklog
-    from memos.writeback.write_retry import WriteRetryQueue
+    from memos import OutboxBacklog, WriteRetryQueue
 
 log = logging.getLogger(__name__)
 

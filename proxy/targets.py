@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
-from memos.governance.policy import Policy
+from memos import Policy
 from proxy.auth import Caller
 from proxy.errors import ApiError, forbidden
 from proxy.settings import Settings, secret_from_env

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from memos.errors import Unavailable
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
+from memos.modes import MemoryMode
 
 if TYPE_CHECKING:
     from memos.local.runtime import LocalMemory
@@ -35,14 +36,6 @@ class MemoryReason(StrEnum):
 
     OVERLOADED = "overloaded"  # memory could not keep up: answered without it rather than queueing
     VAULT_UNAVAILABLE = "vault_unavailable"  # storage failed and the policy fails open
-
-
-class MemoryMode(StrEnum):
-    AUTO = "auto"
-    PLAINTEXT = "plaintext"
-    ACTIVATION = "activation"
-    PARAMETRIC = "parametric"
-    OFF = "off"
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from memos.chat.contract import MemoryMode, MemorySwitch
+from memos.chat.contract import MemorySwitch
 from memos.governance.acl import Operation, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
+from memos.modes import MemoryMode
 
 if TYPE_CHECKING:
     from memos.local.runtime import LocalMemory

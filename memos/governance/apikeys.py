@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 from sqlmodel import Field, SQLModel, select
 
+from memos.db import Database
 from memos.governance.principal import Principal, Role
-from memos.storage.db import Database
 
 KEY_PREFIX = "mp"
 

@@ -40,8 +40,8 @@ from sqlalchemy import func, insert, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, select
 
+from memos.db import Database
 from memos.governance.policy import AuditLevel
-from memos.storage.db import Database
 
 _GENESIS = b"\x00" * 32
 _MAX_DETAIL_STR = 200

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 from sqlmodel import Field, SQLModel, select
 
+from memos.db import Database
 from memos.errors import Inconsistent
 from memos.keys.crypto import MasterKey, TenantCipher, new_data_key
-from memos.storage.db import Database
 
 
 class TenantKeyRow(SQLModel, table=True):

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from memos.chat.contract import MemoryMode
+from memos.modes import MemoryMode
 
 if TYPE_CHECKING:
     from memos.local.kvcache import KVBlock

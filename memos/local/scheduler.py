@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from memos.chat.contract import MemoryMode
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
 from memos.logsafe import exception_summary
+from memos.modes import MemoryMode
 from memos.ports import AuditSink
 from memos.recall import injection
 

@@ -33,7 +33,9 @@ import numpy as np
 from memos.item import MemoryItem
 from memos.recall.ranking import Candidate, RankParams, own_relevance, rank
 from memos.recall.temporal import periods
-from memos.storage.vault import MemVault, OwnerStats, StoredMemory
+from memos.storage.owners import OwnerStats
+from memos.storage.search import StoredMemory
+from memos.storage.vault import MemVault
 
 CHARS_PER_TOKEN = 4
 

@@ -1,5 +1,5 @@
 """Decoded memory rows of recently searched owners, each owner's entry valid for one value of its
-change counter (memos.storage.vault.OwnerStats.changes).
+change counter (memos.storage.owners.OwnerStats.changes).
 
 Why: a search reads its ~50 candidates back from SQL and decodes them (rows, then the payload of
 each one that ranks), which measured three quarters of the search's CPU under load; the candidates

@@ -14,9 +14,10 @@ memory costs ~10 ms at 100k on a 2-core box, and ~1 ms at 10k. So searches go to
 cache of each owner's vectors (LRU, bounded in bytes) that is *validated on every search* by the
 owner's change counter in SQL (`memory_owner_stats.changes`, bumped in the same transaction as every
 change to the owner's active set): another replica's write makes the counter differ and the cache
-reloads from LanceDB. The vault applies its own writes to the cache as deltas, so the common case
-never reloads. Owners too large for the cache are searched in LanceDB directly (with an ANN index
-once the table passes `ann_threshold` rows).
+reloads from LanceDB. The vault tells the index what each of its own writes changed (`writing`,
+`changed`), applied to the cache as deltas, so the common case never reloads. Owners too large for
+the cache are searched in LanceDB directly (with an ANN index once the table passes `ann_threshold`
+rows).
 
 Every hit is re-checked against SQL by the caller (state, owner, tenant), so a stale vector row can
 cost a candidate slot but never return a wrong memory.
@@ -300,6 +301,10 @@ class VectorIndex:
         self._compacting: set[str] = set()
         self._guards: dict[str, _SharedExclusive] = {}
         self._lock = threading.Lock()
+        # Vectors whose deletion failed (a full disk fails the undo of a failed write too): deleted
+        # again at `retry_discarded`, which the vault calls after its next write that commits.
+        self._leftovers: list[tuple[str, list[str]]] = []
+        self._leftovers_lock = threading.Lock()
 
     # ------------------------------------------------------------------ tables
 
@@ -424,6 +429,37 @@ class VectorIndex:
                     log.warning("vector table compaction after erase failed: %s", exception_summary(exc))
         self.cache.invalidate(tenant, owner_key)
 
+    def discard(self, tenant: str, ids: Sequence[str]) -> None:
+        """Delete vectors no committed row refers to (an undone write, a replaced or deleted memory's);
+        when that fails they are kept for `retry_discarded`."""
+        try:
+            self.delete(tenant, ids)
+        except Exception as exc:
+            # Meanwhile they are never returned (every hit is re-checked against SQL by vector id), but
+            # they would take candidate slots: try again after the next committed write.
+            log.warning("deleting %d vectors failed: %s", len(ids), exception_summary(exc))
+            with self._leftovers_lock:
+                self._leftovers.append((tenant, list(ids)))
+
+    def retry_discarded(self) -> None:
+        """Delete again the vectors whose `discard` failed."""
+        if not self._leftovers:
+            return
+        with self._leftovers_lock:
+            pending, self._leftovers = self._leftovers, []
+        for tenant, ids in pending:
+            self.discard(tenant, ids)  # put back if it fails again
+
+    @contextmanager
+    def undone_on_failure(self, tenant: str, ids: list[str]) -> Iterator[None]:
+        """Discard the vectors named in `ids` (filled while the block runs) when the block fails."""
+        try:
+            yield
+        except BaseException:
+            if ids:
+                self.discard(tenant, ids)
+            raise
+
     def drop_tenant(self, tenant: str) -> None:
         db = self._connect()
         for name, _table in self._tenant_tables(tenant):
@@ -466,6 +502,35 @@ class VectorIndex:
             with self._lock:
                 self._compacting.add(name)
             self._compact(name, table)
+
+    # ------------------------------------------------------------------ this process's writes, for the cache
+
+    @contextmanager
+    def writing(self, tenant: str, owner_key: str) -> Iterator[None]:
+        """Around one of this process's writes to the owner's vectors, from before its transaction up
+        to its `changed`: searches meanwhile keep the cached entry (OwnerVectorCache.writing)."""
+        with self.cache.writing((tenant, owner_key)):
+            yield
+
+    def changed(
+        self,
+        tenant: str,
+        owner_key: str,
+        before: int,
+        after: int,
+        *,
+        added_ids: Sequence[str] = (),
+        added: np.ndarray | None = None,
+        removed_ids: Sequence[str] = (),
+    ) -> None:
+        """A write of this process committed: it moved the owner's change counter from `before` to
+        `after`, added the vectors `added` (rotated, one per id of `added_ids`) and removed
+        `removed_ids`. The cached entry takes the delta when it was at `before`; else it is dropped."""
+        if after == before:
+            return  # nothing of the owner's changed
+        self.cache.apply(
+            (tenant, owner_key), before, after, add_ids=added_ids, add_vectors=added, remove_ids=removed_ids
+        )
 
     # ------------------------------------------------------------------ reads
 

@@ -25,8 +25,8 @@ from sqlalchemy import Column, Index, LargeBinary, delete, exists, func, select,
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, SQLModel
 
+from memos.db import Database
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 
 log = logging.getLogger(__name__)
 

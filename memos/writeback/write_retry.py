@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from memos.storage.db import StorageHealth, storage_failure
+from memos.db import StorageHealth, storage_failure
 
 log = logging.getLogger(__name__)
 

@@ -112,8 +112,7 @@ def _audit_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rotate_master(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.governance.masterkeys import MasterKeySource, rewrap_all
-    from memos.keys.crypto import MasterKey
+    from memos import MasterKey, MasterKeySource, rewrap_all
     from proxy.services import open_core
 
     core = open_core(settings)
@@ -165,7 +164,7 @@ def _rotate_master(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _tenants_delete(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.governance.tenants import delete_tenant
+    from memos import delete_tenant
     from proxy.services import open_core
 
     if not args.yes:
@@ -188,7 +187,7 @@ def _tenants_delete(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _erasers(settings: Settings, core: object) -> list[object]:
-    from memos.governance.tenants import default_erasers
+    from memos import default_erasers
 
     return list(default_erasers(settings, core))
 
@@ -197,6 +196,18 @@ def _erasers(settings: Settings, core: object) -> list[object]:
 
 
 def _policy(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.governance import policy_schema
+    from memos import DEFAULT_SCHEMA_PATH, check_policy_files, policy_schema_text, write_policy_schema
 
-    return policy_schema.run(args)
+    command = getattr(args, "policy_command", None) or args.command
+    if command == "schema":
+        if args.output is not None and str(args.output) == "-":
+            sys.stdout.write(policy_schema_text())
+        else:
+            print(write_policy_schema(args.output or DEFAULT_SCHEMA_PATH))
+        return 0
+    errors = check_policy_files(args.files)
+    for message in errors:
+        print(message, file=sys.stderr)
+    if not errors:
+        print(f"{len(args.files)} policy file(s) valid")
+    return 1 if errors else 0

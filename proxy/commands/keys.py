@@ -28,7 +28,7 @@ def register(cli: CommandRegistry) -> None:
 
 
 def create_key(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.governance.principal import Role
+    from memos import Role
     from proxy.services import open_core
 
     try:

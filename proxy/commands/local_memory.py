@@ -31,10 +31,14 @@ def register(cli: CommandRegistry) -> None:
 def train_adapter(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
-    from memos.builder import build_local_models, build_scheduler, open_vault
-    from memos.local.lora import LoraTraining
-    from memos.local.model_registry import UnknownLocalModel
-    from memos.local.scheduler import UserErasedMeanwhile
+    from memos import (
+        LoraTraining,
+        UnknownLocalModel,
+        UserErasedMeanwhile,
+        build_local_models,
+        build_scheduler,
+        open_vault,
+    )
     from proxy.services import memory_config, open_core
 
     config = memory_config(settings)

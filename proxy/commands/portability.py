@@ -67,14 +67,14 @@ def _passphrase(command: str, var: str | None) -> tuple[str | None, int | None]:
 
 
 def _vault(settings: Settings, core: Any, embedder: Any = None) -> Any:
-    from memos.builder import open_vault
+    from memos import open_vault
     from proxy.services import memory_config
 
     return open_vault(memory_config(settings), core.db, core.keyring, embedder)
 
 
 def _embedder(settings: Settings) -> Any:
-    from memos.embeddings import build_embedder
+    from memos import build_embedder
 
     client = None
     if settings.embedding_model.startswith("upstream:"):
@@ -88,8 +88,14 @@ def _embedder(settings: Settings) -> Any:
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.portability.export_file import ExportFileError, check_passphrase, write_export
-    from memos.portability.transfer import ExportResult, audit_export, export_records
+    from memos import (
+        ExportFileError,
+        ExportResult,
+        audit_export,
+        check_passphrase,
+        export_records,
+        write_export,
+    )
     from proxy.services import open_core
 
     code = _bad_tenant("export", args.tenant)
@@ -125,14 +131,15 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
-    from memos.portability.export_file import ExportFileError, read_export
-    from memos.portability.transfer import (
+    from memos import (
+        ExportFileError,
         ImportResult,
         InvalidExport,
         apply_import,
         audit_import,
         parse_document,
         plan_import,
+        read_export,
     )
     from proxy.services import open_core
 

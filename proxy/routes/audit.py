@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from memos.governance.acl import Operation, authorize
+from memos import Operation, authorize
 from proxy.auth import authenticate
 from proxy.errors import bad_request, json_response
 

@@ -20,15 +20,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from memos.chat.contract import (
+from memos import (
     ChatContext,
     FinishedExchange,
     MemoryMode,
     MemoryPlan,
     MemorySwitch,
+    Operation,
+    authorize,
+    effective_user,
+    exception_summary,
 )
-from memos.governance.acl import Operation, authorize, effective_user
-from memos.logsafe import exception_summary
 from proxy.auth import authenticate
 from proxy.disconnect import ClientDisconnected, until_disconnect
 from proxy.errors import (

@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 if TYPE_CHECKING:
-    from memos.local.runtime import LocalMemory
-
+    from memos import LocalMemory
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,7 @@ class UpstreamCompleter:
     async def complete(self, model: str, messages: list[dict]) -> str:
         kind, upstream = self._router.route(model)
         body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
-        call = ChatCall(
-            self._target_for(kind), body, f"memos-extract-{uuid.uuid4().hex[:16]}"
-        )
+        call = ChatCall(self._target_for(kind), body, f"memos-extract-{uuid.uuid4().hex[:16]}")
         reply = await upstream.chat(call)
         text, _ = message_of(reply.data)
         return text

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from memos.chat.contract import MemoryMode
+from memos import MemoryMode
 from proxy.upstream.base import (
     ChatCall,
     JsonCall,
@@ -24,7 +24,7 @@ from proxy.upstream.base import (
 from proxy.upstream.router import LOCAL_PREFIX
 
 if TYPE_CHECKING:
-    from memos.builder import LocalModels
+    from memos import LocalModels
 
 OWNER = "memos-local"
 
@@ -39,7 +39,7 @@ class LocalUpstream:
         self.runtime = models.runtime
 
     async def _prepare(self, call: ChatCall) -> tuple[Any, Any, Any, dict[str, Any]]:
-        from memos.local.runtime import SamplingParams, build_prompt
+        from memos import SamplingParams, build_prompt
 
         body = call.body
         model = str(body.get("model", ""))
@@ -137,7 +137,7 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     import orjson
 
-    from memos.local.runtime import GenerationResult
+    from memos import GenerationResult
 
     base = {
         "id": _completion_id(call),

@@ -17,10 +17,10 @@ import openai
 import pytest
 from sqlalchemy import select
 
+from memos.db import Database
 from memos.governance.masterkeys import MasterKeySource
 from memos.keys.crypto import DecryptionError
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 from memos.storage.tables import MemoryRow, MemoryVersionRow, PostingRow, item_aad
 from memos.writeback.outbox import OutboxRow
 from tests.support.bytescan import describe, scan

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from memos.db import Database, StorageFull, StorageUnavailable, storage_failure
 from memos.embeddings import HashEmbedder
 from memos.governance.audit import AuditLog
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database, StorageFull, StorageUnavailable, storage_failure
 from memos.storage.vault import MemVault, NewMemory
 from memos.storage.vectors import VectorIndex
 from memos.writeback.outbox import Outbox

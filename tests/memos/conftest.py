@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memos.storage.db import Database
+from memos.db import Database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

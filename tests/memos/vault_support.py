@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from memos.db import Database
 from memos.embeddings import HashEmbedder
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 from memos.storage.vault import MemVault
 from memos.storage.vectors import VectorIndex
 

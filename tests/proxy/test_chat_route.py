@@ -11,10 +11,11 @@ import httpx
 import orjson
 import pytest
 
-from memos.chat.contract import ChatContext, FinishedExchange, MemoryMode, MemoryPlan, MemorySwitch
+from memos.chat.contract import ChatContext, FinishedExchange, MemoryPlan, MemorySwitch
 from memos.chat.planner import memory_switch
 from memos.governance.policy import Policy, UpstreamPolicy
 from memos.local.runtime import LocalMemory
+from memos.modes import MemoryMode
 from proxy.services import DefaultPolicies
 from proxy.upstream.base import ChatCall, JsonCall, UpstreamReply, UpstreamTarget
 from tests.proxy.conftest import Api

@@ -23,7 +23,7 @@ def test_metrics_open_without_a_token(proxy) -> None:
 
 
 def test_an_unreadable_outbox_is_reported_and_the_rest_still_scraped(tmp_path) -> None:
-    from memos.storage.db import Database
+    from memos.db import Database
     from memos.writeback.outbox import Outbox
     from proxy.metrics import Metrics
 

@@ -422,7 +422,7 @@ class SeenWriteBack:
 
 
 async def test_write_back_reports_what_it_wrote_and_what_failed(stack: Stack, tmp_path: Path) -> None:
-    from memos.storage.db import Database
+    from memos.db import Database
     from memos.storage.vault import MemVault
     from memos.storage.vectors import VectorIndex
 

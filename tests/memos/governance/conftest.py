@@ -1,7 +1,7 @@
 import pytest
 
+from memos.db import Database
 from memos.governance.audit import AuditLog
-from memos.storage.db import Database
 
 
 @pytest.fixture

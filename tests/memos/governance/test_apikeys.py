@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
+from memos.db import Database
 from memos.governance.apikeys import ApiKeyRow, ApiKeyStore, parse_key_id
 from memos.governance.principal import Principal, Role
-from memos.storage.db import Database
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import threading
 import pytest
 from sqlalchemy import text
 
+from memos.db import Database
 from memos.governance.audit import AuditLog, should_record
 from memos.governance.policy import AuditLevel
-from memos.storage.db import Database
 
 
 def _fill(audit, n=6, tenant="t"):

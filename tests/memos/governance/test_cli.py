@@ -5,11 +5,11 @@ import sqlite3
 
 import pytest
 
+from memos.db import Database
 from memos.governance.audit import AuditLog
 from memos.governance.masterkeys import MasterKeySource
 from memos.keys.crypto import DecryptionError
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 from tests.support.proxy import proxy_env, run_cli
 
 

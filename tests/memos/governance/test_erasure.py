@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from memos.db import Database
 from memos.embeddings import HashEmbedder
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 from memos.storage.tables import MemoryRow, MemoryVersionRow, PostingRow
 from memos.storage.vault import MemVault
 from memos.storage.vectors import VectorIndex

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from memos.db import Database
 from memos.governance.audit import AuditEntry, AuditLog, AuditRecord
 from memos.governance.group_commit import GroupCommitAudit
 from memos.governance.policy import AuditLevel
-from memos.storage.db import Database
 
 
 class HeldAuditLog(AuditLog):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
+from memos.db import Database
 from memos.keys.crypto import DecryptionError, MasterKey
 from memos.keys.keyring import Keyring, TenantKeyRow
-from memos.storage.db import Database
 
 
 @pytest.fixture

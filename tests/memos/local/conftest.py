@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from memos.db import Database
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 
 
 @pytest.fixture(scope="session")

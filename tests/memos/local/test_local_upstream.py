@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from memos.builder import LocalModels
-from memos.chat.contract import MemoryMode
 from memos.local.kvcache import prefill
 from memos.local.runtime import LocalMemory, LocalRuntime, block_ids
+from memos.modes import MemoryMode
 from proxy.upstream.base import ChatCall, UpstreamError, UpstreamTarget
 from proxy.upstream.local import LocalUpstream
 from tests.support.local_models import BLOCK, CONVERSATION
@@ -111,7 +111,7 @@ from pathlib import Path
 import proxy.services, proxy.upstream.local, memos.builder, memos.local.scheduler, memos.local.kvcache
 import memos.local.lora, memos.local.runtime, memos.local.model_registry
 from memos.keys.crypto import MasterKey
-from memos.storage.db import Database
+from memos.db import Database
 from memos.keys.keyring import Keyring
 from proxy.services import memory_config
 from proxy.settings import Settings

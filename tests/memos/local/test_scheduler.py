@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from memos.chat.contract import MemoryMode
 from memos.chat.planner import choose_mode, plan_local
+from memos.db import Database
 from memos.embeddings import HashEmbedder
 from memos.governance.audit import AuditLog
 from memos.governance.policy import MemoryPolicy, Policy
@@ -20,7 +20,7 @@ from memos.keys.keyring import Keyring
 from memos.local.kvcache import KVCacheStore, KVKey
 from memos.local.lora import AdapterStore, LoraTraining
 from memos.local.scheduler import MemScheduler, SchedulerConfig
-from memos.storage.db import Database
+from memos.modes import MemoryMode
 from memos.storage.vault import MemVault
 from memos.storage.vectors import VectorIndex
 from tests.support.local_models import FIVE_MEMORIES

@@ -33,7 +33,7 @@ def seeded(env: VaultEnv) -> str:
 
 
 def _new(text: str):
-    from memos.storage.vault import NewMemory
+    from memos.storage.batch import NewMemory
 
     return NewMemory(text=text)
 
@@ -74,7 +74,7 @@ def test_a_search_sees_another_replicas_changes(env: VaultEnv) -> None:
 def test_a_merge_that_adds_sources_is_seen(env: VaultEnv) -> None:
     tea = seeded(env)
     assert search(env)[tea].sources == []
-    from memos.storage.vault import NewMemory
+    from memos.storage.batch import NewMemory
 
     merged = env.vault.add_many(
         T, U, [NewMemory(text="Alice drinks jasmine tea in the morning.", sources=[Source(request_id="r2")])]

@@ -12,8 +12,9 @@ from sqlalchemy import select, text
 from memos.item import Source, State
 from memos.keys.crypto import DecryptionError
 from memos.recall.retrieval import RetrievalParams, Retriever
+from memos.storage.batch import NewMemory
 from memos.storage.tables import MemoryRow, MemoryVersionRow, OwnerStatsRow, PostingRow
-from memos.storage.vault import MemoryNotFound, NewMemory, VersionNotFound
+from memos.storage.vault import MemoryNotFound, VersionNotFound
 from tests.memos.vault_support import VaultEnv, db_url, env  # noqa: F401 - fixtures
 
 

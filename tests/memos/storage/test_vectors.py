@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from memos.embeddings import normalise
 from memos.storage.vectors import OwnerVectorCache, VectorIndex, _Entry, top_k_cosine
@@ -105,6 +106,46 @@ def test_index_roundtrip_and_no_text(tmp_path: Path) -> None:
     assert index.search("acme", "owner-key-2", 1, m[12], 1)[0][0] == "id12.1"
     index.drop_tenant("acme")
     assert index.search("acme", "owner-key-2", 2, m[12], 1) == []
+
+
+def test_the_index_applies_this_processs_writes_to_its_cache(tmp_path: Path) -> None:
+    """The vault says what a committed write changed (`changed`); the cache takes it as a delta when
+    it was at the counter before the write, keeps the entry meanwhile (`writing`), else drops it."""
+    index = VectorIndex(str(tmp_path / "v"))
+    m = _vecs(3)
+    key = ("acme", "o")
+    index.add("acme", "o", ["a.1", "b.1"], m[:2])
+    index.warm("acme", "o", m.shape[1], 1)
+    with index.writing("acme", "o"):
+        index.add("acme", "o", ["c.1"], m[2:])
+        assert index.cache.get(key, 2) is not None  # committed, not yet told: the entry is kept
+        index.changed("acme", "o", 1, 2, added_ids=["c.1"], added=m[2:], removed_ids=["a.1"])
+    assert index.cache.get(key, 2).ids == ["b.1", "c.1"]
+    index.changed("acme", "o", 2, 2)  # nothing moved
+    assert index.cache.get(key, 2) is not None
+    index.changed("acme", "o", 5, 6)  # not one step behind: dropped
+    assert index.cache.get(key, 6) is None and index.cache.get(key, 2) is None
+
+
+def test_vectors_whose_discard_failed_are_deleted_at_the_retry(tmp_path: Path) -> None:
+    index = VectorIndex(str(tmp_path / "v"))
+    m = _vecs(3)
+    index.add("acme", "o", ["a.1", "b.1", "c.1"], m)
+    real_delete = index.delete
+
+    def full_disk(tenant: str, ids: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    index.delete = full_disk  # type: ignore[method-assign]
+    index.discard("acme", ["a.1"])  # said (a warning), kept for the retry
+    index.retry_discarded()  # fails again: kept again
+    index.delete = real_delete  # type: ignore[method-assign]
+    index.retry_discarded()
+    ids, _ = index.load_owner("acme", "o", m.shape[1])
+    assert sorted(ids) == ["b.1", "c.1"]
+    with pytest.raises(RuntimeError), index.undone_on_failure("acme", written := ["b.1"]):
+        raise RuntimeError("the transaction failed")
+    assert written == ["b.1"] and index.load_owner("acme", "o", m.shape[1])[0] == ["c.1"]
 
 
 def test_owner_too_large_for_the_cache_is_searched_in_lancedb(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ async def test_a_fact_repeated_in_many_chats_keeps_its_first_and_latest_sources(
     assert [s.request_id for s in latest] == [f"req-{i}" for i in range(total - len(latest), total)]
     assert 1 + omitted_sources(item.sources) + len(latest) == total
     # exact duplicates added through the API are bounded the same way
-    from memos.storage.vault import NewMemory
+    from memos.storage.batch import NewMemory
 
     for i in range(MAX_SOURCES + 3):
         env.vault.add_many(

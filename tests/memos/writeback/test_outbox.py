@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from memos.db import Database
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 from memos.writeback.outbox import Ack, Outbox, OutboxRow
 
 CANARY = "zebra-canary-8841"

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
+from memos.db import Database
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
-from memos.storage.db import Database
 from memos.writeback.outbox import Outbox, OutboxRecord
 from memos.writeback.worker import GroupOutcome, OutboxWorker
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-import memos.storage.db
-from memos.storage.db import Database
+import memos.db
+from memos.db import Database
 
 
 def _db(tmp_path: Path) -> Database:
@@ -46,7 +46,7 @@ def test_concurrent_writers_all_commit_in_turn(tmp_path: Path) -> None:
 
 def test_a_writer_held_too_long_fails_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = _db(tmp_path)
-    monkeypatch.setattr(memos.storage.db, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(memos.db, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
