@@ -25,7 +25,6 @@ if TYPE_CHECKING:
         ChatContext,
         ChatMemory,
         FinishedExchange,
-        MemoryMode,
         MemoryPlan,
         MemoryReason,
         MemorySwitch,
@@ -60,7 +59,7 @@ if TYPE_CHECKING:
     )
     from memos.governance.policy_store import PolicyStore
     from memos.governance.principal import Principal, Role
-    from memos.governance.tenants import default_erasers, delete_tenant
+    from memos.governance.tenants import TenantEraser, default_erasers, delete_tenant
     from memos.item import MemoryItem, State
     from memos.keys.crypto import MasterKey
     from memos.keys.keyring import Keyring
@@ -86,6 +85,7 @@ if TYPE_CHECKING:
     from memos.local.scheduler import MemScheduler, UserErasedMeanwhile
     from memos.logsafe import exception_summary
     from memos.memories import MAX_ENTRIES, MAX_TEXT_CHARS, Entry, MemoryService, Patch
+    from memos.modes import MemoryMode
     from memos.observe import MemoryObserver
     from memos.polling import PollingThread
     from memos.portability.export_file import ExportFileError, check_passphrase, read_export, write_export
@@ -184,6 +184,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "MasterKeyWatcher": ("memos.governance.masterkeys", "MasterKeyWatcher"),
     "connect_master_keys": ("memos.governance.masterkeys", "connect"),
     "rewrap_all": ("memos.governance.masterkeys", "rewrap_all"),
+    "TenantEraser": ("memos.governance.tenants", "TenantEraser"),
     "default_erasers": ("memos.governance.tenants", "default_erasers"),
     "delete_tenant": ("memos.governance.tenants", "delete_tenant"),
     "MasterKey": ("memos.keys.crypto", "MasterKey"),
@@ -293,6 +294,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageUnavailable",
+    "TenantEraser",
     "TextCompleter",
     "Unavailable",
     "UnknownLocalModel",

@@ -13,6 +13,7 @@ user-bound key cannot probe which ids exist.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -358,7 +359,7 @@ class MemoryService:
         request_id: str | None = None,
         *,
         params: RetrievalParams | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         owner = self._user(principal, user)
         authorize(principal, policy, Operation.MEMORY_READ, owner)
         if not query or not query.strip():
@@ -403,7 +404,7 @@ class MemoryService:
 
     async def history(
         self, principal: Principal, policy: Policy, memory_id: str, request_id: str | None = None
-    ) -> list[MemoryItem]:
+    ) -> builtins.list[MemoryItem]:
         item = await self._item_for(principal, policy, memory_id, Operation.MEMORY_READ)
         versions = await asyncio.to_thread(self.vault.history, principal.tenant, memory_id)
         await self._audit(

@@ -6,21 +6,36 @@ can pass any implementation in (tests pass small real ones).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from sqlmodel import Session
+
     from memos.governance.audit import AuditRecord
-    from memos.governance.policy import Policy
+    from memos.governance.policy import AuditLevel, Policy
 
 
 class AuditSink(Protocol):
     """Where governance events are recorded (memos.governance.audit.AuditLog). `record` appends one
-    entry (blocking); `record_many` appends several in one transaction."""
+    entry (blocking), in the caller's write transaction when given `session`; `record_many` appends
+    several in one transaction."""
 
-    def record(self, tenant: str, action: str, **fields: Any) -> Any: ...
+    def record(
+        self,
+        tenant: str,
+        action: str,
+        *,
+        key_id: str | None = None,
+        request_id: str | None = None,
+        user: str | None = None,
+        memory_ids: Iterable[str] = (),
+        detail: dict[str, Any] | None = None,
+        level: AuditLevel | str | None = None,
+        session: Session | None = None,
+    ) -> object: ...
 
-    def record_many(self, records: Sequence[AuditRecord]) -> Any: ...
+    def record_many(self, records: Sequence[AuditRecord]) -> object: ...
 
 
 class PolicySource(Protocol):

@@ -21,7 +21,7 @@ header that is present but empty.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args
 from urllib.parse import parse_qsl
 
 import orjson
@@ -101,7 +101,7 @@ def user_id(value: Any, param: str) -> str:
         raise bad_request(
             f"Invalid value for '{param}': a user id {problem}.", param=param, code="invalid_value"
         )
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def header_user(request: Request) -> str | None:
@@ -293,7 +293,7 @@ def _user_id(value: Any) -> str:
     problem = user_id_problem(value)
     if problem is not None:
         raise PydanticCustomError("invalid_value", "a user id {problem}", {"problem": problem})
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 USER_ID_SCHEMA: dict[str, Any] = {
@@ -347,6 +347,11 @@ class ChatRequest(WireModel):
             self.__pydantic_validator__.validate_python(body, self_instance=self)
         except ValidationError as exc:
             raise invalid_input(exc) from None
+
+    @property
+    def sent_messages(self) -> list[dict[str, Any]]:
+        """The client's own message objects (`_as_sent` keeps them, not a validated copy)."""
+        return cast("list[dict[str, Any]]", self.messages)
 
     @property
     def include_usage(self) -> bool:

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from memos.chat.contract import (
     ChatContext,
     FinishedExchange,
-    MemoryMode,
     MemoryPlan,
     MemoryReason,
     MemorySwitch,
@@ -35,6 +34,7 @@ from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
 from memos.item import MemoryItem
+from memos.modes import MemoryMode
 from memos.observe import MemoryObserver, NoObserver
 from memos.recall import injection
 from memos.writeback.outbox import Outbox

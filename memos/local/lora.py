@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from memos.local.kvcache import safetensors_metadata, user_dir, write_atomic
 
 if TYPE_CHECKING:
+    import torch
+
     from memos.keys.keyring import Keyring
     from memos.local.model_registry import LoadedModel
 
@@ -108,7 +110,9 @@ def training_examples(
     return examples
 
 
-def _batches(examples: list[tuple[list[int], list[int]]], pad_id: int, device: str):  # type: ignore[no-untyped-def]
+def _batches(
+    examples: list[tuple[list[int], list[int]]], pad_id: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import torch
 
     width = max(len(ids) for ids, _ in examples)
@@ -251,7 +255,8 @@ def _inject(loaded: LoadedModel, name: str, state_dict: dict[str, Any], config: 
         loaded.model.add_adapter(LoraConfig(**cfg), adapter_name=name)
         tensors = {k: v.to(device=loaded.device, dtype=loaded.dtype) for k, v in state_dict.items()}
         result = set_peft_model_state_dict(loaded.model, tensors, adapter_name=name)
-    missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
+    missing_keys: list[str] = result.missing_keys  # type: ignore[attr-defined]  # peft: a bare "namedtuple"
+    missing = [k for k in missing_keys if "lora_" in k and f".{name}." in k]
     if missing:
         loaded.model.delete_adapter(name)
         raise ValueError(f"adapter {name} does not fit this model ({len(missing)} missing weights)")

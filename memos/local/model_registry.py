@@ -14,9 +14,12 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memos.errors import NotFound
+
+if TYPE_CHECKING:
+    import torch
 
 LOCAL_PREFIX = "local/"
 _EDGE_BYTES = 1 << 20  # bytes hashed at each end of a weight file
@@ -82,7 +85,7 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_dtype(dtype: str, device: str):  # type: ignore[no-untyped-def]
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """fp32 on CPU (exact and fast enough for small models), bf16 on GPU, unless told otherwise."""
     import torch
 
@@ -101,7 +104,7 @@ def load_model(name: str, path: Path, *, device: str = "auto", dtype: str = "aut
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"local model {name!r}: the tokenizer has no chat template")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
-    model.to(resolved_device)
+    model.to(resolved_device)  # type: ignore[arg-type]  # transformers' wrapper of .to loses `self`
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from memos.clock import aware
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
 from memos.logsafe import exception_summary
@@ -55,7 +56,15 @@ class VaultLike(Protocol):
         self, tenant: str, owner: str, limit: int = ..., cursor: str | None = ...
     ) -> tuple[list[MemoryItem], str | None]: ...
 
-    def update(self, tenant: str, id: str, **changes: Any) -> Any: ...
+    def update(
+        self,
+        tenant: str,
+        memory_id: str,
+        *,
+        state: State | str | None = ...,
+        kind: Kind | str | None = ...,
+        reason: str = ...,
+    ) -> MemoryItem: ...
 
     def record_hit_counts(
         self, tenant: str, counts: Mapping[str, int], when: datetime | None = None
@@ -136,12 +145,6 @@ class LocalReadiness:
         return self.adapter is not None
 
 
-def _aware(when: datetime | None) -> datetime | None:
-    if when is None:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 class UserErasedMeanwhile(MemosError):
     """The user was erased while their cache or adapter was being built: the result was discarded."""
 
@@ -199,8 +202,8 @@ class MemScheduler:
         for item in items:
             if State(item.state) is not State.ACTIVE:
                 continue
-            expires = _aware(item.expires_at)
-            invalid = _aware(item.invalid_at)
+            expires = aware(item.expires_at)
+            invalid = aware(item.invalid_at)
             if (expires is not None and expires <= now) or (invalid is not None and invalid <= now):
                 continue
             out.append(item)
@@ -230,7 +233,7 @@ class MemScheduler:
         if min_age <= 0:
             return live
         cutoff = self.clock() - timedelta(seconds=min_age)
-        return [i for i in live if (_aware(i.created_at) or cutoff) <= cutoff]
+        return [i for i in live if (aware(i.created_at) or cutoff) <= cutoff]
 
     # ------------------------------------------------------------------------- per request
 
@@ -334,7 +337,7 @@ class MemScheduler:
         live = self._live(items)
         block_items = self.block_memories(items)
         text = self.render_block(block_items)
-        ends = [t for i in live for t in (_aware(i.expires_at), _aware(i.invalid_at)) if t is not None]
+        ends = [t for i in live for t in (aware(i.expires_at), aware(i.invalid_at)) if t is not None]
         view = _BlockView(
             changes=changes,
             computed_at=now,
@@ -428,9 +431,9 @@ class MemScheduler:
             if State(item.state) is not State.ACTIVE:
                 continue
             kind = Kind(item.kind)
-            expires = _aware(item.expires_at)
-            created = _aware(item.created_at) or now
-            last_hit = _aware(item.last_hit_at) or created
+            expires = aware(item.expires_at)
+            created = aware(item.created_at) or now
+            last_hit = aware(item.last_hit_at) or created
             if expires is not None and expires <= now:
                 self.vault.update(tenant, item.id, state=State.ARCHIVED, reason="expired")
                 transitions.append(Transition(item.id, "memory.archive", {"reason": "expired"}))

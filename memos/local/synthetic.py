@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config
+
+    from memos.local.model_registry import LoadedModel
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -60,7 +66,7 @@ QWEN2_1_5B = ModelShape(1536, 8960, 28, 12, 2, 151936, 32768, 0.02)
 QWEN2_7B = ModelShape(3584, 18944, 28, 28, 4, 152064, 32768, 0.02)
 
 
-def train_tokenizer(vocab_size: int = 512, extra_text: str = ""):  # type: ignore[no-untyped-def]
+def train_tokenizer(vocab_size: int = 512, extra_text: str = "") -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on the built-in corpus, with a ChatML chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -85,8 +91,19 @@ def train_tokenizer(vocab_size: int = 512, extra_text: str = ""):  # type: ignor
     return fast
 
 
-def qwen2_config(shape: ModelShape, tokenizer, dtype: str = "float32"):  # type: ignore[no-untyped-def]
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int):
+        raise ValueError(f"the tokenizer has no single id for {token!r}")
+    return token_id
+
+
+def qwen2_config(
+    shape: ModelShape, tokenizer: PreTrainedTokenizerBase, dtype: str = "float32"
+) -> Qwen2Config:
     from transformers import Qwen2Config
+
+    eos_id, pad_id = _token_id(tokenizer, "<|im_end|>"), _token_id(tokenizer, "<|endoftext|>")
 
     return Qwen2Config(
         hidden_size=shape.hidden_size,
@@ -97,8 +114,8 @@ def qwen2_config(shape: ModelShape, tokenizer, dtype: str = "float32"):  # type:
         vocab_size=shape.vocab_size,
         max_position_embeddings=shape.max_position_embeddings,
         tie_word_embeddings=shape.hidden_size < 1024,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
         bos_token_id=None,
         use_sliding_window=False,
         initializer_range=shape.initializer_range,
@@ -125,7 +142,9 @@ def build_model_dir(
     return path
 
 
-def random_loaded_model(shape: ModelShape, *, device: str = "cpu", dtype: str = "float32", seed: int = 0):  # type: ignore[no-untyped-def]
+def random_loaded_model(
+    shape: ModelShape, *, device: str = "cpu", dtype: str = "float32", seed: int = 0
+) -> LoadedModel:
     """A LoadedModel with random weights built straight on `device` (no disk round trip): benchmarks."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -187,17 +187,17 @@ class Retriever:
         hits: list[Hit] = []
         used = 0
         chosen: set[str] = set()
-        for s in ranked:
-            if len(hits) >= p.top_k or s.score < p.min_score:
+        for scored in ranked:
+            if len(hits) >= p.top_k or scored.score < p.min_score:
                 break
-            item = stored[s.id].item
+            item = stored[scored.id].item
             cost = len(item.text)
             if p.char_budget is not None and used + cost > p.char_budget:
                 continue
             used += cost
-            chosen.add(s.id)
-            c = candidates[s.id]
-            hits.append(Hit(item=item, score=s.score, dense=c.dense_score, keyword=c.keyword_score))
+            chosen.add(scored.id)
+            c = candidates[scored.id]
+            hits.append(Hit(item=item, score=scored.score, dense=c.dense_score, keyword=c.keyword_score))
         if p.neighbours > 0 and hits:
             around = self.vault.neighbours(tenant, owner, [stored[h.item.id] for h in hits], p.neighbours)
             for hit in hits:

@@ -34,11 +34,12 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from memos.clock import aware
 from memos.embeddings import normalise
 from memos.item import Kind, MemoryItem, Source, State, bounded_sources, omitted_count
 from memos.ports import TextCompleter
@@ -53,12 +54,37 @@ log = logging.getLogger(__name__)
 class VaultOps(Protocol):
     """The part of memos.storage.vault.MemVault the operator uses (blocking calls)."""
 
-    def add(self, tenant: str, owner: str, text: str, **fields: Any) -> MemoryItem: ...
+    def add(
+        self,
+        tenant: str,
+        owner: str,
+        text: str,
+        *,
+        sources: Sequence[Source] = ...,
+        observed_at: datetime | None = ...,
+        importance: float = ...,
+        kind: Kind | str = ...,
+        valid_from: datetime | None = ...,
+        expires_at: datetime | None = ...,
+        vector: np.ndarray | None = ...,
+    ) -> MemoryItem: ...
 
-    def update(self, tenant: str, id: str, **fields: Any) -> MemoryItem: ...
+    def update(
+        self,
+        tenant: str,
+        memory_id: str,
+        *,
+        text: str | None = ...,
+        state: State | str | None = ...,
+        invalid_at: datetime | None = ...,
+        importance: float | None = ...,
+        sources: Sequence[Source] | None = ...,
+        reason: str = ...,
+        vector: np.ndarray | None = ...,
+    ) -> MemoryItem: ...
 
     def nearest(
-        self, tenant: str, owner: str, text_or_vector: Any, k: int
+        self, tenant: str, owner: str, text_or_vector: str | np.ndarray, k: int = ...
     ) -> list[tuple[MemoryItem, float]]: ...
 
 
@@ -287,9 +313,9 @@ class MemOperator:
             await self._merge(tenant, duplicate, fact, result, vector)
             return
 
-        fact_time = _aware(fact.valid_from or fact.observed_at)
+        fact_time = aware(fact.valid_from or fact.observed_at)
         assert fact_time is not None
-        newer = [item for item in conflicting if _time_of(item) is not None and _time_of(item) > fact_time]
+        newer = [item for item in conflicting if (when := _time_of(item)) is not None and when > fact_time]
         older = [item for item in conflicting if item not in newer]
         item = await asyncio.to_thread(
             self._vault.add,
@@ -417,14 +443,8 @@ def _is_live(item: MemoryItem) -> bool:
     return item.state == State.ACTIVE and item.kind == Kind.PLAINTEXT
 
 
-def _aware(when: datetime | None) -> datetime | None:
-    if when is None:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def _time_of(item: MemoryItem) -> datetime | None:
-    return _aware(item.valid_from or item.observed_at)
+    return aware(item.valid_from or item.observed_at)
 
 
 def _conflicts(new_slots: tuple[Slot, ...], item: MemoryItem) -> bool:

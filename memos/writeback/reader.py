@@ -505,6 +505,8 @@ def _fact_list(data: Any) -> list[Any] | None:
 
 
 def _fact_item(item: Any) -> tuple[str, str | None, float] | None:
+    text: object
+    when: object
     if isinstance(item, str):
         text, when, importance = item, None, 0.6
     elif isinstance(item, dict):

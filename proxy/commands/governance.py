@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from memos import TenantEraser
     from proxy.cli import CommandRegistry
+    from proxy.services import Core
     from proxy.settings import Settings
 
 
@@ -186,10 +188,10 @@ def _tenants_delete(args: argparse.Namespace, settings: Settings) -> int:
         core.close()
 
 
-def _erasers(settings: Settings, core: object) -> list[object]:
+def _erasers(settings: Settings, core: Core) -> list[TenantEraser]:
     from memos import default_erasers
 
-    return list(default_erasers(settings, core))
+    return default_erasers(core.db, settings.resolved_vector_uri, settings.data_dir)
 
 
 # ---------------------------------------------------------------- policy files

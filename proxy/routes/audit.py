@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from memos import Operation, authorize
-from proxy.auth import authenticate
+from proxy.auth import Caller, authenticate
 from proxy.errors import bad_request, json_response
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-async def _caller(request: Request):  # type: ignore[no-untyped-def]
+async def _caller(request: Request) -> tuple[Services, Caller]:
     services: Services = request.app.state.services
     caller = await authenticate(request, services)
     authorize(caller.principal, caller.policy, Operation.AUDIT_READ, None)

@@ -108,7 +108,7 @@ async def chat_completions(request: Request) -> Response:
         local_model=kind is UpstreamKind.LOCAL,
     )
     # What was asked, before memory adds anything (a shallow copy: nothing may edit it afterwards).
-    asked = list(chat.messages)
+    asked = list(chat.sent_messages)
     plan = await services.chat_memory.plan(ctx, body)  # MemoryUnavailable: 503 (fails closed)
     call = ChatCall(
         upstream_target(services.settings, caller, kind, request.headers),

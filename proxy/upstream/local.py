@@ -10,7 +10,7 @@ came. Generation runs on the runtime's threads; streamed answers keep the upstre
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from memos import MemoryMode
@@ -102,7 +102,7 @@ class LocalUpstream:
             }
         )
 
-    async def chat_stream(self, call: ChatCall) -> AsyncIterator[bytes]:
+    async def chat_stream(self, call: ChatCall) -> AsyncGenerator[bytes, None]:
         loaded, prompt, params, options = await self._prepare(call)
         return _stream(self.runtime, call, loaded, prompt, params, options)
 
@@ -134,7 +134,7 @@ def _usage(result: Any) -> dict[str, Any]:
 
 async def _stream(
     runtime: Any, call: ChatCall, loaded: Any, prompt: Any, params: Any, options: dict[str, Any]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     import orjson
 
     from memos import GenerationResult
