@@ -124,6 +124,19 @@ class MemoryService:
 
     # ------------------------------------------------------------------ helpers
 
+    async def _audit_read(
+        self,
+        principal: Principal,
+        policy: Policy,
+        op: str,
+        user: str | None,
+        ids: Sequence[str],
+        request_id: str | None,
+    ) -> None:
+        await self._audit(
+            principal, policy, "memory.read", user=user, ids=ids, request_id=request_id, detail={"op": op}
+        )
+
     async def _audit(
         self,
         principal: Principal,
@@ -338,15 +351,7 @@ class MemoryService:
             )
         except ValueError:
             raise InvalidInput("`cursor` is not a cursor this endpoint returned.", "cursor") from None
-        await self._audit(
-            principal,
-            policy,
-            "memory.read",
-            user=owner,
-            ids=[i.id for i in items],
-            request_id=request_id,
-            detail={"op": "list"},
-        )
+        await self._audit_read(principal, policy, "list", owner, [i.id for i in items], request_id)
         return items, next_cursor
 
     async def search(
@@ -376,30 +381,14 @@ class MemoryService:
                 rank=params.rank,
             )
         hits = await self.retriever.asearch(principal.tenant, owner, query, self.embedder.embed_one, params)
-        await self._audit(
-            principal,
-            policy,
-            "memory.read",
-            user=owner,
-            ids=[h.item.id for h in hits],
-            request_id=request_id,
-            detail={"op": "search"},
-        )
+        await self._audit_read(principal, policy, "search", owner, [h.item.id for h in hits], request_id)
         return hits
 
     async def get(
         self, principal: Principal, policy: Policy, memory_id: str, request_id: str | None = None
     ) -> MemoryItem:
         item = await self._item_for(principal, policy, memory_id, Operation.MEMORY_READ)
-        await self._audit(
-            principal,
-            policy,
-            "memory.read",
-            user=item.owner,
-            ids=[item.id],
-            request_id=request_id,
-            detail={"op": "get"},
-        )
+        await self._audit_read(principal, policy, "get", item.owner, [item.id], request_id)
         return item
 
     async def history(
@@ -407,15 +396,7 @@ class MemoryService:
     ) -> builtins.list[MemoryItem]:
         item = await self._item_for(principal, policy, memory_id, Operation.MEMORY_READ)
         versions = await asyncio.to_thread(self.vault.history, principal.tenant, memory_id)
-        await self._audit(
-            principal,
-            policy,
-            "memory.read",
-            user=item.owner,
-            ids=[item.id],
-            request_id=request_id,
-            detail={"op": "history"},
-        )
+        await self._audit_read(principal, policy, "history", item.owner, [item.id], request_id)
         return versions
 
     async def patch(

@@ -165,6 +165,11 @@ class VaultChatMemory:
         self._observer: MemoryObserver = observer or NoObserver()
         self._now = now
 
+    @property
+    def retrievals_running(self) -> int:
+        """Retrievals in flight now (admission control counts them against `max_inflight`)."""
+        return self._inflight
+
     # -- before the upstream call ---------------------------------------------------------------------
 
     async def plan(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:

@@ -83,6 +83,14 @@ class Keyring:
             self._cache[tenant] = (cipher, wrapped, time.monotonic())
             return cipher
 
+    def revalidate(self, tenant: str) -> None:
+        """Check the cached data key of `tenant` against its row now, not at the next interval (for a
+        caller told that another process deleted or re-keyed the tenant)."""
+        with self._lock:
+            cached = self._cache.get(tenant)
+            if cached is not None and not self._still_current(tenant, cached[1]):
+                del self._cache[tenant]
+
     def _stale(self, cached: tuple[TenantCipher, bytes, float]) -> bool:
         return self._revalidate_s is not None and time.monotonic() - cached[2] > self._revalidate_s
 

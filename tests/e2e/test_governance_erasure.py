@@ -161,7 +161,7 @@ def test_deleting_the_tenant_destroys_its_key(running: RunningProxy, upstream):
             ring.cipher("acme").decrypt(blob, aad)
     db.dispose()
     # ... nor by the running proxy, once its cached copy of the key is revalidated (5 s in production).
-    running.services.keyring._revalidate_s = 0.0
+    running.services.keyring.revalidate("acme")
     for blob, aad in blobs:
         with pytest.raises(DecryptionError):
             running.services.keyring.cipher("acme").decrypt(blob, aad)

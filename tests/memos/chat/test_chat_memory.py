@@ -261,7 +261,7 @@ async def test_a_retrieval_over_its_time_is_answered_without_memory_saying_why(s
     body = {"messages": [{"role": "user", "content": "Which tea do I like?"}]}
     prepared = await memory.plan(stack.context("alice"), body)
     assert prepared.body is body and prepared.reason is MemoryReason.OVERLOADED
-    assert memory._inflight == 0  # the slot is given back
+    assert memory.retrievals_running == 0  # the slot is given back
     stack.policies.set(fail_mode=FailMode.CLOSED)
     with pytest.raises(MemoryUnavailable):
         await memory.plan(stack.context("alice"), body)

@@ -66,26 +66,31 @@ async def test_errors_reach_every_waiter() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
 
 
-async def test_idle_requests_go_at_once_and_busy_ones_queue_behind_the_batch() -> None:
-    release = asyncio.Event()
+class GatedEmbedder(CountingEmbedder):
+    """An async backend whose batch ["a"] runs until released (a slow embedding call)."""
 
-    backend = CountingEmbedder()
+    def __init__(self) -> None:
+        super().__init__()
+        self.gated_started, self.release = asyncio.Event(), asyncio.Event()
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        if list(texts) == ["a"]:
+            self.gated_started.set()
+            await self.release.wait()
+        return self.embed(texts)
+
+
+async def test_idle_requests_go_at_once_and_busy_ones_queue_behind_the_batch() -> None:
+    backend = GatedEmbedder()
     batcher = MicroBatcher(backend)
     # idle: sent at once
     await asyncio.wait_for(batcher.embed_one("first"), 2)
     # busy: requests made while a batch runs are sent together once it finishes
-    real_run = batcher._run
-
-    async def gated(texts: list[str]) -> np.ndarray:
-        if texts == ["a"]:
-            await release.wait()
-        return await real_run(texts)
-
-    batcher._run = gated  # type: ignore[method-assign]
     first = asyncio.create_task(batcher.embed_one("a"))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(backend.gated_started.wait(), 2)
     later = [asyncio.create_task(batcher.embed_one(t)) for t in ("b", "c", "d")]
-    await asyncio.sleep(0.01)
-    release.set()
+    await asyncio.sleep(0)  # one loop pass: each new task has queued its text (no timing involved)
+    assert backend.calls == [["first"]]  # nothing sent while the batch runs
+    backend.release.set()
     await asyncio.wait_for(asyncio.gather(first, *later), 2)
     assert backend.calls[-2:] == [["a"], ["b", "c", "d"]]

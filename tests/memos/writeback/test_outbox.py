@@ -66,7 +66,7 @@ def test_ack_deletes_only_with_the_current_claim(outbox: Outbox) -> None:
     assert outbox.pending() == 0
 
 
-def test_failure_keeps_the_row_and_backs_off(outbox: Outbox) -> None:
+def test_failure_keeps_the_row_and_backs_off(outbox: Outbox, database: Database) -> None:
     outbox.enqueue("acme", "alice", "req-1", _payload())
     now = time.time()
     delays = []
@@ -74,7 +74,7 @@ def test_failure_keeps_the_row_and_backs_off(outbox: Outbox) -> None:
         [record] = outbox.claim(now=now + 10_000 * attempt)
         assert record.attempts == attempt
         outbox.fail(record.id, record.claim_token, RuntimeError("vault down"), now=now + 10_000 * attempt)
-        with outbox._db.session() as session:
+        with database.session() as session:
             row = session.get(OutboxRow, record.id)
             delays.append(row.next_attempt_at - (now + 10_000 * attempt))
             assert row.last_error == "RuntimeError"
@@ -130,11 +130,11 @@ def test_erase_user_drops_only_that_users_rows(outbox: Outbox) -> None:
     assert sorted((r.tenant, r.owner) for r in outbox.claim()) == [("acme", "bob"), ("other", "alice")]
 
 
-def test_erasing_a_user_whose_row_is_being_processed(outbox: Outbox) -> None:
+def test_erasing_a_user_whose_row_is_being_processed(outbox: Outbox, database: Database) -> None:
     outbox.enqueue("acme", "alice", "req-1", _payload(CANARY))
     [held] = outbox.claim()
     assert outbox.erase_user("acme", "alice") == 1
-    with outbox._db.session() as session:
+    with database.session() as session:
         row = session.get(OutboxRow, held.id)
         assert row.erased and row.payload == b""  # the text is gone at once
     # The worker finishing it learns that its writes must be erased again.
@@ -168,13 +168,15 @@ def test_an_erased_row_left_by_a_dead_worker_is_dropped_when_claimed(outbox: Out
     assert outbox.pending() == 0
 
 
-def test_a_payload_moved_to_another_user_fails_authentication_and_is_kept(outbox: Outbox) -> None:
+def test_a_payload_moved_to_another_user_fails_authentication_and_is_kept(
+    outbox: Outbox, database: Database
+) -> None:
     row_id = outbox.enqueue("acme", "alice", "req-1", _payload())
-    with outbox._db.session() as session:
+    with database.session() as session:
         session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(owner="mallory"))
     assert outbox.claim() == []  # not readable as mallory's
     assert outbox.pending() == 1  # but not dropped either
-    with outbox._db.session() as session:
+    with database.session() as session:
         assert session.get(OutboxRow, row_id).last_error == "DecryptionError"
 
 
@@ -283,13 +285,15 @@ def test_a_failed_row_holds_back_only_its_users_later_rows(outbox: Outbox) -> No
     assert _by_user(outbox.claim(per_owner=4, now=later)) == {"ann": ["ann-0", "ann-1", "ann-2"]}
 
 
-def test_an_unreadable_row_holds_back_its_users_later_rows_in_the_same_claim(outbox: Outbox) -> None:
+def test_an_unreadable_row_holds_back_its_users_later_rows_in_the_same_claim(
+    outbox: Outbox, database: Database
+) -> None:
     ids = [outbox.enqueue("acme", "ann", f"ann-{i}", _payload()) for i in range(3)]
     outbox.enqueue("acme", "bob", "bob-0", _payload())
-    with outbox._db.session() as session:
+    with database.session() as session:
         session.execute(update(OutboxRow).where(OutboxRow.id == ids[0]).values(request_id="moved"))
     assert _by_user(outbox.claim(per_owner=4)) == {"bob": ["bob-0"]}
-    with outbox._db.session() as session:
+    with database.session() as session:
         found = session.execute(select(OutboxRow).where(OutboxRow.owner == "ann")).scalars()
         rows = {row.id: row for row in found}
     assert rows[ids[0]].last_error == "DecryptionError"
