@@ -56,7 +56,7 @@ from memos import (
     metadata_problem,
     time_problem,
 )
-from proxy.wire import UserId, WireModel, json_type, matching
+from proxy.wire import UserId, WireModel, json_type, matching, no_bool
 
 # REF: where the OpenAPI document keeps the schemas (proxy/openapi.py generates them there).
 REF = "#/components/schemas/{model}"
@@ -101,15 +101,8 @@ Query = Annotated[
 ]
 
 
-def _no_bool(value: Any) -> Any:
-    # JSON's true is not 1 here (pydantic's lax integers would take it); numeric strings still are.
-    if isinstance(value, bool):
-        raise PydanticCustomError("invalid_type", "expected an integer, but got boolean")
-    return value
-
-
 # (The bounds come before the check, so that they stay the integer's own: validated and published.)
-_NO_BOOL = BeforeValidator(_no_bool)
+_NO_BOOL = BeforeValidator(no_bool)
 TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K), _NO_BOOL]
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION), _NO_BOOL]
 

@@ -200,6 +200,13 @@ _EXPECTED = {
 _PATTERN_REASONS: dict[str, str] = {}
 
 
+def no_bool(value: Any) -> Any:
+    # JSON's true is not 1 here (pydantic's lax integers would take it); numeric strings still are.
+    if isinstance(value, bool):
+        raise PydanticCustomError("invalid_type", "expected an integer, but got boolean")
+    return value
+
+
 def matching(pattern: str, reason: str) -> StringConstraints:
     """A pattern that both validates a string and is published in the schema; `reason` is what the
     client reads when a value does not match (a pattern itself says little)."""

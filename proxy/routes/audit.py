@@ -7,7 +7,6 @@ Both need the `audit.read` operation (admin by default; a policy may grant it to
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
@@ -16,14 +15,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from memos import Operation, authorize
+from proxy.audit_wire import AuditQuery
 from proxy.auth import Caller, authenticate
-from proxy.errors import bad_request, json_response
+from proxy.errors import json_response
+from proxy.wire import parse_query
 
 if TYPE_CHECKING:
     from proxy.services import Services
 
-_MAX_LIMIT = 1000
-_CURSOR = re.compile("[0-9]{1,18}")
 
 
 def routes() -> list[BaseRoute]:
@@ -42,19 +41,9 @@ async def _caller(request: Request) -> tuple[Services, Caller]:
 
 async def list_audit(request: Request) -> Response:
     services, caller = await _caller(request)
-    raw_limit = request.query_params.get("limit", "100")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise bad_request("`limit` must be an integer.", param="limit") from None
-    if not 1 <= limit <= _MAX_LIMIT:
-        raise bad_request(f"`limit` must be between 1 and {_MAX_LIMIT}.", param="limit")
-    cursor = request.query_params.get("cursor") or None
-    # ASCII digits only (str.isdigit also takes "²"), and few enough to fit the database's integer.
-    if cursor is not None and _CURSOR.fullmatch(cursor) is None:
-        raise bad_request("`cursor` is not a cursor this endpoint returned.", param="cursor")
+    query = parse_query(request, AuditQuery)
     entries, next_cursor = await anyio.to_thread.run_sync(
-        services.audit.list, caller.principal.tenant, limit, cursor
+        services.audit.list, caller.principal.tenant, query.limit, query.cursor or None
     )
     return json_response(
         {

@@ -225,6 +225,8 @@ def test_audit_cursor_is_checked(admin: httpx.Client, cursor: str) -> None:
 
 
 def test_audit_cursor_round_trip(admin: httpx.Client) -> None:
+    for fact in ("One audited fact.", "Another audited fact."):  # two entries at least, whatever ran first
+        admin.post("/v1/memories", json={"user": "audit-pages", "memories": [fact]}).raise_for_status()
     page = admin.get("/v1/audit", params={"limit": 1}).json()
     assert page["next_cursor"] is not None
     assert admin.get("/v1/audit", params={"limit": 1, "cursor": page["next_cursor"]}).status_code == 200
