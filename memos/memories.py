@@ -26,12 +26,15 @@ from memos.errors import InvalidInput
 from memos.governance.acl import AccessDenied, Operation, authorize, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
+from memos.governance.redaction import Redactor
 from memos.item import MemoryItem, Source, State
 from memos.logsafe import exception_summary
 from memos.ports import AuditSink, UserDataEraser
 from memos.recall.retrieval import Hit, RetrievalParams, Retriever
 from memos.storage.batch import NewMemory
 from memos.storage.vault import MemoryNotFound, MemVault, VersionNotFound
+from memos.writeback.operator import MemOperator
+from memos.writeback.reader import Exchange, MemReader, message_text
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,6 @@ class Patch:
 
 
 def _default_redactor(policy: Policy) -> Callable[[str], str]:
-    from memos.governance.redaction import Redactor
 
     return Redactor.from_policy(policy.memory.redaction).redact
 
@@ -83,7 +85,6 @@ def _redact_value(value: Any, redact: Callable[[str], str]) -> Any:
 
 def messages_text(messages: Sequence[dict[str, Any]]) -> str:
     """The text of an entry given as messages (infer: false): user turns verbatim, others labelled."""
-    from memos.writeback.reader import message_text
 
     lines: list[str] = []
     only_user = all(m.get("role") == "user" for m in messages)
@@ -259,7 +260,6 @@ class MemoryService:
         request_id: str | None,
         session: str | None,
     ) -> list[MemoryItem]:
-        from memos.writeback.reader import Exchange
 
         # Every entry is checked before anything is written: a bad entry must change nothing.
         exchanges: list[Exchange] = []
@@ -325,12 +325,8 @@ class MemoryService:
 
     def _reader_operator(self) -> tuple[Any, Any]:
         if self._reader is None:
-            from memos.writeback.reader import MemReader
-
             self._reader = MemReader()
         if self._operator is None:
-            from memos.writeback.operator import MemOperator
-
             self._operator = MemOperator(self.vault)
         return self._reader, self._operator
 
@@ -552,7 +548,6 @@ def _is_async(eraser: Any) -> bool:
 
 
 def _content_text(message: dict[str, Any]) -> str:
-    from memos.writeback.reader import message_text
 
     return message_text(message)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.responses import Response
 
-from memos import Denied, InvalidInput, MemosError, NotFound, Unavailable
+from memos import Denied, InvalidInput, MemosError, NotFound, StorageFull, Unavailable, storage_failure
 
 if TYPE_CHECKING:
     from proxy.upstream.base import UpstreamError
@@ -74,7 +74,6 @@ def too_large(limit: int) -> ApiError:
 def storage_error(exc: BaseException) -> ApiError | None:
     """A failure of the storage as the client sees it (None when `exc` is something else): a full
     disk answers 507, an unreachable database 503, both at once and saying what to do."""
-    from memos import StorageFull, storage_failure
 
     failure = storage_failure(exc)
     if failure is None:

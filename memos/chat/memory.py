@@ -34,9 +34,11 @@ from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
 from memos.item import MemoryItem
+from memos.local.runtime import LocalMemory
 from memos.modes import MemoryMode
 from memos.observe import MemoryObserver, NoObserver
 from memos.recall import injection
+from memos.recall.retrieval import RetrievalParams
 from memos.writeback.outbox import Outbox
 from memos.writeback.reader import bound_turns, message_text
 from memos.writeback.write_retry import WriteRetryQueue
@@ -83,7 +85,6 @@ class RetrieverRecall:
     async def recall(
         self, tenant: str, owner: str, query: str, policy: Policy, *, session: str | None
     ) -> list[MemoryItem]:
-        from memos.recall.retrieval import RetrievalParams
 
         params = RetrievalParams.from_policy(policy, neighbours=self.neighbours)
         hits = await self._retriever.asearch(tenant, owner, query, self._embed_one, params)
@@ -224,7 +225,6 @@ class VaultChatMemory:
         if ctx.local_model and ids:
             # The local runtime tokenises the block apart from the conversation, so that its ids are
             # exactly those an activation request has (memos.local.runtime.build_prompt).
-            from memos.local.runtime import LocalMemory  # no torch: the runtime imports it lazily
 
             block = LocalMemory(MemoryMode.PLAINTEXT, block=injection.render(chosen), memory_ids=tuple(ids))
             return MemoryPlan(

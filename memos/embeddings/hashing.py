@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,8 +27,6 @@ class HashEmbedder:
         return self._dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import hashlib
-        import re
 
         out = np.zeros((len(texts), self._dim), np.float32)
         for row, text in enumerate(texts):

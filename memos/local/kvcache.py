@@ -123,7 +123,7 @@ def prefill(
     from transformers import DynamicCache
     from transformers.cache_utils import CacheLayerMixin
 
-    from memos.local.lora import select_adapter
+    from memos.local.lora import select_adapter  # here: lora imports this module
 
     ids = tuple(token_ids)
     adapter_id = adapter.adapter_id if adapter is not None else BASE_ADAPTER

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from memos.local.kvcache import BASE_ADAPTER
+from memos.local.lora import select_adapter
 from memos.modes import MemoryMode
 
 if TYPE_CHECKING:
@@ -240,9 +242,6 @@ class LocalRuntime:
         `prompt.block_ids`); without it, the whole prompt is prefilled."""
         import torch
         from transformers import DynamicCache
-
-        from memos.local.kvcache import BASE_ADAPTER
-        from memos.local.lora import select_adapter
 
         if kv is not None and kv.token_ids != prompt.block_ids:
             raise ValueError("the KV cache does not hold this prompt's memory block")

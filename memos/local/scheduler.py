@@ -35,6 +35,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from memos.clock import aware
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
+from memos.local.kvcache import KVKey, prefill
+from memos.local.lora import LoraTraining, train_adapter, unload_adapters
+from memos.local.runtime import LocalMemory, block_ids
 from memos.logsafe import exception_summary
 from memos.modes import MemoryMode
 from memos.ports import AuditSink
@@ -271,7 +274,6 @@ class MemScheduler:
         """For a local model (`local/<name>` or `<name>`): what of the user's local memory is ready now
         (the activation block and its cache, the adapter). Which mode serves is decided by the planner
         (memos.chat.planner), which then asks `memory_for` for the runtime's inputs."""
-        from memos.local.kvcache import KVKey
 
         assert self.registry is not None and self.kv_store is not None
         model_name = self.registry.name_of(model_name)
@@ -292,7 +294,6 @@ class MemScheduler:
     async def memory_for(self, ready: LocalReadiness, mode: MemoryMode) -> LocalMemory | None:
         """The runtime's inputs for activation (the block's cache, built now if it is missing or stale)
         or parametric (the adapter); None for any other mode."""
-        from memos.local.runtime import LocalMemory
 
         view = ready.view
         if mode is MemoryMode.ACTIVATION:
@@ -317,7 +318,6 @@ class MemScheduler:
         counter for the user moved (added, edited, deleted memories), after this scheduler's own
         transitions, when one of the user's memories expires, and at the latest after `view_ttl_s`
         (what no counter shows: a kind restored by rollback, another replica's transitions)."""
-        from memos.local.runtime import block_ids
 
         key = (tenant, user, loaded.fingerprint)
         erasures = self._erasure_count(tenant, user)
@@ -397,7 +397,6 @@ class MemScheduler:
         """Prefill the block (reusing `previous`'s common prefix), store it encrypted, return it.
         `erasures`: the user's erasure count when `ids` were read; if the user was erased since, the
         block is returned to the caller but not stored."""
-        from memos.local.kvcache import KVKey, prefill
 
         assert self.kv_store is not None
         key = KVKey(tenant, user, loaded.fingerprint)
@@ -491,7 +490,6 @@ class MemScheduler:
 
         Trains on a private copy of the model (the served one is untouched), stores the adapter
         encrypted and audits `memory.train` with the memory ids (never their text)."""
-        from memos.local.lora import LoraTraining, train_adapter
 
         assert self.registry is not None and self.adapter_store is not None
         erasures = self._erasure_count(tenant, user)
@@ -561,7 +559,6 @@ class MemScheduler:
 
     async def _refresh_model(self, tenant: str, user: str, model_name: str) -> None:
         """Rebuild the user's KV cache if the block changed; train an adapter if due."""
-        from memos.local.kvcache import KVKey
 
         if self.registry is None or self.kv_store is None or model_name not in self.registry.names():
             return
@@ -626,8 +623,6 @@ class MemScheduler:
             adapter_ids = self.adapter_store.adapter_ids(tenant, owner)
             removed += self.adapter_store.erase_user(tenant, owner)
             if self.registry is not None and adapter_ids:
-                from memos.local.lora import unload_adapters
-
                 for name in self.registry.names():
                     if self.registry.is_loaded(name):
                         unload_adapters(self.registry.load(name), adapter_ids)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memos.local.model_registry import LoadedModel
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config
 
@@ -148,8 +150,6 @@ def random_loaded_model(
     """A LoadedModel with random weights built straight on `device` (no disk round trip): benchmarks."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from memos.local.model_registry import LoadedModel
 
     tokenizer = train_tokenizer(min(512, shape.vocab_size))
     config = qwen2_config(shape, tokenizer, dtype)

@@ -13,7 +13,9 @@ import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from memos import MemoryMode
+import orjson
+
+from memos import GenerationResult, MemoryMode, SamplingParams, build_prompt
 from proxy.upstream.base import (
     ChatCall,
     JsonCall,
@@ -39,7 +41,6 @@ class LocalUpstream:
         self.runtime = models.runtime
 
     async def _prepare(self, call: ChatCall) -> tuple[Any, Any, Any, dict[str, Any]]:
-        from memos import SamplingParams, build_prompt
 
         body = call.body
         model = str(body.get("model", ""))
@@ -135,9 +136,6 @@ def _usage(result: Any) -> dict[str, Any]:
 async def _stream(
     runtime: Any, call: ChatCall, loaded: Any, prompt: Any, params: Any, options: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
-    import orjson
-
-    from memos import GenerationResult
 
     base = {
         "id": _completion_id(call),
