@@ -22,11 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Column, LargeBinary, delete, event, insert
+from sqlalchemy import Column, LargeBinary, Table, delete, event, insert, inspect
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import Field, Session, SQLModel, col, create_engine
 
 from memos.errors import MemosError
 
@@ -157,6 +160,12 @@ class StorageHealth:
             )
 
 
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model (its `__table__`, which SQLModel does not declare to type
+    checkers), for Core statements that skip the ORM's per-object cost."""
+    return cast(Table, inspect(model).local_table)
+
+
 class StorageProbeRow(SQLModel, table=True):
     """Scratch rows of `Database.probe_write` (written and deleted in one transaction)."""
 
@@ -260,13 +269,13 @@ class Database:
         probe_id = f"probe-{os.getpid()}-{threading.get_ident()}"
         with self.write() as session:
             session.execute(insert(StorageProbeRow).values(id=probe_id, pad=os.urandom(PROBE_BYTES)))
-            session.execute(delete(StorageProbeRow).where(StorageProbeRow.id == probe_id))
+            session.execute(delete(StorageProbeRow).where(col(StorageProbeRow.id) == probe_id))
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     # WAL: readers never block the writer; synchronous=NORMAL is durable across process kills in WAL mode.
     cursor.execute("PRAGMA journal_mode=WAL")

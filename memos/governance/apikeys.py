@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 
 from memos.db import Database
 from memos.governance.principal import Principal, Role
@@ -127,7 +127,7 @@ class ApiKeyStore:
             query = select(ApiKeyRow)
             if tenant is not None:
                 query = query.where(ApiKeyRow.tenant == tenant)
-            rows = session.exec(query.order_by(ApiKeyRow.tenant, ApiKeyRow.created_at)).all()
+            rows = session.exec(query.order_by(col(ApiKeyRow.tenant), col(ApiKeyRow.created_at))).all()
             return [_info(row) for row in rows]
 
     def revoke(self, key_id: str) -> bool:

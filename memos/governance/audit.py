@@ -38,9 +38,9 @@ from typing import Any
 
 from sqlalchemy import func, insert, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
-from memos.db import Database
+from memos.db import Database, table_of
 from memos.governance.policy import AuditLevel
 
 _GENESIS = b"\x00" * 32
@@ -98,6 +98,10 @@ class AuditHeadRow(SQLModel, table=True):
     mac: str = Field(max_length=64)
     mac_key_id: str = Field(max_length=32)
     seal: str = Field(max_length=64)
+
+
+# The tables, for the Core statements of the append path.
+_ENTRIES, _HEADS = table_of(AuditEntryRow), table_of(AuditHeadRow)
 
 
 @dataclass(frozen=True)
@@ -371,7 +375,7 @@ class AuditLog:
         # Database.write: on SQLite the write lock is taken first, so the head we read is the head we
         # extend; on PostgreSQL the head row is locked (FOR UPDATE). Core statements: this runs on
         # every injected chat, and the ORM's unit of work cost more than the writes.
-        entries, heads = AuditEntryRow.__table__, AuditHeadRow.__table__
+        entries, heads = _ENTRIES, _HEADS
         out: list[AuditEntry] = []
         key, kid = self._key, self._key_id  # one key for the whole batch, its head seals included
         with self._db.write() if outer is None else nullcontext(outer) as session:
@@ -416,7 +420,7 @@ class AuditLog:
     def _head(self, session: Session, tenant: str) -> tuple[int, str, bool]:
         """The tenant's chain head (locked for this transaction): its seq, its MAC, and whether the head
         row exists (a chain older than head rows is read from its last entry)."""
-        entries, heads = AuditEntryRow.__table__, AuditHeadRow.__table__
+        entries, heads = _ENTRIES, _HEADS
         head = session.execute(
             select(heads.c.seq, heads.c.mac).where(heads.c.tenant == tenant).with_for_update()
         ).first()
@@ -447,7 +451,7 @@ class AuditLog:
             rows = session.exec(
                 select(AuditEntryRow)
                 .where(AuditEntryRow.tenant == tenant, AuditEntryRow.seq > after)
-                .order_by(AuditEntryRow.seq)  # type: ignore[arg-type]
+                .order_by(col(AuditEntryRow.seq))
                 .limit(limit + 1)
             ).all()
         entries = [_to_entry(r) for r in rows[:limit]]
@@ -481,7 +485,7 @@ class AuditLog:
                 rows = session.exec(
                     select(AuditEntryRow)
                     .where(AuditEntryRow.tenant == tenant, AuditEntryRow.seq >= expected)
-                    .order_by(AuditEntryRow.seq)  # type: ignore[arg-type]
+                    .order_by(col(AuditEntryRow.seq))
                     .limit(batch)
                 ).all()
             if not rows:

@@ -247,7 +247,7 @@ def rewrap_all(db: object, keys: MasterKeySet) -> RewrapReport:
     to the next pass. Data is untouched: only the wrapped copies of the data keys change.
     """
     from sqlalchemy import update
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from memos.keys.keyring import TenantKeyRow
 
@@ -269,7 +269,7 @@ def rewrap_all(db: object, keys: MasterKeySet) -> RewrapReport:
             with db.engine.begin() as conn:  # type: ignore[attr-defined]
                 result = conn.execute(
                     update(TenantKeyRow)
-                    .where(TenantKeyRow.tenant == tenant, TenantKeyRow.wrapped_key == wrapped)  # type: ignore[arg-type]
+                    .where(col(TenantKeyRow.tenant) == tenant, col(TenantKeyRow.wrapped_key) == wrapped)
                     .values(wrapped_key=new_wrapped, master_key_id=target.key_id)
                 )
             if result.rowcount == 1:

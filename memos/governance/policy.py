@@ -55,8 +55,12 @@ class RedactionRule(_Strict):
 BuiltinRedaction = Literal["email", "phone", "card", "iban"]
 
 
+def _every_builtin() -> list[BuiltinRedaction]:
+    return ["email", "phone", "card", "iban"]
+
+
 class RedactionPolicy(_Strict):
-    builtin: list[BuiltinRedaction] = Field(default_factory=lambda: ["email", "phone", "card", "iban"])
+    builtin: list[BuiltinRedaction] = Field(default_factory=_every_builtin)
     custom: list[RedactionRule] = Field(default_factory=list)
 
 

@@ -14,7 +14,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, text
@@ -94,7 +94,7 @@ class DocTerms:
     length: int
 
 
-def doc_terms(tokens: Iterable[str], blind) -> DocTerms:  # type: ignore[no-untyped-def]
+def doc_terms(tokens: Iterable[str], blind: Callable[[str], str]) -> DocTerms:
     counts = Counter(tokens)
     tf: dict[str, int] = {}
     for term, n in counts.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from memos.db import Database
 from memos.storage.dialect import upsert
@@ -47,7 +47,9 @@ class OwnerLedger:
             .values(tenant=tenant, owner=owner, doc_count=0, total_len=0, next_seq=0, changes=0)
             .on_conflict_do_nothing(index_elements=["tenant", "owner"])
         )
-        stmt = select(OwnerStatsRow).where(OwnerStatsRow.tenant == tenant, OwnerStatsRow.owner == owner)
+        stmt = select(OwnerStatsRow).where(
+            col(OwnerStatsRow.tenant) == tenant, col(OwnerStatsRow.owner) == owner
+        )
         if self.db.is_postgres:
             stmt = stmt.with_for_update()
         return session.execute(stmt).scalar_one()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import delete, insert, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from memos.db import Database
 from memos.storage.dialect import upsert
@@ -40,7 +40,8 @@ class KeywordPostings:
                     df[term] = df.get(term, 0) + 1
             stmt = upsert(self.db, TermStatsRow)
             stmt = stmt.on_conflict_do_update(
-                index_elements=["tenant", "owner", "term"], set_={"df": TermStatsRow.df + stmt.excluded.df}
+                index_elements=["tenant", "owner", "term"],
+                set_={"df": col(TermStatsRow.df) + stmt.excluded.df},
             )
             session.execute(
                 stmt, [{"tenant": tenant, "owner": owner, "term": t, "df": n} for t, n in sorted(df.items())]
@@ -54,28 +55,34 @@ class KeywordPostings:
         terms = [
             r[0]
             for r in session.execute(
-                select(PostingRow.term).where(PostingRow.memory_id == memory_id, PostingRow.tenant == tenant)
+                select(col(PostingRow.term)).where(
+                    col(PostingRow.memory_id) == memory_id, col(PostingRow.tenant) == tenant
+                )
             ).all()
         ]
         if terms:
             session.execute(
-                delete(PostingRow).where(PostingRow.memory_id == memory_id, PostingRow.tenant == tenant)
+                delete(PostingRow).where(
+                    col(PostingRow.memory_id) == memory_id, col(PostingRow.tenant) == tenant
+                )
             )
             session.execute(
                 update(TermStatsRow)
                 .where(
-                    TermStatsRow.tenant == tenant,
-                    TermStatsRow.owner == owner,
-                    TermStatsRow.term.in_(sorted(terms)),
+                    col(TermStatsRow.tenant) == tenant,
+                    col(TermStatsRow.owner) == owner,
+                    col(TermStatsRow.term).in_(sorted(terms)),
                 )
-                .values(df=TermStatsRow.df - 1)
+                .values(df=col(TermStatsRow.df) - 1)
             )
         stats.doc_count -= 1
         stats.total_len -= doc_len
 
     def clear_owner(self, session: Session, tenant: str, owner: str) -> None:
         """Every posting and term statistic of the owner (the statistics row is the caller's)."""
-        session.execute(delete(PostingRow).where(PostingRow.tenant == tenant, PostingRow.owner == owner))
         session.execute(
-            delete(TermStatsRow).where(TermStatsRow.tenant == tenant, TermStatsRow.owner == owner)
+            delete(PostingRow).where(col(PostingRow.tenant) == tenant, col(PostingRow.owner) == owner)
+        )
+        session.execute(
+            delete(TermStatsRow).where(col(TermStatsRow.tenant) == tenant, col(TermStatsRow.owner) == owner)
         )

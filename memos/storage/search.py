@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy import text as sql_text
 
-from memos.db import Database
+from memos.db import Database, table_of
 from memos.embeddings import normalise
 from memos.item import MemoryItem, State
 from memos.storage.codec import MemoryCodec, MemoryRecord, aware
@@ -27,6 +27,8 @@ from memos.storage.owners import OwnerLedger, OwnerStats
 from memos.storage.row_cache import OwnerRowCache
 from memos.storage.tables import MemoryRow
 from memos.storage.vectors import VectorIndex
+
+_MEMORIES = table_of(MemoryRow)  # the memories table, for Core reads
 
 
 class SearchRecord(MemoryRecord, Protocol):
@@ -199,7 +201,7 @@ class CandidateSearch:
         # scanning the owner's index); the other conditions are checked here.
         with self.db.session() as session:
             # Core rows (attribute access like the ORM rows, without the ORM's per-object cost).
-            table = MemoryRow.__table__
+            table = _MEMORIES
             rows = list(session.execute(select(table).where(table.c.id.in_(ids))).all())
         return {
             row.id: StoredMemory(self.codec, row)
@@ -219,7 +221,7 @@ class CandidateSearch:
         if not wanted or window <= 0:
             return {}
         # One indexed range read per anchor (tenant, owner, session_key, seq), in one statement.
-        table = MemoryRow.__table__
+        table = _MEMORIES
         columns = ", ".join(c.name for c in table.columns)
         statement = " UNION ALL ".join(
             f"SELECT {columns} FROM {table.name} WHERE tenant = :tenant AND owner = :owner AND state = :state"

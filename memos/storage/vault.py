@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from memos.db import Database
 from memos.embeddings import Embedder, normalise
@@ -212,10 +212,10 @@ class MemVault:
         """The owner's active rows with the texts of the batch, by content hash."""
         rows = session.execute(
             select(MemoryRow).where(
-                MemoryRow.tenant == batch.tenant,
-                MemoryRow.owner == batch.owner,
-                MemoryRow.state == State.ACTIVE.value,
-                MemoryRow.content_hash.in_(sorted(set(batch.hashes))),
+                col(MemoryRow.tenant) == batch.tenant,
+                col(MemoryRow.owner) == batch.owner,
+                col(MemoryRow.state) == State.ACTIVE.value,
+                col(MemoryRow.content_hash).in_(sorted(set(batch.hashes))),
             )
         ).scalars()
         return {row.content_hash: row for row in rows}
@@ -418,7 +418,7 @@ class MemVault:
             with self.db.session() as own:
                 return self._live_row(tenant, memory_id, own)
         row = session.execute(
-            select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+            select(MemoryRow).where(col(MemoryRow.tenant) == tenant, col(MemoryRow.id) == memory_id)
         ).scalar_one_or_none()
         if row is None or row.state == State.DELETED.value:
             raise MemoryNotFound(memory_id)
@@ -466,11 +466,13 @@ class MemVault:
             count = session.execute(
                 select(func.count())
                 .select_from(MemoryRow)
-                .where(MemoryRow.tenant == tenant, MemoryRow.owner == owner)
+                .where(col(MemoryRow.tenant) == tenant, col(MemoryRow.owner) == owner)
             ).scalar_one()
             self._postings.clear_owner(session, tenant, owner)
             self._versions.erase_owner(session, tenant, owner)
-            session.execute(delete(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.owner == owner))
+            session.execute(
+                delete(MemoryRow).where(col(MemoryRow.tenant) == tenant, col(MemoryRow.owner) == owner)
+            )
             self._owners.erased(session, tenant, owner)
         self.vectors.delete_owner(tenant, okey, purge=True)
         self._search.forget_owner(tenant, owner)
@@ -505,8 +507,8 @@ class MemVault:
             for n, ids in sorted(by_count.items()):
                 session.execute(
                     update(MemoryRow)
-                    .where(MemoryRow.tenant == tenant, MemoryRow.id.in_(ids))
-                    .values(hits=MemoryRow.hits + n, last_hit_at=stamp)
+                    .where(col(MemoryRow.tenant) == tenant, col(MemoryRow.id).in_(ids))
+                    .values(hits=col(MemoryRow.hits) + n, last_hit_at=stamp)
                 )
         # After the commit (a reader meanwhile may cache the old count). Not a change of the row's
         # content, so the counter stays: the cached rows take the increment (another replica's hits
@@ -534,9 +536,9 @@ class MemVault:
             rows = list(
                 session.execute(
                     select(MemoryRow).where(
-                        MemoryRow.tenant == tenant,
-                        MemoryRow.owner == owner,
-                        MemoryRow.state == State.ACTIVE.value,
+                        col(MemoryRow.tenant) == tenant,
+                        col(MemoryRow.owner) == owner,
+                        col(MemoryRow.state) == State.ACTIVE.value,
                     )
                 ).scalars()
             )
@@ -563,7 +565,7 @@ class MemVault:
     def get(self, tenant: str, memory_id: str, *, include_deleted: bool = False) -> MemoryItem | None:
         with self.db.session() as session:
             row = session.execute(
-                select(MemoryRow).where(MemoryRow.tenant == tenant, MemoryRow.id == memory_id)
+                select(MemoryRow).where(col(MemoryRow.tenant) == tenant, col(MemoryRow.id) == memory_id)
             ).scalar_one_or_none()
             if row is None or (row.state == State.DELETED.value and not include_deleted):
                 return None
@@ -581,13 +583,13 @@ class MemVault:
         """Newest first. The cursor is opaque (the last item's sequence number)."""
         limit = max(1, min(int(limit), 1000))
         stmt = select(MemoryRow).where(
-            MemoryRow.tenant == tenant,
-            MemoryRow.owner == owner,
-            MemoryRow.state.in_([str(State(s)) for s in states]),
+            col(MemoryRow.tenant) == tenant,
+            col(MemoryRow.owner) == owner,
+            col(MemoryRow.state).in_([str(State(s)) for s in states]),
         )
         if cursor:
-            stmt = stmt.where(MemoryRow.seq < decode_cursor(cursor))
-        stmt = stmt.order_by(MemoryRow.seq.desc()).limit(limit + 1)
+            stmt = stmt.where(col(MemoryRow.seq) < decode_cursor(cursor))
+        stmt = stmt.order_by(col(MemoryRow.seq).desc()).limit(limit + 1)
         with self.db.session() as session:
             rows = list(session.execute(stmt).scalars())
         more = len(rows) > limit
@@ -620,12 +622,12 @@ class MemVault:
             row = session.execute(
                 select(MemoryRow)
                 .where(
-                    MemoryRow.tenant == tenant,
-                    MemoryRow.owner == owner,
-                    MemoryRow.state == State.ACTIVE.value,
-                    MemoryRow.content_hash == h,
+                    col(MemoryRow.tenant) == tenant,
+                    col(MemoryRow.owner) == owner,
+                    col(MemoryRow.state) == State.ACTIVE.value,
+                    col(MemoryRow.content_hash) == h,
                 )
-                .order_by(MemoryRow.seq)
+                .order_by(col(MemoryRow.seq))
                 .limit(1)
             ).scalar_one_or_none()
             return None if row is None else self._codec.to_item(row)
@@ -635,10 +637,10 @@ class MemVault:
             return [
                 r[0]
                 for r in session.execute(
-                    select(MemoryRow.owner)
-                    .where(MemoryRow.tenant == tenant)
+                    select(col(MemoryRow.owner))
+                    .where(col(MemoryRow.tenant) == tenant)
                     .distinct()
-                    .order_by(MemoryRow.owner)
+                    .order_by(col(MemoryRow.owner))
                 ).all()
             ]
 

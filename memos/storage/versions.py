@@ -8,16 +8,28 @@ stays: state, reason, time). Erasing an owner removes the rows.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypedDict
 
 from sqlalchemy import delete, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from memos.db import Database
 from memos.item import MemoryItem, State
 from memos.storage.codec import MemoryCodec, MemoryRecord
 from memos.storage.tables import MemoryVersionRow
 
-VersionValues = dict[str, str | int | bytes | datetime | None]  # one memory_versions row, for a bulk insert
+
+class VersionValues(TypedDict):
+    """One memory_versions row, for a bulk insert (or the keyword arguments of a MemoryVersionRow)."""
+
+    memory_id: str
+    version: int
+    tenant: str
+    owner: str
+    state: str
+    reason: str
+    payload: bytes | None
+    created_at: datetime
 
 
 class VersionLog:
@@ -49,8 +61,8 @@ class VersionLog:
         return list(
             session.execute(
                 select(MemoryVersionRow)
-                .where(MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == memory_id)
-                .order_by(MemoryVersionRow.version)
+                .where(col(MemoryVersionRow.tenant) == tenant, col(MemoryVersionRow.memory_id) == memory_id)
+                .order_by(col(MemoryVersionRow.version))
             ).scalars()
         )
 
@@ -64,8 +76,8 @@ class VersionLog:
     def reasons(self, tenant: str, memory_id: str) -> dict[int, str]:
         with self.db.session() as session:
             rows = session.execute(
-                select(MemoryVersionRow.version, MemoryVersionRow.reason).where(
-                    MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == memory_id
+                select(col(MemoryVersionRow.version), col(MemoryVersionRow.reason)).where(
+                    col(MemoryVersionRow.tenant) == tenant, col(MemoryVersionRow.memory_id) == memory_id
                 )
             ).all()
         return {int(v): r for v, r in rows}
@@ -74,11 +86,13 @@ class VersionLog:
         """Empty the payload of every version of the item (it is being deleted)."""
         session.execute(
             update(MemoryVersionRow)
-            .where(MemoryVersionRow.tenant == tenant, MemoryVersionRow.memory_id == memory_id)
+            .where(col(MemoryVersionRow.tenant) == tenant, col(MemoryVersionRow.memory_id) == memory_id)
             .values(payload=None)
         )
 
     def erase_owner(self, session: Session, tenant: str, owner: str) -> None:
         session.execute(
-            delete(MemoryVersionRow).where(MemoryVersionRow.tenant == tenant, MemoryVersionRow.owner == owner)
+            delete(MemoryVersionRow).where(
+                col(MemoryVersionRow.tenant) == tenant, col(MemoryVersionRow.owner) == owner
+            )
         )

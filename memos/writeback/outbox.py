@@ -21,11 +21,11 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Index, LargeBinary, delete, exists, func, select, update
+from sqlalchemy import Column, ColumnElement, Index, LargeBinary, delete, exists, func, select, update
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
-from memos.db import Database
+from memos.db import Database, table_of
 from memos.keys.keyring import Keyring
 
 log = logging.getLogger(__name__)
@@ -195,9 +195,9 @@ class Outbox:
         return records
 
     @staticmethod
-    def _ready(now: float) -> Any:
-        return (OutboxRow.next_attempt_at <= now) & (
-            OutboxRow.claimed_until.is_(None) | (OutboxRow.claimed_until < now)
+    def _ready(now: float) -> ColumnElement[bool]:
+        return (col(OutboxRow.next_attempt_at) <= now) & (
+            col(OutboxRow.claimed_until).is_(None) | (col(OutboxRow.claimed_until) < now)
         )
 
     def _choose(
@@ -212,28 +212,30 @@ class Outbox:
         them, then a few rows per user), so a deep backlog does not make every claim slow."""
         per_user = limit if per_owner is None else max(1, min(per_owner, limit))
         heads = (
-            select(func.min(OutboxRow.id).label("id")).group_by(OutboxRow.tenant, OutboxRow.owner).subquery()
+            select(func.min(col(OutboxRow.id)).label("id"))
+            .group_by(col(OutboxRow.tenant), col(OutboxRow.owner))
+            .subquery()
         )
         # Users whose oldest row can be taken now, those waiting longest first.
         users = session.execute(
-            select(OutboxRow.tenant, OutboxRow.owner)
-            .join(heads, OutboxRow.id == heads.c.id)
+            select(col(OutboxRow.tenant), col(OutboxRow.owner))
+            .join(heads, col(OutboxRow.id) == heads.c.id)
             .where(self._ready(now))
-            .order_by(OutboxRow.id)
+            .order_by(col(OutboxRow.id))
             .limit(limit)
         ).all()
         prefixes: list[list[tuple[int, int]]] = []
         for tenant, owner in users:
             rows = session.execute(
                 select(
-                    OutboxRow.id,
-                    OutboxRow.next_attempt_at,
-                    OutboxRow.claimed_until,
-                    func.length(OutboxRow.payload),
+                    col(OutboxRow.id),
+                    col(OutboxRow.next_attempt_at),
+                    col(OutboxRow.claimed_until),
+                    func.length(col(OutboxRow.payload)),
                 )
-                .where(OutboxRow.tenant == tenant)
-                .where(OutboxRow.owner == owner)
-                .order_by(OutboxRow.id)
+                .where(col(OutboxRow.tenant) == tenant)
+                .where(col(OutboxRow.owner) == owner)
+                .order_by(col(OutboxRow.id))
                 .limit(per_user)
             ).all()
             prefix: list[tuple[int, int]] = []
@@ -259,23 +261,23 @@ class Outbox:
     def _take(self, session: Any, chosen: list[int], token: str, now: float) -> list[Any]:
         """Claim the chosen rows that are still due; on PostgreSQL skipping rows another claimer is
         locking (and then giving back their users' later rows, see `_give_back_out_of_order`)."""
-        due: Any = select(OutboxRow.id).where(OutboxRow.id.in_(chosen)).where(self._ready(now))
+        due: Any = select(col(OutboxRow.id)).where(col(OutboxRow.id).in_(chosen)).where(self._ready(now))
         if self._db.is_postgres:
             due = due.with_for_update(skip_locked=True)
         rows = list(
             session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id.in_(due.scalar_subquery()))
+                .where(col(OutboxRow.id).in_(due.scalar_subquery()))
                 .values(claim_token=token, claimed_until=now + self.lease_s)
                 .returning(
-                    OutboxRow.id,
-                    OutboxRow.tenant,
-                    OutboxRow.owner,
-                    OutboxRow.request_id,
-                    OutboxRow.created_at,
-                    OutboxRow.attempts,
-                    OutboxRow.payload,
-                    OutboxRow.erased,
+                    col(OutboxRow.id),
+                    col(OutboxRow.tenant),
+                    col(OutboxRow.owner),
+                    col(OutboxRow.request_id),
+                    col(OutboxRow.created_at),
+                    col(OutboxRow.attempts),
+                    col(OutboxRow.payload),
+                    col(OutboxRow.erased),
                 )
                 .execution_options(synchronize_session=False)
             ).all()
@@ -288,7 +290,7 @@ class Outbox:
     def _any_due(self, now: float) -> bool:
         """A read-only look first: most polls find nothing, and a claim is a write transaction."""
         with self._db.session() as session:
-            found = session.execute(select(OutboxRow.id).where(self._ready(now)).limit(1)).first()
+            found = session.execute(select(col(OutboxRow.id)).where(self._ready(now)).limit(1)).first()
         return found is not None
 
     def _run_claim(self, take: Callable[[Any], list[Any]]) -> list[Any]:
@@ -310,7 +312,7 @@ class Outbox:
         """PostgreSQL: concurrent claimers choose from snapshots, so one may have skipped a user's row that
         another was locking and taken the user's next. This statement sees every committed row: give
         back each row of ours that has an earlier row of its user outside this claim."""
-        outbox = OutboxRow.__table__
+        outbox = table_of(OutboxRow)
         earlier = outbox.alias("earlier")
         given_back = session.execute(
             update(outbox)
@@ -340,9 +342,9 @@ class Outbox:
         with self._db.write() as session:
             deleted = session.execute(
                 delete(OutboxRow)
-                .where(OutboxRow.id.in_(list(row_ids)))
-                .where(OutboxRow.claim_token == claim_token)
-                .returning(OutboxRow.id, OutboxRow.erased)
+                .where(col(OutboxRow.id).in_(list(row_ids)))
+                .where(col(OutboxRow.claim_token) == claim_token)
+                .returning(col(OutboxRow.id), col(OutboxRow.erased))
                 .execution_options(synchronize_session=False)
             ).all()
         acks = dict.fromkeys(row_ids, Ack.LOST)
@@ -358,9 +360,9 @@ class Outbox:
         kind = error if isinstance(error, str) else type(error).__name__
         with self._db.write() as session:
             attempts = session.execute(
-                select(OutboxRow.attempts)
-                .where(OutboxRow.id == row_id)
-                .where(OutboxRow.claim_token == claim_token)
+                select(col(OutboxRow.attempts))
+                .where(col(OutboxRow.id) == row_id)
+                .where(col(OutboxRow.claim_token) == claim_token)
             ).scalar_one_or_none()
             if attempts is None:
                 return
@@ -368,8 +370,8 @@ class Outbox:
             delay *= 0.5 + random.random() / 2
             session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id == row_id)
-                .where(OutboxRow.claim_token == claim_token)
+                .where(col(OutboxRow.id) == row_id)
+                .where(col(OutboxRow.claim_token) == claim_token)
                 .values(
                     attempts=attempts + 1,
                     next_attempt_at=now + delay,
@@ -384,10 +386,10 @@ class Outbox:
         """Renew a lease while a row is still being worked on."""
         now = time.time() if now is None else now
         with self._db.write() as session:
-            result = session.execute(
+            result = session.exec(
                 update(OutboxRow)
-                .where(OutboxRow.id == row_id)
-                .where(OutboxRow.claim_token == claim_token)
+                .where(col(OutboxRow.id) == row_id)
+                .where(col(OutboxRow.claim_token) == claim_token)
                 .values(claimed_until=now + self.lease_s)
                 .execution_options(synchronize_session=False)
             )
@@ -396,10 +398,10 @@ class Outbox:
     def release(self, row_id: int, claim_token: str) -> bool:
         """Give a claimed row back untouched (the worker is stopping); it is due again at once."""
         with self._db.write() as session:
-            result = session.execute(
+            result = session.exec(
                 update(OutboxRow)
-                .where(OutboxRow.id == row_id)
-                .where(OutboxRow.claim_token == claim_token)
+                .where(col(OutboxRow.id) == row_id)
+                .where(col(OutboxRow.claim_token) == claim_token)
                 .values(claim_token=None, claimed_until=None)
                 .execution_options(synchronize_session=False)
             )
@@ -408,9 +410,9 @@ class Outbox:
     def release_all_claims(self) -> int:
         """At start of the only process using a SQLite database: claims left by a killed process are dead."""
         with self._db.write() as session:
-            result = session.execute(
+            result = session.exec(
                 update(OutboxRow)
-                .where(OutboxRow.claim_token.is_not(None))
+                .where(col(OutboxRow.claim_token).is_not(None))
                 .values(claim_token=None, claimed_until=None)
                 .execution_options(synchronize_session=False)
             )
@@ -422,14 +424,14 @@ class Outbox:
         """Rows waiting to be written back (claimed ones included) and the age of the oldest."""
         with self._db.session() as session:
             count, oldest = session.execute(
-                select(func.count(), func.min(OutboxRow.created_at)).select_from(OutboxRow)
+                select(func.count(), func.min(col(OutboxRow.created_at))).select_from(OutboxRow)
             ).one()
         return OutboxBacklog(int(count), max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 
     def pending(self, tenant: str | None = None) -> int:
         statement = select(func.count()).select_from(OutboxRow)
         if tenant is not None:
-            statement = statement.where(OutboxRow.tenant == tenant)
+            statement = statement.where(col(OutboxRow.tenant) == tenant)
         with self._db.session() as session:
             return int(session.execute(statement).scalar_one())
 
@@ -438,18 +440,18 @@ class Outbox:
         loses its payload and is marked erased, so that worker erases its own writes again when it
         acknowledges (this eraser must run before the vault's; see the composition root)."""
         with self._db.session() as session:
-            dropped = session.execute(
+            dropped = session.exec(
                 delete(OutboxRow)
-                .where(OutboxRow.tenant == tenant)
-                .where(OutboxRow.owner == owner)
-                .where(OutboxRow.claim_token.is_(None))
+                .where(col(OutboxRow.tenant) == tenant)
+                .where(col(OutboxRow.owner) == owner)
+                .where(col(OutboxRow.claim_token).is_(None))
                 .execution_options(synchronize_session=False)
             )
-            held = session.execute(
+            held = session.exec(
                 update(OutboxRow)
-                .where(OutboxRow.tenant == tenant)
-                .where(OutboxRow.owner == owner)
-                .where(OutboxRow.claim_token.is_not(None))
+                .where(col(OutboxRow.tenant) == tenant)
+                .where(col(OutboxRow.owner) == owner)
+                .where(col(OutboxRow.claim_token).is_not(None))
                 .values(erased=True, payload=b"")
                 .execution_options(synchronize_session=False)
             )
@@ -457,9 +459,9 @@ class Outbox:
 
     def erase_tenant(self, tenant: str) -> int:
         with self._db.session() as session:
-            result = session.execute(
+            result = session.exec(
                 delete(OutboxRow)
-                .where(OutboxRow.tenant == tenant)
+                .where(col(OutboxRow.tenant) == tenant)
                 .execution_options(synchronize_session=False)
             )
             return int(result.rowcount or 0)
