@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 
 class _Strict(BaseModel):
@@ -64,6 +64,17 @@ class RedactionPolicy(_Strict):
     custom: list[RedactionRule] = Field(default_factory=list)
 
 
+class PlacementPolicy(_Strict):
+    """Where the memory block goes. By default it is one system message (a system input item on
+    /v1/responses) right after the client's own leading system/developer messages, which stay first and
+    byte-identical (so provider prefix caches keep hitting them)."""
+
+    # For upstreams (chat templates) that accept only one system message: the block is appended, after a
+    # blank line, to the client's (last leading) system message instead; on /v1/responses to its last
+    # leading system item, else to a string `instructions`. Without one it is still the first message.
+    single_system_message: bool = False
+
+
 class MemoryPolicy(_Strict):
     inject: bool = True
     write: bool = True
@@ -75,6 +86,35 @@ class MemoryPolicy(_Strict):
     redaction: RedactionPolicy = Field(default_factory=RedactionPolicy)
     fail_mode: FailMode = FailMode.OPEN
     allowed_modes: list[str] = Field(default_factory=lambda: ["plaintext", "activation", "parametric", "off"])
+    placement: PlacementPolicy = Field(default_factory=PlacementPolicy)
+
+
+# A JSON body field name (what `identity.body_fields` may name) and an HTTP header name (a token).
+BodyFieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")]
+# Headers that carry secrets: never read as a user id.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-memos-key"})
+
+
+class IdentityPolicy(_Strict):
+    """Where else the user of a chat may be named, for clients that cannot send X-Memos-User or `user`.
+
+    The order (proxy/identity.py): X-Memos-User, a user-bound key's user, the body's `user`, its
+    `safety_identifier`, then these body fields in order, then these headers in order."""
+
+    # Body fields naming the user (string values), e.g. [prompt_cache_key] where a client sets it per user.
+    body_fields: list[BodyFieldName] = Field(default_factory=list, max_length=8)
+    # Request headers naming the user, e.g. [X-OpenWebUI-User-Id] (Open WebUI with
+    # ENABLE_FORWARD_USER_INFO_HEADERS=true). Names are case-insensitive.
+    headers: list[HeaderName] = Field(default_factory=list, max_length=8)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secrets(cls, value: list[str]) -> list[str]:
+        secret = [name for name in value if name.lower() in _SECRET_HEADERS]
+        if secret:
+            raise ValueError(f"{secret[0]} carries a secret and cannot name a user")
+        return value
 
 
 # The names of memos.governance.acl.Operation ("*": all of them); kept in step by a test.
@@ -107,4 +147,5 @@ class Policy(_Strict):
     upstream: UpstreamPolicy = Field(default_factory=UpstreamPolicy)
     memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
     acl: AclPolicy = Field(default_factory=AclPolicy)
+    identity: IdentityPolicy = Field(default_factory=IdentityPolicy)
     audit_level: AuditLevel = AuditLevel.ALL

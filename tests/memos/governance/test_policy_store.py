@@ -36,6 +36,14 @@ def _write(path, text):
         ),
         ("memory:\n  redaction:\n    builtin: [email, ssn]\n", 3, "memory.redaction.builtin[1]"),
         ("audit_level: loud\n", 1, "audit_level"),
+        ("identity:\n  headers: [X-OpenWebUI-User-Id, Authorization]\n", 2, "identity.headers"),
+        ("identity:\n  headers: ['bad header']\n", 2, "identity.headers[0]"),
+        ("identity:\n  body_fields: [prompt-cache-key]\n", 2, "identity.body_fields[0]"),
+        (
+            "memory:\n  placement:\n    single_system_message: maybe\n",
+            3,
+            "memory.placement.single_system_message",
+        ),
         ("tenant: other\n", 1, "tenant"),
     ],
 )
@@ -45,6 +53,23 @@ def test_errors_name_file_line_and_field(text, line, field):
     err = info.value
     assert (err.file, err.line, err.field) == ("policies/acme.yaml", line, field), str(err)
     assert str(err).startswith(f"policies/acme.yaml:{line}: {field}: ")
+
+
+def test_identity_and_placement_are_read():
+    policy = parse_policy(
+        "memory:\n  placement:\n    single_system_message: true\n"
+        "identity:\n  body_fields: [prompt_cache_key]\n  headers: [X-OpenWebUI-User-Id]\n",
+        "acme.yaml",
+        "acme",
+    )
+    assert policy.memory.placement.single_system_message is True
+    assert (policy.identity.body_fields, policy.identity.headers) == (
+        ["prompt_cache_key"],
+        ["X-OpenWebUI-User-Id"],
+    )
+    default = parse_policy("{}\n", "acme.yaml", "acme")
+    assert default.memory.placement.single_system_message is False
+    assert (default.identity.body_fields, default.identity.headers) == ([], [])
 
 
 def test_yaml_syntax_error_has_a_line():
