@@ -23,6 +23,7 @@ erasure, export, tenant deletion, master rotation). Without `level` the entry is
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -458,7 +459,7 @@ class AuditLog:
         next_cursor = str(entries[-1].seq) if len(rows) > limit and entries else None
         return entries, next_cursor
 
-    def tenants(self) -> list[str]:
+    def tenants(self) -> builtins.list[str]:
         with self._db.session() as session:
             heads = set(session.exec(select(AuditHeadRow.tenant)).all())
             entries = set(session.exec(select(AuditEntryRow.tenant).distinct()).all())

@@ -41,7 +41,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import update
+from sqlmodel import col, select
+
 from memos.keys.crypto import MasterKey
+from memos.keys.keyring import TenantKeyRow
 from memos.polling import PollingThread
 
 _HEADER = (
@@ -246,10 +250,6 @@ def rewrap_all(db: object, keys: MasterKeySet) -> RewrapReport:
     A row changed meanwhile (deleted tenant, a concurrent re-wrap) is re-read once and otherwise left
     to the next pass. Data is untouched: only the wrapped copies of the data keys change.
     """
-    from sqlalchemy import update
-    from sqlmodel import col, select
-
-    from memos.keys.keyring import TenantKeyRow
 
     by_id = {k.key_id: k for k in keys.all}
     target = keys.active

@@ -16,8 +16,9 @@ from datetime import datetime
 
 import numpy as np
 
+from memos.clock import aware
 from memos.item import Kind, MemoryItem, Scope, Source, State, bounded_sources, source_dict
-from memos.storage.codec import MemoryCodec, aware
+from memos.storage.codec import MemoryCodec
 from memos.storage.keyword import DocTerms
 from memos.storage.tables import MemoryRow
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from memos.clock import aware
 from memos.item import Kind, MemoryItem, Scope, Source, State
-from memos.storage.codec import aware
 from memos.storage.tables import MemoryRow
 
 

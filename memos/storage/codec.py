@@ -12,11 +12,12 @@ Plaintext exists only in the MemoryItem decoded here, in memory.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
 
+from memos.clock import aware
 from memos.item import Kind, MemoryItem, Scope, Source, State, snapshot, source_dict
 from memos.keys.keyring import Keyring
 from memos.limits import metadata_problem
@@ -45,13 +46,6 @@ class MemoryRecord(Protocol):
     created_at: datetime
     updated_at: datetime
     last_hit_at: datetime | None
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """`value` with a zone (SQLite hands back naive datetimes; they are UTC)."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _from_iso(value: str | None) -> datetime | None:

@@ -18,10 +18,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy import text as sql_text
 
+from memos.clock import aware
 from memos.db import Database, table_of
 from memos.embeddings import normalise
 from memos.item import MemoryItem, State
-from memos.storage.codec import MemoryCodec, MemoryRecord, aware
+from memos.storage.codec import MemoryCodec, MemoryRecord
 from memos.storage.keyword import Bm25
 from memos.storage.owners import OwnerLedger, OwnerStats
 from memos.storage.row_cache import OwnerRowCache

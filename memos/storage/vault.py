@@ -25,6 +25,7 @@ and rows for retrieval) and .vectors (LanceDB and its cache, told what each writ
 from __future__ import annotations
 
 import base64
+import builtins
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -597,7 +598,7 @@ class MemVault:
         next_cursor = encode_cursor(rows[-1].seq) if more and rows else None
         return [self._codec.to_item(r) for r in rows], next_cursor
 
-    def history(self, tenant: str, memory_id: str) -> list[MemoryItem]:
+    def history(self, tenant: str, memory_id: str) -> builtins.list[MemoryItem]:
         """Every version, oldest first (a deleted item has no history to show: MemoryNotFound)."""
         with self.db.session() as session:
             row = self._live_row(tenant, memory_id, session)
@@ -632,7 +633,7 @@ class MemVault:
             ).scalar_one_or_none()
             return None if row is None else self._codec.to_item(row)
 
-    def owners(self, tenant: str) -> list[str]:
+    def owners(self, tenant: str) -> builtins.list[str]:
         with self.db.session() as session:
             return [
                 r[0]
@@ -648,7 +649,7 @@ class MemVault:
 
     def dense(
         self, tenant: str, owner: str, query_vector: np.ndarray, k: int, *, changes: int | None = None
-    ) -> list[tuple[str, str, float]]:
+    ) -> builtins.list[tuple[str, str, float]]:
         """[(memory id, vector id, cosine)] best first over the owner's active vectors (unvalidated)."""
         return self._search.dense(tenant, owner, query_vector, k, changes=changes)
 
@@ -658,7 +659,7 @@ class MemVault:
 
     def keyword(
         self, tenant: str, owner: str, query: str, k: int, *, stats: OwnerStats | None = None
-    ) -> list[tuple[str, float]]:
+    ) -> builtins.list[tuple[str, float]]:
         """[(memory id, BM25)] best first over the owner's active memories."""
         return self._search.keyword(tenant, owner, query, k, stats=stats)
 
@@ -677,14 +678,14 @@ class MemVault:
 
     def neighbours(
         self, tenant: str, owner: str, anchors: Sequence[StoredMemory], window: int = 1
-    ) -> dict[str, list[StoredMemory]]:
+    ) -> dict[str, builtins.list[StoredMemory]]:
         """For each anchor with a session: the active memories of the same session within `window`
         sequence numbers (excluding the anchor), in sequence order."""
         return self._search.neighbours(tenant, owner, anchors, window)
 
     def nearest(
         self, tenant: str, owner: str, text_or_vector: str | np.ndarray, k: int = 5
-    ) -> list[tuple[MemoryItem, float]]:
+    ) -> builtins.list[tuple[MemoryItem, float]]:
         """The owner's active memories nearest to a text or a raw vector: [(item, cosine)] best first."""
         if isinstance(text_or_vector, str):
             vector = self._embed([text_or_vector])[0]
