@@ -2,8 +2,9 @@
 
 plan(): decide, once (memos.chat.planner), what memory may do and which mode serves; for plaintext,
 retrieve the user's memories with their latest turns as the query, keep what fits the policy's token
-budget, and place one fenced system block first (memos.recall.injection), or hand the block to the
-local runtime; audit the injection (memory ids only). complete(): redact the exchange and commit it to
+budget, and place one fenced system block right after the client's own system/developer messages
+(memos.recall.injection), or hand the block to the local runtime (which puts it first: its KV cache is
+a prefix); audit the injection (memory ids only). complete(): redact the exchange and commit it to
 the outbox before returning, so the reply's last byte is only sent once the exchange is durable; the
 worker does the rest.
 
@@ -236,7 +237,9 @@ class VaultChatMemory:
                 block_tokens=block_tokens,
             )
         return MemoryPlan(
-            body=injection.inject(body, chosen),
+            body=injection.inject(
+                body, chosen, single_system_message=ctx.policy.memory.placement.single_system_message
+            ),
             switch=switch,
             mode=MemoryMode.PLAINTEXT,
             injected_ids=tuple(ids),

@@ -1,4 +1,10 @@
-"""Renders retrieved memories as one system message, placed first, marked and fenced as reference data.
+"""Renders retrieved memories as one system message, marked and fenced as reference data, and places it.
+
+Placement: the client's leading system/developer messages stay first and byte-identical; the block is
+one system message right after them (first when the client has none), so a provider's prefix cache
+keeps hitting the client's whole system prompt (and its tools) whatever memories a turn brings. With
+`single_system_message` (the policy's `memory.placement`, for upstreams that accept only one system
+message) the block is appended, after a blank line, to the last of those messages instead.
 
 Properties the tests pin:
 - Byte-stable: the same set of memories gives the same bytes, whatever order retrieval ranked them in
@@ -15,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -123,13 +129,72 @@ def system_message(memories: Sequence[RenderedMemory]) -> dict[str, Any] | None:
     return {"role": "system", "content": content} if content else None
 
 
-def inject(body: dict[str, Any], memories: Sequence[RenderedMemory]) -> dict[str, Any]:
-    """A copy of the chat body with the memory block as its first message (the body is not mutated)."""
+SYSTEM_ROLES = ("system", "developer")
+
+
+def is_system_message(message: Any) -> bool:
+    """A chat message the client's system prompt is made of (system, or developer for newer models)."""
+    return isinstance(message, dict) and message.get("role") in SYSTEM_ROLES
+
+
+def leading(items: Sequence[Any], is_system: Callable[[Any], bool]) -> int:
+    """How many of `items` open the conversation as system prompt."""
+    count = 0
+    for item in items:
+        if not is_system(item):
+            break
+        count += 1
+    return count
+
+
+def merged(message: dict[str, Any], block: str, text_part: str) -> dict[str, Any] | None:
+    """`message` with `block` appended to its content after a blank line (a string content), or as a
+    last text part of type `text_part` (content parts); None when its content is neither. The copy
+    keeps the message's keys in their order."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": f"{content}\n\n{block}" if content else block}
+    if isinstance(content, list):
+        return {**message, "content": [*content, {"type": text_part, "text": f"\n\n{block}"}]}
+    return None
+
+
+def placed(
+    items: Sequence[Any],
+    block: str,
+    new_item: dict[str, Any],
+    *,
+    is_system: Callable[[Any], bool],
+    single_system_message: bool,
+    text_part: str,
+) -> list[Any]:
+    """`items` with the block placed: `new_item` right after the leading system items, or merged into
+    the last of them (`single_system_message`, when there is one whose content can take it)."""
+    count = leading(items, is_system)
+    if single_system_message and count:
+        into = merged(items[count - 1], block, text_part)
+        if into is not None:
+            return [*items[: count - 1], into, *items[count:]]
+    return [*items[:count], new_item, *items[count:]]
+
+
+def inject(
+    body: dict[str, Any], memories: Sequence[RenderedMemory], *, single_system_message: bool = False
+) -> dict[str, Any]:
+    """A copy of the chat body with the memory block placed in `messages` (see the module's docstring);
+    the body is not mutated, and the client's messages are the same objects, in the same order."""
     message = system_message(memories)
     if message is None:
         return body
     out = dict(body)
-    out["messages"] = [message, *list(body.get("messages") or [])]
+    out["messages"] = placed(
+        list(body.get("messages") or []),
+        message["content"],
+        message,
+        is_system=is_system_message,
+        single_system_message=single_system_message,
+        text_part="text",
+    )
     return out
 
 

@@ -53,8 +53,9 @@ def test_hostile_memories_stay_inside_the_fence(running: RunningProxy, upstream)
     )
     assert int(raw.headers["x-memos-memories"]) == len(ATTACKS)
     sent = upstream.chat_requests[-1]["messages"]
-    assert sent[1:] == conversation  # the caller's messages, untouched, after the block
-    block = sent[0]
+    # The caller's messages, untouched: its system prompt first, the block right after it.
+    assert [sent[0], *sent[2:]] == conversation
+    block = sent[1]
     assert block["role"] == "system" and block["content"].startswith(HEADER)
     lines = block["content"].split("\n")
     fences = [i for i, line in enumerate(lines) if FENCE.match(line)]

@@ -1,9 +1,10 @@
 """Memory through the proxy, end to end: the official openai SDK -> proxy -> loopback upstream.
 
 What a user tells the model in one chat reaches the upstream request of a later chat of that user (as
-the first, system, message), never another user's; the memory switch and the policy decide what is
-injected and what is written back; contradicted facts stop being injected; the LLM extractor is a
-model on the same upstream. Every wait polls with a deadline; nothing asserts on wall time.
+a system message after the client's own system prompt, first when it has none), never another user's;
+the memory switch and the policy decide what is injected and what is written back; contradicted facts
+stop being injected; the LLM extractor is a model on the same upstream. Every wait polls with a
+deadline; nothing asserts on wall time.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from memos.chat.contract import (
 from memos.chat.memory import RetrieverRecall, VaultChatMemory, new_turns, query_of
 from memos.governance.audit import AuditLog
 from memos.governance.group_commit import GroupCommitAudit
-from memos.governance.policy import FailMode, Policy
+from memos.governance.policy import FailMode, PlacementPolicy, Policy
 from memos.governance.principal import Principal, Role
 from memos.item import State
 from memos.recall.retrieval import Retriever
@@ -145,6 +145,22 @@ async def test_the_block_is_byte_stable_across_turns(stack: Stack) -> None:
     second = await stack.ask("alice", "Remind me: cello or violin?", rid="r2")
     assert first.injected_ids == second.injected_ids
     assert system_block(first).encode() == system_block(second).encode()
+
+
+async def test_the_block_follows_the_client_system_prompt_or_merges_into_it_by_policy(stack: Stack) -> None:
+    await stack.chat("alice", "I play the cello in an orchestra.")
+    await stack.drain()
+    system = {"role": "system", "content": "You are a music tutor."}
+    question = {"role": "user", "content": "Which instrument do I play, cello?"}
+    body = {"model": "m", "messages": [system, question]}
+    prepared = await stack.memory.plan(stack.context("alice"), body)
+    sent = prepared.body["messages"]
+    assert sent[0] is system and sent[2] is question and len(sent) == 3
+    assert sent[1]["role"] == "system" and "cello" in sent[1]["content"]
+    stack.policies.set(placement=PlacementPolicy(single_system_message=True))
+    merged = (await stack.memory.plan(stack.context("alice"), body)).body["messages"]
+    assert len(merged) == 2 and merged[1] is question
+    assert merged[0]["content"] == "You are a music tutor.\n\n" + sent[1]["content"]
 
 
 async def test_switches_and_policy(stack: Stack) -> None:

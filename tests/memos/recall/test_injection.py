@@ -1,4 +1,5 @@
-"""Injection: one system block placed first, byte-stable, fenced as data; memory text cannot escape it."""
+"""Injection: one system block right after the client's system prompt, byte-stable, fenced as data;
+memory text cannot escape it."""
 
 from __future__ import annotations
 
@@ -36,16 +37,49 @@ def fence_lines(content: str) -> list[str]:
     return [line for line in content.split("\n") if FENCE.match(line)]
 
 
-def test_block_is_the_first_message_and_the_body_is_not_mutated() -> None:
+def test_block_follows_the_client_system_prompt_and_the_body_is_not_mutated() -> None:
     body = {
         "model": "m",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
     }
     out = inject(body, MEMORIES)
-    assert out["messages"][0]["role"] == "system"
-    assert "I live in Lyon." in out["messages"][0]["content"]
-    assert out["messages"][1:] == body["messages"]
+    assert out["messages"][0] is body["messages"][0]  # the client's own system message, still first
+    block = out["messages"][1]
+    assert block["role"] == "system" and "I live in Lyon." in block["content"]
+    assert out["messages"][2] is body["messages"][1]
     assert len(body["messages"]) == 2
+
+
+def test_block_comes_after_every_leading_system_and_developer_message_only() -> None:
+    messages = [
+        {"role": "developer", "content": "Rules."},
+        {"role": "system", "content": [{"type": "text", "text": "More rules."}]},
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "A later system message is conversation, not prompt."},
+    ]
+    out = inject({"messages": messages}, MEMORIES)["messages"]
+    assert out[:2] == messages[:2] and out[3:] == messages[2:]
+    assert out[2]["role"] == "system" and out[2]["content"] == render(MEMORIES)
+
+
+def test_without_a_system_prompt_the_block_is_first() -> None:
+    out = inject({"messages": [{"role": "user", "content": "hi"}]}, MEMORIES)["messages"]
+    assert [m["role"] for m in out] == ["system", "user"] and out[0]["content"] == render(MEMORIES)
+
+
+def test_single_system_message_merges_the_block_into_the_client_system_message() -> None:
+    system = {"role": "system", "content": "Be brief.", "name": "app"}
+    body = {"messages": [system, {"role": "user", "content": "hi"}]}
+    out = inject(body, MEMORIES, single_system_message=True)["messages"]
+    assert len(out) == 2 and out[1] is body["messages"][1]
+    assert out[0] == {"role": "system", "content": "Be brief.\n\n" + render(MEMORIES), "name": "app"}
+    assert list(out[0]) == ["role", "content", "name"] and system["content"] == "Be brief."  # a copy
+    # Content parts: the block is a last text part; no system message at all: the block is first.
+    parts = {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
+    merged = inject({"messages": [parts]}, MEMORIES, single_system_message=True)["messages"]
+    assert merged[0]["content"][1] == {"type": "text", "text": "\n\n" + render(MEMORIES)}
+    alone = inject({"messages": [{"role": "user", "content": "hi"}]}, MEMORIES, single_system_message=True)
+    assert [m["role"] for m in alone["messages"]] == ["system", "user"]
 
 
 def test_nothing_to_inject_leaves_the_body_alone() -> None:
