@@ -9,12 +9,12 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from memos import MemosError
+from proxy.cors import cors_middleware
 from proxy.errors import ApiError, error_response, memos_error
 from proxy.metrics import Metrics
 from proxy.middleware import ProxyMiddleware
@@ -33,16 +33,6 @@ def routes() -> list[BaseRoute]:
         *audit.routes(),
         *passthrough.routes(),
     ]
-
-
-# Response headers a browser app may read (the rest stay hidden by CORS).
-EXPOSED_HEADERS = (
-    "x-request-id",
-    "x-memos-memory-mode",
-    "x-memos-memories",
-    "x-memos-memory-reason",
-    "retry-after",
-)
 
 
 def create_app(settings: Settings, *, configure: Callable[[Services], None] | None = None) -> Starlette:
@@ -94,20 +84,10 @@ def create_app(settings: Settings, *, configure: Callable[[Services], None] | No
         )
 
     middleware = [Middleware(ProxyMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)]
-    if settings.cors_origins:
+    cors = cors_middleware(settings)
+    if cors is not None:
         # Outermost: a preflight is answered before authentication (browsers send it without a key).
-        middleware.insert(
-            0,
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                allow_headers=["*"],  # Authorization, X-Memos-*, and what SDKs add (x-stainless-*)
-                expose_headers=list(EXPOSED_HEADERS),
-                allow_credentials=False,
-                max_age=600,
-            ),
-        )
+        middleware.insert(0, cors)
     return Starlette(
         routes=routes(),
         middleware=middleware,

@@ -38,14 +38,13 @@ from memos import (
     PollingThread,
     Principal,
     authorize,
-    effective_user,
     exception_summary,
     hash_key,
     parse_key_id,
 )
 from proxy.auth_limits import Admission, AuthLimiter, FailureSummary
 from proxy.errors import ApiError, forbidden, unauthorized
-from proxy.wire import header_user
+from proxy.identity import request_user
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -150,6 +149,13 @@ async def authenticate(request: Request, services: Services) -> Caller:
     limits.success(admission, principal.key_id)
     request.state.tenant = principal.tenant
     policy = services.policies.get(principal.tenant)
+    origin = headers.get("origin")
+    if origin is not None and not policy.cors.allows(origin):
+        raise forbidden(
+            f"This tenant's keys may not be used from the origin {origin[:256]!r} "
+            "(policy cors.allowed_origins).",
+            code="origin_not_allowed",
+        )
     upstream_key = None
     if memos_key and bearer:
         if not policy.upstream.passthrough_auth:
@@ -229,9 +235,8 @@ class AuthFailureAudit:
 
 def authorize_upstream_use(request: Request, caller: Caller, body: Mapping[str, Any]) -> None:
     """Calls other than chat that spend the tenant's upstream budget (embeddings, passthrough) need
-    the chat right, for the user named by `X-Memos-User` or the body's `user`; 403 otherwise."""
-    named = header_user(request) or body.get("user")
-    user = effective_user(caller.principal, named if isinstance(named, str) else None)
+    the chat right, for the user the request names (proxy.identity); 403 otherwise."""
+    user = request_user(request, caller.principal, caller.policy, body)
     try:
         authorize(caller.principal, caller.policy, Operation.CHAT, user)
     except AccessDenied as exc:

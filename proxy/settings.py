@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+# What a browser sends as Origin: scheme://host[:port] (https://app.example, chrome-extension://id).
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -33,9 +38,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
-    # Browser origins allowed to call the proxy (CORS), e.g. ["https://app.example"] or ["*"]; empty:
-    # CORS off (no preflight answered, as before). Keys travel as Bearer headers, never cookies.
-    cors_origins: list[str] = Field(default_factory=list)
+    # CORS (proxy/cors.py). Browser origins allowed to call the proxy, comma-separated or a JSON list
+    # (`https://app.example,http://localhost:5173`, `*`); empty: CORS off (no preflight answered). A
+    # tenant's policy may narrow the origins its keys are used from (`cors.allowed_origins`). Keys
+    # travel as Bearer headers; credentials (cookies, HTTP auth) are allowed only when asked for, and
+    # never with `*`.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["GET", "POST", "PATCH", "DELETE"]
+    )
+    # "*": whatever the preflight asks for (Authorization, X-Memos-*, the SDKs' x-stainless-*, ...).
+    cors_allow_headers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    cors_allow_credentials: bool = False
+    cors_max_age_s: int = Field(default=600, ge=0, le=86_400)
     log_level: str = "info"
     access_log: bool = False  # uvicorn's access log (method, path, status; never bodies)
     # How long a resolved API key is trusted without asking the database again. A key revoked by
@@ -105,6 +120,35 @@ class Settings(BaseSettings):
     ready_outbox_max_age_s: float = Field(default=300.0, ge=0.0)
     # When set, GET /metrics needs `Authorization: Bearer <this token>` (Prometheus' bearer_token).
     metrics_token: SecretStr | None = None
+
+    @field_validator("cors_origins", "cors_allow_methods", "cors_allow_headers", mode="before")
+    @classmethod
+    def _parse_list(cls, value: Any) -> Any:
+        """A JSON list, or comma-separated names (the environment's spelling)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], no path or trailing slash, or *"
+                )
+        return value
+
+    @field_validator("cors_allow_credentials")
+    @classmethod
+    def _no_credentials_for_every_origin(cls, value: bool, info: ValidationInfo) -> bool:
+        # A field validator (not the model's): its error quotes this value only, never other settings.
+        if value and "*" in info.data.get("cors_origins", []):
+            raise ValueError("cors_allow_credentials needs cors_origins to name the origins, not *")
+        return value
 
     @field_validator("local_models", mode="before")
     @classmethod

@@ -117,6 +117,25 @@ class IdentityPolicy(_Strict):
         return value
 
 
+# A browser origin as sent in the Origin header: scheme://host[:port], no path (compared lower-cased).
+OriginName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+$", max_length=256, to_lower=True)
+]
+
+
+class CorsPolicy(_Strict):
+    """Which browser origins this tenant's keys may be used from. The process's CORS settings
+    (MEMOS_CORS_ORIGINS) decide which origins get CORS answers at all; this narrows them per tenant: an
+    authenticated request whose Origin header is not listed is refused (403). Requests without an Origin
+    (servers, SDKs, curl) are not affected."""
+
+    # Empty: no narrowing (the settings' list).
+    allowed_origins: list[OriginName] = Field(default_factory=list, max_length=64)
+
+    def allows(self, origin: str) -> bool:
+        return not self.allowed_origins or origin.lower() in self.allowed_origins
+
+
 # The names of memos.governance.acl.Operation ("*": all of them); kept in step by a test.
 OperationName = Literal[
     "*",
@@ -148,4 +167,5 @@ class Policy(_Strict):
     memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
     acl: AclPolicy = Field(default_factory=AclPolicy)
     identity: IdentityPolicy = Field(default_factory=IdentityPolicy)
+    cors: CorsPolicy = Field(default_factory=CorsPolicy)
     audit_level: AuditLevel = AuditLevel.ALL
