@@ -104,23 +104,26 @@ def user_id(value: Any, param: str) -> str:
     return value
 
 
-def header_user(request: Request) -> str | None:
-    """The user named by `X-Memos-User` (raw bytes as UTF-8), None when the header is absent or empty.
-
-    Empty counts as absent: clients that template the header send it empty when they have no user."""
-    raw = request.headers.get(USER_HEADER)
+def header_value(request: Request, name: str) -> str | None:
+    """A header's raw bytes read as UTF-8, None when it is absent or empty; a 400 when not UTF-8."""
+    raw = request.headers.get(name)
     if not raw:
         return None
     try:
         # Starlette decodes header bytes as latin-1, which gives the raw bytes back losslessly.
-        value = raw.encode("latin-1").decode("utf-8")
+        return raw.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         raise bad_request(
-            f"Invalid value for header {USER_HEADER}: it must be UTF-8.",
-            param=USER_HEADER,
-            code="invalid_value",
+            f"Invalid value for header {name}: it must be UTF-8.", param=name, code="invalid_value"
         ) from None
-    return user_id(value, USER_HEADER)
+
+
+def header_user(request: Request) -> str | None:
+    """The user named by `X-Memos-User` (raw bytes as UTF-8), None when the header is absent or empty.
+
+    Empty counts as absent: clients that template the header send it empty when they have no user."""
+    value = header_value(request, USER_HEADER)
+    return None if value is None else user_id(value, USER_HEADER)
 
 
 def query_param(request: Request, name: str) -> str | None:

@@ -32,8 +32,12 @@ class MemorySwitch(StrEnum):
 
 
 class MemoryReason(StrEnum):
-    """Why memory did not run on a request, or ran in another mode than asked (x-memos-memory-reason)."""
+    """Why memory did not run on a request, or ran in another mode than asked (x-memos-memory-reason).
 
+    None of these is set when the client itself turned memory off (X-Memos-Memory / -Mode: off)."""
+
+    NO_USER = "no_user"  # nothing named the user (proxy/identity.py lists what may)
+    POLICY = "policy"  # the tenant's policy (memory.inject / write / allowed_modes, or its ACL) said no
     OVERLOADED = "overloaded"  # memory could not keep up: answered without it rather than queueing
     VAULT_UNAVAILABLE = "vault_unavailable"  # storage failed and the policy fails open
 

@@ -30,7 +30,7 @@ from memos.chat.contract import (
     MemorySwitch,
     MemoryUnavailable,
 )
-from memos.chat.planner import LocalMemorySource, choose_mode, memory_switch, plan_local
+from memos.chat.planner import LocalMemorySource, choose_mode, memory_switch, plan_local, switch_reason
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
@@ -176,18 +176,20 @@ class VaultChatMemory:
 
     async def plan(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:
         switch = memory_switch(ctx.requested_switch, ctx.principal, ctx.policy, ctx.user)
+        reason = switch_reason(ctx.requested_switch, switch, ctx.user)
         self._refuse_unrecordable(ctx, switch)
-        off = MemoryPlan(body=body, switch=switch)
+        off = MemoryPlan(body=body, switch=switch, reason=reason)
         if ctx.user is None or switch not in (MemorySwitch.ON, MemorySwitch.READ):
             return off
         try:
-            return await self._plan(ctx, body, switch, ctx.user)
+            plan = await self._plan(ctx, body, switch, ctx.user)
         except MemoryUnavailable:
             raise
         except _Overloaded:
             return self._overloaded(ctx, off)
         except Exception as exc:
             return self._unavailable(ctx, off, exc)
+        return plan if plan.reason is not None or reason is None else replace(plan, reason=reason)
 
     async def _plan(
         self, ctx: ChatContext, body: dict[str, Any], switch: MemorySwitch, user: str
@@ -206,7 +208,9 @@ class VaultChatMemory:
         else:
             mode = choose_mode(ctx.requested_mode, ctx.policy.memory.allowed_modes, local=False)
         if mode is not MemoryMode.PLAINTEXT:
-            return MemoryPlan(body=body, switch=switch)
+            # Off although asked for (not `X-Memos-Memory-Mode: off`): no mode the policy allows serves.
+            refused = mode is MemoryMode.OFF and ctx.requested_mode is not MemoryMode.OFF
+            return MemoryPlan(body=body, switch=switch, reason=MemoryReason.POLICY if refused else None)
         return await self._plaintext(ctx, body, switch, user)
 
     async def _plaintext(

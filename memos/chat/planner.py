@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from memos.chat.contract import MemorySwitch
+from memos.chat.contract import MemoryReason, MemorySwitch
 from memos.governance.acl import Operation, is_allowed
 from memos.governance.policy import Policy
 from memos.governance.principal import Principal
@@ -52,6 +52,14 @@ def memory_switch(
     if read and write:
         return MemorySwitch.ON
     return MemorySwitch.READ if read else MemorySwitch.WRITE if write else MemorySwitch.OFF
+
+
+def switch_reason(requested: MemorySwitch, switch: MemorySwitch, user: str | None) -> MemoryReason | None:
+    """Why `switch` (what `memory_switch` allowed) is less than what the client asked for: no user was
+    named, or the policy (its memory switches or its ACL) narrowed it; None when it is what was asked."""
+    if requested is MemorySwitch.OFF or switch is requested:
+        return None
+    return MemoryReason.NO_USER if user is None else MemoryReason.POLICY
 
 
 def choose_mode(

@@ -28,7 +28,6 @@ from memos import (
     MemorySwitch,
     Operation,
     authorize,
-    effective_user,
     exception_summary,
 )
 from proxy.auth import authenticate
@@ -42,6 +41,7 @@ from proxy.errors import (
     raw_json_response,
     upstream_error_response,
 )
+from proxy.identity import request_user
 from proxy.services import Services
 from proxy.sse import (
     DONE,
@@ -56,7 +56,7 @@ from proxy.sse import (
 from proxy.targets import check_model_allowed, upstream_target
 from proxy.upstream.base import ChatCall, EventStream, Upstream, UpstreamError, UpstreamHTTPError
 from proxy.upstream.router import UnknownModel, UpstreamKind
-from proxy.wire import ChatRequest, header_user, read_json_object
+from proxy.wire import ChatRequest, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ async def chat_completions(request: Request) -> Response:
     requested_switch = _header_enum(request, "x-memos-memory", MemorySwitch, MemorySwitch.ON)
     requested_mode = _header_enum(request, "x-memos-memory-mode", MemoryMode, MemoryMode.AUTO)
     principal, policy = caller.principal, caller.policy
-    user = effective_user(principal, header_user(request) or chat.user)
+    user = request_user(request, principal, policy, body)
     authorize(principal, policy, Operation.CHAT, user)
     check_model_allowed(policy, chat.model)
     try:

@@ -183,7 +183,9 @@ async def test_switches_and_policy(stack: Stack) -> None:
     assert stack.outbox.pending() == 1
     # The policy can turn either side off.
     stack.policies.set(inject=False)
-    assert (await stack.ask("alice", question)).injected_ids == ()
+    refused = await stack.ask("alice", question)
+    assert refused.injected_ids == () and refused.reason is MemoryReason.POLICY
+    assert (await stack.ask("alice", question, switch=MemorySwitch.WRITE)).reason is None  # as asked
     stack.policies.set(inject=True, write=False)
     await stack.chat("alice", "I also collect shells.")
     assert stack.outbox.pending() == 1
@@ -193,9 +195,11 @@ async def test_no_user_means_no_memory(stack: Stack) -> None:
     ctx = stack.context(None)
     body = {"messages": [{"role": "user", "content": "I live in Oslo."}]}
     prepared = await stack.memory.plan(ctx, body)
-    assert prepared.body is body
+    assert prepared.body is body and prepared.reason is MemoryReason.NO_USER
     await stack.memory.complete(ctx, prepared, FinishedExchange(body["messages"], "ok"))
     assert stack.outbox.pending() == 0
+    # Memory turned off by the client needs no reason.
+    assert (await stack.memory.plan(stack.context(None, switch=MemorySwitch.OFF), body)).reason is None
 
 
 async def test_the_token_budget_is_respected(stack: Stack) -> None:
