@@ -12,6 +12,9 @@ tenant key, and for every conversation (one user each):
   order adding each memory's text (and any context memories a hit carries) while the running total
   stays within 2,000 (then 4,000) characters, and scores the share of the question's evidence
   dia_ids among the sources of the memories taken. recall@5/10/20 (by results) are for reference.
+  strict_2000 is the stricter rule of bench/strict_score.py (as bench/locomo_chat.py scores): within the
+  same 2,000 characters, an evidence turn counts only when one memory read covers >= half of the turn's
+  content words (its text and caption, without the speaker), whatever sources it names.
 
 Evidence ids that name no turn of the conversation are dropped (the data has three typos, one of which,
 "D:11:26", is read as D11:26); a question left with no evidence is skipped. Prints a table per category
@@ -38,6 +41,10 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from strict_score import strict_recall  # noqa: E402
+
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "locomo-dev").resolve()
 BUDGETS = (2000, 4000)
 KS = (5, 10, 20)
@@ -79,6 +86,11 @@ def load_conversation(path: Path) -> dict[str, Any]:
         for n in numbers
     ]
     known = {t["dia_id"] for s in sessions for t in s["turns"]}
+    contents = {
+        t["dia_id"]: t["text"] + (f" [shares {t['blip_caption']}]" if t.get("blip_caption") else "")
+        for s in sessions
+        for t in s["turns"]
+    }
     questions = []
     for qa in data["qa"]:
         if qa.get("category") not in CATEGORIES:
@@ -86,7 +98,7 @@ def load_conversation(path: Path) -> dict[str, Any]:
         ev = evidence_ids(qa.get("evidence", []), known)
         if ev:
             questions.append({"question": qa["question"], "category": qa["category"], "evidence": ev})
-    return {"name": path.stem, "sessions": sessions, "questions": questions}
+    return {"name": path.stem, "sessions": sessions, "questions": questions, "contents": contents}
 
 
 # ---------------------------------------------------------------------------------------------- proxy
@@ -198,6 +210,16 @@ def budget_recall(read: list[tuple[str, set[str]]], evidence: list[str], budget:
     return sum(e in seen for e in evidence) / len(evidence)
 
 
+def budget_texts(read: list[tuple[str, set[str]]], budget: int) -> list[str]:
+    used, out = 0, []
+    for text, _ in read:
+        used += len(text)
+        if used > budget:
+            break
+        out.append(text)
+    return out
+
+
 def topk_recall(results: list[dict[str, Any]], evidence: list[str], k: int) -> float:
     seen: set[str] = set()
     for text_ids in walk(results[:k]):
@@ -257,6 +279,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for b in BUDGETS:
                         v = budget_recall(read, q["evidence"], b)
                         row[f"chars_{b}"] = v
+                    evidence_texts = [conv["contents"][e] for e in q["evidence"]]
+                    row["strict_2000"] = strict_recall(budget_texts(read, 2000), evidence_texts)
                     for k in KS:
                         row[f"recall@{k}"] = topk_recall(results, q["evidence"], k)
                     for metric, v in row.items():
@@ -275,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def mean(metric: str, key: Any) -> float:
         return round(statistics.mean(scores[metric][key]), 4)
 
-    metrics = [f"chars_{b}" for b in BUDGETS] + [f"recall@{k}" for k in KS]
+    metrics = [f"chars_{b}" for b in BUDGETS] + ["strict_2000"] + [f"recall@{k}" for k in KS]
     counts = {c: len(scores["chars_2000"][c]) for c in CATEGORIES}
     return {
         "benchmark": "locomo-retrieval",
@@ -303,7 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(res: dict[str, Any]) -> None:
-    cols = ["chars_2000", "chars_4000", "recall@5", "recall@10", "recall@20"]
+    cols = ["chars_2000", "chars_4000", "strict_2000", "recall@5", "recall@10", "recall@20"]
     print(
         f"LoCoMo retrieval: {res['memories']} memories, {res['questions']} questions "
         f"({', '.join(res['conversations'])}), top_k={res['top_k']}"

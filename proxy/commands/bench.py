@@ -16,7 +16,9 @@ from proxy.settings import Settings
 
 
 def register(cli: CommandRegistry) -> None:
-    parser = cli.command("bench", "run a benchmark from bench/ (latency, scale, locomo, local_memory, ...)")
+    parser = cli.command(
+        "bench", "run a benchmark from bench/ (latency, scale, locomo, locomo_chat, local_memory, ...)"
+    )
     parser.add_argument("name", help="the benchmark: a file bench/NAME.py")
     parser.add_argument("--bench-dir", type=Path, default=Path("bench"), help="where the benchmarks are")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
