@@ -18,12 +18,14 @@ machine's `node` (tests/clients/conftest.py; skipped, saying why, without one).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -40,8 +42,11 @@ NODE_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeUpstream, RunningProxy]]:
+    data_dir = tmp_path_factory.mktemp("client-matrix")
+    (data_dir / "policies").mkdir()
+    (data_dir / "policies" / f"{OPEN_WEBUI_TENANT}.yaml").write_text(OPEN_WEBUI_POLICY)
     with proxy_stack(
-        tmp_path_factory.mktemp("client-matrix"),
+        data_dir,
         embedding_model="hash",
         key_cache_ttl_s=0,
         worker_poll_interval_s=0.02,
@@ -85,9 +90,13 @@ class Reply(BaseModel):
 
 
 def openai_parse(base_url: str, key: str, user: str, text: str) -> str:
+    # `safety_identifier`: what OpenAI now asks apps to send in place of `user`.
     with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as client:
         completion = client.chat.completions.parse(
-            model=MODEL, messages=[{"role": "user", "content": text}], response_format=Reply, user=user
+            model=MODEL,
+            messages=[{"role": "user", "content": text}],
+            response_format=Reply,
+            safety_identifier=user,
         )
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Reply)
@@ -156,6 +165,52 @@ def litellm_completion(base_url: str, key: str, user: str, text: str) -> str:
     return response.choices[0].message.content or ""
 
 
+def curl(base_url: str, key: str, user: str, text: str) -> str:
+    """The README's curl line: the user in X-Memos-User."""
+    binary = shutil.which("curl")
+    if binary is None:
+        pytest.skip("the curl row needs curl on PATH")
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]})
+    headers = [f"Authorization: Bearer {key}", "Content-Type: application/json", f"X-Memos-User: {user}"]
+    done = subprocess.run(
+        [binary, "-sS", "--fail-with-body", f"{base_url}/chat/completions", "--data-binary", "@-"]
+        + [arg for header in headers for arg in ("-H", header)],
+        input=body,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return orjson.loads(done.stdout)["choices"][0]["message"]["content"]
+
+
+# What Open WebUI sends to an OpenAI connection with ENABLE_FORWARD_USER_INFO_HEADERS=true: a streamed
+# chat with no `user`, and its user in these headers (the id is a UUID, the name URL-quoted). Open
+# WebUI itself (a full web application) is not run here; its request is, byte for byte in what
+# matters to the proxy, and the tenant's policy names the header as the README's recipe does.
+OPEN_WEBUI_TENANT = "webui"
+OPEN_WEBUI_POLICY = "identity:\n  headers: [X-OpenWebUI-User-Id]\n"
+
+
+def open_webui_request(base_url: str, key: str, user: str, text: str) -> str:
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "X-OpenWebUI-User-Name": "Ola%20Nordmann",
+        "X-OpenWebUI-User-Id": user,
+        "X-OpenWebUI-User-Email": "ola@example.com",
+        "X-OpenWebUI-User-Role": "user",
+    }
+    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "stream": True}
+    out = []
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, headers=headers, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                choices = orjson.loads(line.removeprefix("data: "))["choices"]
+                out += [c["delta"].get("content") or "" for c in choices]
+    return "".join(out)
+
+
 def node_row(name: str) -> Callable[..., str]:
     def run(base_url: str, key: str, user: str, text: str, *, script: Path) -> str:
         env = {
@@ -187,6 +242,7 @@ class Row:
     path: str  # the upstream path it calls
     bound_key: bool = False
     node: bool = False
+    tenant: str = "acme"
 
     @property
     def responses(self) -> bool:
@@ -208,6 +264,8 @@ ROWS = [
     Row("langchain-responses", langchain_responses, RESPONSES_PATH),
     Row("llamaindex", llamaindex_chat, CHAT_PATH),
     Row("litellm-sdk", litellm_completion, CHAT_PATH),
+    Row("curl", curl, CHAT_PATH),
+    Row("open-webui-headers", open_webui_request, CHAT_PATH, tenant=OPEN_WEBUI_TENANT),
 ]
 
 # Memory on /v1/responses is being built beside this matrix (issue 14); until it lands the rows that
@@ -296,7 +354,9 @@ def test_a_fact_told_in_one_chat_is_injected_into_a_later_one(
     colour = row.name.replace("-", " ")
     fact = f"My favourite colour is {colour}"
     question = "Which colour is my favourite colour?"
-    client_key = running.create_key("acme", "user", user=user) if row.bound_key else key
+    if row.tenant != "acme":
+        key = running.create_key(row.tenant, "app")
+    client_key = running.create_key(row.tenant, "user", user=user) if row.bound_key else key
 
     answer = send(running.base_url, client_key, user, f"{fact}.")
     assert fact in answer  # the fake upstream's "You said: ...", through the client
