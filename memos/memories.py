@@ -34,7 +34,7 @@ from memos.recall.retrieval import Hit, RetrievalParams, Retriever
 from memos.storage.batch import NewMemory
 from memos.storage.vault import MemoryNotFound, MemVault, VersionNotFound
 from memos.writeback.operator import MemOperator
-from memos.writeback.reader import Exchange, MemReader, message_text
+from memos.writeback.reader import Exchange, MemReader, attributed, message_text, speaker_of
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ def _redact_value(value: Any, redact: Callable[[str], str]) -> Any:
     return value
 
 
-def messages_text(messages: Sequence[dict[str, Any]]) -> str:
-    """The text of an entry given as messages (infer: false): user turns verbatim, others labelled."""
+def messages_text(messages: Sequence[dict[str, Any]], owner: str | None = None) -> str:
+    """The text of an entry given as messages (infer: false): user turns verbatim, others labelled; a
+    turn whose `name` says who spoke is labelled with it ("Caroline: ...", memos.writeback.reader's
+    speaker rule: the user's own turns, unnamed, stay in their words)."""
 
     lines: list[str] = []
     only_user = all(m.get("role") == "user" for m in messages)
@@ -94,7 +96,11 @@ def messages_text(messages: Sequence[dict[str, Any]]) -> str:
         text = message_text(m).strip()
         if not text:
             continue
-        lines.append(text if only_user else f"{m.get('role', 'user')}: {text}")
+        speaker = speaker_of(m, owner) if m.get("role") == "user" else None
+        if speaker:
+            lines.append(attributed(text, speaker))
+        else:
+            lines.append(text if only_user else f"{m.get('role', 'user')}: {text}")
     return "\n".join(lines)
 
 
@@ -206,7 +212,7 @@ class MemoryService:
             return await self._add_inferred(principal, policy, owner, entries, redact, request_id, session)
         news: list[NewMemory] = []
         for i, entry in enumerate(entries):
-            text = entry.text if entry.text is not None else messages_text(entry.messages or [])
+            text = entry.text if entry.text is not None else messages_text(entry.messages or [], owner)
             text = redact(text.strip())
             if not text:
                 raise InvalidInput(f"`memories[{i}]` has no text.", f"memories[{i}]")

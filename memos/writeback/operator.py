@@ -43,7 +43,7 @@ from memos.clock import aware
 from memos.embeddings import normalise
 from memos.item import Kind, MemoryItem, Source, State, bounded_sources, omitted_count
 from memos.ports import TextCompleter
-from memos.writeback.reader import Fact, Slot, slots_of
+from memos.writeback.reader import Fact, Slot, slots_of, speaker_slots
 
 if TYPE_CHECKING:
     import numpy as np
@@ -136,9 +136,7 @@ _STOPWORDS = frozenset(
     remember please let's
     """.split()
 )
-_NEGATIONS = frozenset(
-    "not no never nor neither none nothing nobody nowhere without cannot nope".split()
-)
+_NEGATIONS = frozenset("not no never nor neither none nothing nobody nowhere without cannot nope".split())
 _I_FORMS = frozenset(("i", "i'm", "i've", "i'd", "i'll"))
 # A word, kept whole across inner marks ("AZ611", "2026-03-10", "10:30", "4.5", "don't", "alice's").
 _TOKEN = re.compile(r"[^\W_]+(?:['’.,:/-][^\W_]+)*", re.UNICODE)
@@ -450,5 +448,17 @@ def _time_of(item: MemoryItem) -> datetime | None:
 def _conflicts(new_slots: tuple[Slot, ...], item: MemoryItem) -> bool:
     if not new_slots:
         return False
-    old_slots = slots_of(item.text)
+    old_slots = memory_slots(item)
     return any(new.conflicts_with(old) for new in new_slots for old in old_slots)
+
+
+def memory_slots(item: MemoryItem) -> tuple[Slot, ...]:
+    """The slots a stored memory states, its speaker's when it was written from a named speaker's turn
+    (the reader's `speaker` source metadata and the "Name: " it put in front of the text)."""
+    speaker = next(
+        (s.metadata.get("speaker") for s in item.sources if isinstance(s.metadata.get("speaker"), str)), None
+    )
+    text = item.text
+    if speaker and text.startswith(f"{speaker}: "):
+        text = text[len(speaker) + 2 :]
+    return speaker_slots(slots_of(text), speaker)
