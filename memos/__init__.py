@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         open_vault,
     )
     from memos.chat.contract import (
+        ApiShape,
         ChatContext,
         ChatMemory,
         FinishedExchange,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         MemorySwitch,
         NoChatMemory,
     )
+    from memos.chat.shapes import conversation_of
     from memos.db import Database, StorageError, StorageFull, StorageUnavailable, storage_failure
     from memos.embeddings import build_embedder
     from memos.errors import Denied, Inconsistent, InvalidInput, MemosError, NotFound, Unavailable
@@ -116,6 +118,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "build_scheduler": ("memos.builder", "build_scheduler"),
     "open_vault": ("memos.builder", "open_vault"),
     # Around one chat call
+    "ApiShape": ("memos.chat.contract", "ApiShape"),
     "ChatContext": ("memos.chat.contract", "ChatContext"),
     "ChatMemory": ("memos.chat.contract", "ChatMemory"),
     "FinishedExchange": ("memos.chat.contract", "FinishedExchange"),
@@ -124,6 +127,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "MemoryReason": ("memos.chat.contract", "MemoryReason"),
     "MemorySwitch": ("memos.chat.contract", "MemorySwitch"),
     "NoChatMemory": ("memos.chat.contract", "NoChatMemory"),
+    "conversation_of": ("memos.chat.shapes", "conversation_of"),
     # The memory API
     "MemoryService": ("memos.memories", "MemoryService"),
     "Entry": ("memos.memories", "Entry"),
@@ -242,6 +246,7 @@ __all__ = [
     "YEAR_PATTERN",
     "AccessDenied",
     "ApiKeyStore",
+    "ApiShape",
     "AuditLog",
     "AuditSink",
     "Background",
@@ -313,6 +318,7 @@ __all__ = [
     "check_passphrase",
     "check_policy_files",
     "connect_master_keys",
+    "conversation_of",
     "default_erasers",
     "delete_tenant",
     "effective_user",

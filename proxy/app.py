@@ -18,7 +18,7 @@ from proxy.cors import cors_middleware
 from proxy.errors import ApiError, error_response, memos_error
 from proxy.metrics import Metrics
 from proxy.middleware import ProxyMiddleware
-from proxy.routes import audit, chat, health, memories, openai, passthrough
+from proxy.routes import audit, chat, health, memories, openai, passthrough, responses
 from proxy.services import Services, build_services
 from proxy.settings import Settings
 
@@ -28,6 +28,7 @@ def routes() -> list[BaseRoute]:
     return [
         *health.routes(),
         *chat.routes(),
+        *responses.routes(),  # POST /v1/responses with memory (the rest of /v1/responses/* is relayed)
         *openai.routes(),
         *memories.routes(),  # memory API + /openapi.json
         *audit.routes(),

@@ -31,6 +31,13 @@ class MemorySwitch(StrEnum):
     WRITE = "write"  # write back, do not inject
 
 
+class ApiShape(StrEnum):
+    """Which OpenAI API a request body has (memos.chat.shapes reads and injects into each)."""
+
+    CHAT = "chat"  # POST /v1/chat/completions: `messages`
+    RESPONSES = "responses"  # POST /v1/responses: `instructions` and `input` (a string or items)
+
+
 class MemoryReason(StrEnum):
     """Why memory did not run on a request, or ran in another mode than asked (x-memos-memory-reason).
 
@@ -57,6 +64,7 @@ class ChatContext:
     model: str = ""
     # True when the model is served by the local runtime (activation/parametric become possible).
     local_model: bool = False
+    shape: ApiShape = ApiShape.CHAT  # the body's API: where its turns are and where the block goes
 
 
 @dataclass(frozen=True)

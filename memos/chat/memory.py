@@ -30,6 +30,7 @@ from memos.chat.contract import (
     MemorySwitch,
     MemoryUnavailable,
 )
+from memos.chat import shapes
 from memos.chat.planner import LocalMemorySource, choose_mode, memory_switch, plan_local, switch_reason
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
@@ -216,7 +217,7 @@ class VaultChatMemory:
     async def _plaintext(
         self, ctx: ChatContext, body: dict[str, Any], switch: MemorySwitch, user: str
     ) -> MemoryPlan:
-        query = query_of(body.get("messages") or [])
+        query = query_of(shapes.conversation_of(ctx.shape, body))
         if not query:
             return MemoryPlan(body=body, switch=switch, mode=MemoryMode.PLAINTEXT)
         items = await self._admitted_recall(ctx, user, query)
@@ -241,8 +242,11 @@ class VaultChatMemory:
                 block_tokens=block_tokens,
             )
         return MemoryPlan(
-            body=injection.inject(
-                body, chosen, single_system_message=ctx.policy.memory.placement.single_system_message
+            body=shapes.inject(
+                ctx.shape,
+                body,
+                chosen,
+                single_system_message=ctx.policy.memory.placement.single_system_message,
             ),
             switch=switch,
             mode=MemoryMode.PLAINTEXT,

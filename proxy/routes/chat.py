@@ -14,27 +14,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from memos import (
-    ChatContext,
-    FinishedExchange,
-    MemoryMode,
-    MemoryPlan,
-    MemorySwitch,
-    Operation,
-    authorize,
-    exception_summary,
-)
+from memos import ApiShape, FinishedExchange, Operation, authorize, exception_summary
+from proxy import memory_call
 from proxy.auth import authenticate
 from proxy.disconnect import ClientDisconnected, until_disconnect
 from proxy.errors import (
     ApiError,
-    bad_request,
     client_gone_response,
     error_envelope,
     not_found,
@@ -55,6 +45,7 @@ from proxy.sse import (
 )
 from proxy.targets import check_model_allowed, upstream_target
 from proxy.upstream.base import ChatCall, EventStream, Upstream, UpstreamError, UpstreamHTTPError
+from proxy.upstream.events import Event, close_stream, next_event, open_stream, parsed
 from proxy.upstream.router import UnknownModel, UpstreamKind
 from proxy.wire import ChatRequest, read_json_object
 
@@ -67,26 +58,12 @@ def routes() -> list[BaseRoute]:
     return [Route(ROUTE, chat_completions, methods=["POST"])]
 
 
-def _header_enum(
-    request: Request, name: str, enum: type[MemorySwitch] | type[MemoryMode], default: Any
-) -> Any:
-    raw = request.headers.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return enum(raw.strip().lower())
-    except ValueError:
-        allowed = " | ".join(m.value for m in enum)
-        raise bad_request(f"Invalid value for header {name}: expected {allowed}.", param=name) from None
-
-
 async def chat_completions(request: Request) -> Response:
     services: Services = request.app.state.services
     caller = await authenticate(request, services)
     body = await read_json_object(request)
     chat = ChatRequest(body)
-    requested_switch = _header_enum(request, "x-memos-memory", MemorySwitch, MemorySwitch.ON)
-    requested_mode = _header_enum(request, "x-memos-memory-mode", MemoryMode, MemoryMode.AUTO)
+    asked_of_memory = memory_call.requested(request)
     principal, policy = caller.principal, caller.policy
     user = request_user(request, principal, policy, body)
     authorize(principal, policy, Operation.CHAT, user)
@@ -96,41 +73,26 @@ async def chat_completions(request: Request) -> Response:
     except UnknownModel as exc:
         raise not_found(str(exc), param="model", code="model_not_found") from None
 
-    ctx = ChatContext(
-        principal=principal,
-        policy=policy,
-        request_id=request.state.request_id,
-        user=user,
-        session=request.headers.get("x-memos-session"),
-        requested_switch=requested_switch,
-        requested_mode=requested_mode,
-        model=chat.model,
-        local_model=kind is UpstreamKind.LOCAL,
-    )
     # What was asked, before memory adds anything (a shallow copy: nothing may edit it afterwards).
     asked = list(chat.sent_messages)
-    plan = await services.chat_memory.plan(ctx, body)  # MemoryUnavailable: 503 (fails closed)
+    memory = await memory_call.plan(  # MemoryUnavailable: 503 (fails closed)
+        request,
+        services,
+        caller,
+        body,
+        asked_of_memory,
+        user=user,
+        model=chat.model,
+        local_model=kind is UpstreamKind.LOCAL,
+        shape=ApiShape.CHAT,
+    )
     call = ChatCall(
         upstream_target(services.settings, caller, kind, request.headers),
-        plan.body,
-        ctx.request_id,
-        local_memory=plan.local,
+        memory.plan.body,
+        memory.ctx.request_id,
+        local_memory=memory.plan.local,
     )
-    memo_headers = {
-        "x-memos-memory-mode": plan.mode.value,
-        "x-memos-memories": str(plan.injected_count),
-    }
-    if plan.reason is not None:
-        memo_headers["x-memos-memory-reason"] = plan.reason.value
-        services.metrics.skipped_memory(principal.tenant, plan.reason.value)
-    services.metrics.observe_memory(
-        principal.tenant,
-        plan.mode.value,
-        read=plan.reads,
-        injected=plan.injected_count,
-        block_tokens=plan.block_tokens,
-    )
-    relay = _Relay(services, request, ctx, plan, asked, memo_headers)
+    relay = _Relay(services, request, memory, asked)
     if chat.stream:
         return await relay.stream(upstream, call)
     return await relay.once(upstream, call)
@@ -141,18 +103,17 @@ class _Relay:
         self,
         services: Services,
         request: Request,
-        ctx: ChatContext,
-        plan: MemoryPlan,
+        memory: memory_call.MemoryCall,
         asked: list[dict[str, Any]],
-        headers: dict[str, str],
     ) -> None:
         self.services = services
         self.request = request
-        self.ctx = ctx
-        self.plan = plan
+        self.memory = memory
+        self.ctx = memory.ctx
+        self.plan = memory.plan
         self.asked = asked
-        self.headers = headers
-        self.tenant = ctx.principal.tenant
+        self.headers = memory.headers
+        self.tenant = memory.principal.tenant
 
     def _upstream_failed(self, exc: UpstreamError) -> Response:
         self.services.metrics.upstream_error(self.tenant, ROUTE, exc.kind)
@@ -160,21 +121,8 @@ class _Relay:
 
     async def _complete(self, text: str, tool_calls: list[dict[str, Any]]) -> None:
         """Hand the finished exchange to memory; raises ApiError(503) if it cannot be recorded."""
-        if not self.plan.writes:
-            return
         exchange = FinishedExchange(request_messages=self.asked, assistant_text=text, tool_calls=tool_calls)
-        try:
-            await self.services.chat_memory.complete(self.ctx, self.plan, exchange)
-        except Exception as exc:
-            log.error(
-                "memory write-back failed (request %s): %s", self.ctx.request_id, exception_summary(exc)
-            )
-            raise ApiError(
-                503,
-                "The answer could not be recorded for memory.",
-                type="server_error",
-                code="memory_unavailable",
-            ) from exc
+        await memory_call.record(self.services, self.memory, exchange)
 
     async def once(self, upstream: Upstream, call: ChatCall) -> Response:
         started = time.perf_counter()
@@ -196,7 +144,9 @@ class _Relay:
     async def stream(self, upstream: Upstream, call: ChatCall) -> Response:
         started = time.perf_counter()
         try:
-            events, first = await until_disconnect(self.request.receive, _open(upstream, call))
+            events, first = await until_disconnect(
+                self.request.receive, open_stream(upstream.chat_stream(call))
+            )
         except UpstreamError as exc:
             return self._upstream_failed(exc)
         except ClientDisconnected:
@@ -205,7 +155,7 @@ class _Relay:
         if first is not None:
             status = error_event_status(first[1])
             if status is not None:
-                await _close(events)
+                await close_stream(events)
                 return self._upstream_failed(UpstreamHTTPError(status, first[0]))
         return StreamingResponse(
             self._events(events, first),
@@ -213,9 +163,7 @@ class _Relay:
             headers={**SSE_HEADERS, **self.headers},
         )
 
-    async def _events(
-        self, events: EventStream, first: tuple[bytes, dict[str, Any]] | None
-    ) -> AsyncIterator[bytes]:
+    async def _events(self, events: EventStream, first: Event | None) -> AsyncIterator[bytes]:
         assembler = StreamAssembler() if self.plan.writes else None
         usage: bytes | None = None
         # Events that arrived together go out in one write (an optional method of the stream).
@@ -225,7 +173,7 @@ class _Relay:
             current = first
             while current is not None:
                 burst = iter(drain() if drain is not None else ())
-                item: tuple[bytes, dict[str, Any]] | None = current
+                item: Event | None = current
                 while item is not None:
                     payload, chunk = item
                     if error_event_status(chunk) is not None:
@@ -240,12 +188,12 @@ class _Relay:
                             assembler.add(chunk)
                         out.append(frame(payload))
                     following = next(burst, None)
-                    item = _parsed(following) if following is not None else None
+                    item = parsed(following) if following is not None else None
                 if out:
                     data = b"".join(out)
                     out.clear()
                     yield data
-                current = await _next(events)
+                current = await next_event(events)
             if usage is not None:
                 yield frame(usage)
             if assembler is not None:
@@ -261,41 +209,4 @@ class _Relay:
             envelope = error_envelope("Internal error.", type="server_error", code="internal_error")
             yield b"".join(out) + frame_json(envelope)
         finally:
-            await _close(events)
-
-
-def _parsed(payload: bytes) -> tuple[bytes, dict[str, Any]]:
-    try:
-        chunk = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamError("upstream sent an event that is not JSON") from exc
-    if not isinstance(chunk, dict):
-        raise UpstreamError("upstream sent an event that is not a JSON object")
-    return payload, chunk
-
-
-async def _next(events: EventStream) -> tuple[bytes, dict[str, Any]] | None:
-    try:
-        payload = await events.__anext__()
-    except StopAsyncIteration:
-        return None
-    return _parsed(payload)
-
-
-async def _open(
-    upstream: Upstream, call: ChatCall
-) -> tuple[EventStream, tuple[bytes, dict[str, Any]] | None]:
-    events = await upstream.chat_stream(call)
-    try:
-        return events, await _next(events)
-    except BaseException:
-        await _close(events)
-        raise
-
-
-async def _close(events: EventStream) -> None:
-    with anyio.CancelScope(shield=True):
-        try:
-            await events.aclose()
-        except Exception as exc:
-            log.debug("closing an upstream stream failed: %s", exception_summary(exc))
+            await close_stream(events)

@@ -1,4 +1,6 @@
-"""Any other /v1/* call (responses, completions, audio, files, ...): relayed to the tenant's upstream as is.
+"""Any other /v1/* call (legacy completions, stored responses `GET/DELETE /v1/responses/{id}`, audio,
+files, ...): relayed to the tenant's upstream as is. (`POST /v1/chat/completions` and `POST /v1/responses`
+have memory: proxy/routes/chat.py and responses.py.)
 
 No memory is involved; auth, the `chat` right, the tenant's model allow-list (for a JSON body naming a
 model), the tenant's upstream and key, the body limit, x-request-id and metrics apply as everywhere.

@@ -8,6 +8,8 @@ An upstream answers OpenAI-shaped calls and knows nothing of the client's HTTP r
   It may also offer `drain() -> list[bytes]`: payloads already received, returned without waiting,
   which the relay then forwards together with the current one in a single write;
 - `embeddings(call)` -> `UpstreamReply`; `models(target)` -> list of model objects;
+- optionally (`ResponsesUpstream`) `responses(call)` and `responses_stream(call)`, the same for the
+  Responses API (`POST /responses`; its stream's payloads are its typed events);
 - `aclose()` releases pooled connections.
 
 Failures are raised, never returned: `UpstreamHTTPError` (the upstream answered >= 400; status,
@@ -102,6 +104,17 @@ class Upstream(Protocol):
     async def models(self, target: UpstreamTarget) -> list[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ResponsesUpstream(Protocol):
+    """An upstream that also serves the Responses API (`POST /responses`): the HTTP passthrough. Its
+    stream's payloads are the API's events (`response.created` ... `response.completed`), each naming
+    its type; the litellm adapter and the local runtime do not offer it."""
+
+    async def responses(self, call: ChatCall) -> UpstreamReply: ...
+
+    async def responses_stream(self, call: ChatCall) -> EventStream: ...
 
 
 # Headers of an upstream answer worth relaying to the client (rate-limit state, retry advice).

@@ -124,11 +124,20 @@ class HttpUpstream:
         return await self._post_json("embeddings", call.target, call.body, call.request_id)
 
     async def chat_stream(self, call: ChatCall) -> SSEEventStream:
+        return await self._stream("chat/completions", call)
+
+    async def responses(self, call: ChatCall) -> UpstreamReply:
+        """POST /responses (the Responses API), non-streamed."""
+        return await self._post_json("responses", call.target, call.body, call.request_id)
+
+    async def responses_stream(self, call: ChatCall) -> SSEEventStream:
+        """POST /responses with `stream: true`: the data payloads of its events (each names its type)."""
+        return await self._stream("responses", call)
+
+    async def _stream(self, path: str, call: ChatCall) -> SSEEventStream:
         headers = self._headers(call.target, call.request_id, json_body=True)
         headers["accept"] = "text/event-stream"
-        response = await self._send(
-            "POST", self._url(call.target, "chat/completions"), headers, encode_body(call.body)
-        )
+        response = await self._send("POST", self._url(call.target, path), headers, encode_body(call.body))
         if response.status_code >= 400:
             try:
                 content = await self._read(response)

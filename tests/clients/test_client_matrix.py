@@ -268,23 +268,9 @@ ROWS = [
     Row("open-webui-headers", open_webui_request, CHAT_PATH, tenant=OPEN_WEBUI_TENANT),
 ]
 
-# Memory on /v1/responses is being built beside this matrix (issue 14); until it lands the rows that
-# call it are expected to fail, strictly: the day they pass, this must be removed.
-RESPONSES_PENDING = True
-
 
 def params() -> list[Any]:
-    marks = {
-        True: [
-            pytest.mark.xfail(
-                strict=True, reason="memory on POST /v1/responses (issue 14) has not landed yet"
-            )
-        ]
-        if RESPONSES_PENDING
-        else [],
-        False: [],
-    }
-    return [pytest.param(row, id=row.name, marks=marks[row.responses]) for row in ROWS]
+    return [pytest.param(row, id=row.name) for row in ROWS]
 
 
 # ----------------------------------------------------------------------- what reached the upstream

@@ -54,11 +54,12 @@ def test_local_embeddings_without_runtime_is_404(api: Api) -> None:
 
 
 def test_other_v1_paths_are_relayed(api: Api, upstream: FakeUpstream) -> None:
-    r = api.post("/responses?stream=false", {"model": "gpt-4o-mini", "input": "hi"})
-    assert r.status_code == 404  # the fake upstream has no /responses: its answer comes back as is
-    assert "no route POST /v1/responses" in r.json()["error"]["message"]
+    # Legacy completions are relayed without memory (POST /v1/responses has memory: its own route).
+    r = api.post("/completions?stream=false", {"model": "gpt-4o-mini", "prompt": "hi"})
+    assert r.status_code == 404  # the fake upstream has no /completions: its answer comes back as is
+    assert "no route POST /v1/completions" in r.json()["error"]["message"]
     seen = upstream.requests[-1]
-    assert seen.path == "/v1/responses" and seen.json == {"model": "gpt-4o-mini", "input": "hi"}
+    assert seen.path == "/v1/completions" and seen.json == {"model": "gpt-4o-mini", "prompt": "hi"}
     assert "authorization" not in seen.headers  # the tenant key never goes upstream
 
 

@@ -13,6 +13,16 @@ Endpoints (under /v1):
   given (and tool_choice is not "none") the answer is a call of the first tool with arguments
   `upstream.tool_arguments` (streamed in pieces when streaming). `n` > 1 gives n identical choices.
   `upstream.stream_delay_s` pauses between streamed chunks; `upstream.chunk_words` words per chunk.
+- POST /responses (the Responses API), non-streamed (a `response` object) and streamed (SSE with
+  `event:` lines and the real event sequence: response.created, response.in_progress,
+  response.output_item.added, response.content_part.added, response.output_text.delta...,
+  response.output_text.done, response.content_part.done, response.output_item.done,
+  response.completed; each with its `sequence_number`; no `[DONE]`). The reply text comes as for
+  chat (`replies`, `responder(body)`, else `"You said: <last user text of input>"`); with a function
+  tool in `tools` (and tool_choice not "none") the output is a function_call with
+  `upstream.tool_arguments`. `instructions`, `previous_response_id`, `store`, `user`, `metadata` are
+  echoed in the response object as the API does. `stream_error` sends an `error` event; `drop` cuts
+  the stream.
 - GET /models (ids from `upstream.models`), GET /models/{id}.
 - POST /embeddings: deterministic unit vectors (sha256 of the text seeds them) of `dimensions`
   (default `upstream.embedding_dim`), as float lists or base64 little-endian float32 as
@@ -32,8 +42,9 @@ Scripted failures (FIFO, each consumed by the next matching request; `path`/`mod
 
 Observations: `requests` (every request: method, path, headers (lower-case names), body bytes, json,
 client address),
-`chat_requests` (only chat bodies), `disconnects` (paths of requests whose client went away before
-the answer was complete: what a cancelled upstream call looks like from here), `wait_for(pred)`.
+`chat_requests` (only chat bodies), `responses_requests` (only POST /responses bodies), `disconnects`
+(paths of requests whose client went away before the answer was complete: what a cancelled upstream
+call looks like from here), `wait_for(pred)`.
 `reset()` clears scripts and observations. Thread-safe for the simple uses above.
 """
 
@@ -100,6 +111,7 @@ class FakeUpstream:
         self.replies: deque[str] = deque()
         self.responder: Callable[[dict[str, Any]], str] | None = None
         self.requests: list[RecordedRequest] = []
+        self._response_count = 0
         self.disconnects: list[str] = []
         self._script: list[Behaviour] = []
         self._by_model: dict[str, Behaviour] = {}
@@ -220,6 +232,10 @@ class FakeUpstream:
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r.json for r in self.requests if r.path.endswith("/chat/completions")]
 
+    @property
+    def responses_requests(self) -> list[dict[str, Any]]:
+        return [r.json for r in self.requests if r.method == "POST" and r.path == "/v1/responses"]
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -326,6 +342,14 @@ class FakeUpstream:
                 await self._stream(send, receive, path, data, behaviour)
             else:
                 await self._complete(send, data, behaviour)
+        elif method == "POST" and path == "/v1/responses":
+            given = data.get("input") if isinstance(data, dict) else None
+            if not isinstance(data, dict) or not isinstance(given, str | list):
+                await _json(send, 400, _envelope("input is required", "invalid_request_error"))
+            elif data.get("stream"):
+                await self._responses_stream(send, receive, path, data, behaviour)
+            else:
+                await self._responses_once(send, data, behaviour)
         else:
             await _json(send, 404, _envelope(f"no route {method} {path}", "invalid_request_error"))
 
@@ -336,6 +360,17 @@ class FakeUpstream:
         if self.responder is not None:
             return self.responder(data)
         last = ""
+        given = data.get("input")
+        if isinstance(given, str):
+            return f"You said: {given}"
+        if isinstance(given, list):
+            for item in given:
+                if isinstance(item, dict) and item.get("role") == "user":
+                    content = item.get("content")
+                    if isinstance(content, list):
+                        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                    last = str(content)
+            return f"You said: {last}"
         for message in data.get("messages", []):
             if isinstance(message, dict) and message.get("role") == "user":
                 content = message.get("content")
@@ -485,6 +520,190 @@ class FakeUpstream:
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    # ------------------------------------------------------------------ the Responses API
+
+    def _response_object(
+        self, data: dict[str, Any], output: list[dict[str, Any]], status: str
+    ) -> dict[str, Any]:
+        with self._lock:
+            self._response_count += 1
+            number = self._response_count
+        input_tokens = len(orjson.dumps(data.get("input"))) // 4
+        output_tokens = sum(
+            len(str(part.get("text", "")).split()) for item in output for part in item.get("content", [])
+        ) + sum(len(str(item.get("arguments", "")).split()) for item in output)
+        done = status == "completed"
+        return {
+            "id": f"resp_fake_{number}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": data.get("instructions"),
+            "max_output_tokens": data.get("max_output_tokens"),
+            "model": data.get("model"),
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": data.get("previous_response_id"),
+            "reasoning": {"effort": None, "summary": None},
+            "store": data.get("store", True),
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": data.get("tool_choice", "auto"),
+            "tools": data.get("tools", []),
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": (
+                {
+                    "input_tokens": input_tokens,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": output_tokens,
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": input_tokens + output_tokens,
+                }
+                if done
+                else None
+            ),
+            "user": data.get("user"),
+            "metadata": data.get("metadata") or {},
+        }
+
+    @staticmethod
+    def _response_tool(data: dict[str, Any]) -> dict[str, Any] | None:
+        tools = data.get("tools")
+        if not tools or data.get("tool_choice") == "none":
+            return None
+        first = tools[0]
+        return first if isinstance(first, dict) and first.get("type") == "function" else None
+
+    def _response_output(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The one output item of a completed response: a message, or a call of the first function tool."""
+        tool = self._response_tool(data)
+        if tool is not None:
+            return {
+                "id": "fc_fake_1",
+                "type": "function_call",
+                "status": "completed",
+                "arguments": self.tool_arguments,
+                "call_id": "call_fake_1",
+                "name": tool.get("name", "tool"),
+            }
+        text = self._reply_text(data)
+        return {
+            "id": "msg_fake_1",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+
+    async def _responses_once(self, send: Send, data: dict[str, Any], behaviour: Behaviour | None) -> None:
+        content = orjson.dumps(self._response_object(data, [self._response_output(data)], "completed"))
+        if behaviour is not None and behaviour.kind == "drop":
+            await send(_start(200, "application/json", len(content)))
+            await send(
+                {"type": "http.response.body", "body": content[: len(content) // 2], "more_body": True}
+            )
+            raise _Dropped
+        await _raw(send, 200, content, "application/json")
+
+    def _responses_events(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of a streamed response, in the API's order (sequence numbers added by the caller)."""
+        done = self._response_output(data)
+        started = self._response_object(data, [], "in_progress")
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": started},
+            {"type": "response.in_progress", "response": started},
+        ]
+        item_id = done["id"]
+        if done["type"] == "function_call":
+            arguments = done["arguments"]
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": 0,
+                    "item": {**done, "status": "in_progress", "arguments": ""},
+                }
+            )
+            step = max(1, len(arguments) // 4)
+            for i in range(0, len(arguments), step):
+                events.append(
+                    {
+                        "type": "response.function_call_arguments.delta",
+                        "item_id": item_id,
+                        "output_index": 0,
+                        "delta": arguments[i : i + step],
+                    }
+                )
+            events.append(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "name": done["name"],
+                    "arguments": arguments,
+                }
+            )
+        else:
+            text = done["content"][0]["text"]
+            empty_part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": 0,
+                    "item": {**done, "status": "in_progress", "content": []},
+                }
+            )
+            where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+            events.append({"type": "response.content_part.added", **where, "part": empty_part})
+            words = text.split(" ")
+            size = max(1, self.chunk_words)
+            pieces = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+            for index, piece in enumerate(pieces):
+                delta = piece if index == 0 else " " + piece
+                events.append({"type": "response.output_text.delta", **where, "delta": delta, "logprobs": []})
+            events.append({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+            events.append({"type": "response.content_part.done", **where, "part": done["content"][0]})
+        events.append({"type": "response.output_item.done", "output_index": 0, "item": done})
+        final = self._response_object(data, [done], "completed")
+        final["id"] = started["id"]
+        events.append({"type": "response.completed", "response": final})
+        return events
+
+    async def _responses_stream(
+        self, send: Send, receive: Receive, path: str, data: dict[str, Any], behaviour: Behaviour | None
+    ) -> None:
+        events = self._responses_events(data)
+        await send(_start(200, "text/event-stream", None))
+        try:
+            for index, event in enumerate(events):
+                event["sequence_number"] = index
+                if behaviour is not None and index == behaviour.after_chunks:
+                    if behaviour.kind == "drop":
+                        raise _Dropped
+                    if behaviour.kind == "stream_error":
+                        error = {
+                            "type": "error",
+                            "code": "server_error",
+                            "message": "scripted stream failure",
+                            "param": None,
+                            "sequence_number": index,
+                        }
+                        await send({"type": "http.response.body", "body": _sse(error), "more_body": True})
+                        break
+                await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
+                if self.stream_delay_s and await _disconnected_within(receive, self.stream_delay_s):
+                    with self._lock:
+                        self.disconnects.append(path)
+                    return
+        except OSError:
+            with self._lock:
+                self.disconnects.append(path)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def _embeddings(self, send: Send, data: Any, behaviour: Behaviour | None) -> None:
         if not isinstance(data, dict) or data.get("input") is None:
             await _json(send, 400, _envelope("input is required", "invalid_request_error"))
@@ -513,6 +732,11 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             },
         )
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    """A Responses API event as the API frames it: `event: <type>` and its JSON on a `data:` line."""
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 def _count_tokens(data: dict[str, Any]) -> int:
