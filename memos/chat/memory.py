@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from memos.chat import shapes
 from memos.chat.contract import (
     ChatContext,
     FinishedExchange,
@@ -30,7 +31,6 @@ from memos.chat.contract import (
     MemorySwitch,
     MemoryUnavailable,
 )
-from memos.chat import shapes
 from memos.chat.planner import LocalMemorySource, choose_mode, memory_switch, plan_local, switch_reason
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
