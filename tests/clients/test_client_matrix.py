@@ -11,8 +11,9 @@ user-bound key, or X-Memos-User where the client drops `user`, as the litellm SD
 Rows: openai-python (chat, structured output with `chat.completions.parse`, streaming, a user-bound
 key, `responses.create`), openai-node (chat, streaming), the Vercel AI SDK (`openai(model)`, which
 calls /v1/responses, streamed and not; `openai.chat(model)`), LangChain's ChatOpenAI (Chat Completions
-and `use_responses_api=True`), LlamaIndex's OpenAI LLM, and the litellm SDK. The Node rows run with the
-machine's `node` (tests/clients/conftest.py; skipped, saying why, without one).
+and `use_responses_api=True`), LlamaIndex's OpenAI LLM, the litellm SDK, curl, and the request Open WebUI
+sends with its user-forwarding headers. The Node rows run with the machine's `node`
+(tests/clients/conftest.py; skipped, saying why, without one).
 """
 
 from __future__ import annotations
@@ -244,10 +245,6 @@ class Row:
     node: bool = False
     tenant: str = "acme"
 
-    @property
-    def responses(self) -> bool:
-        return self.path == RESPONSES_PATH
-
 
 ROWS = [
     Row("openai-python-chat", openai_chat, CHAT_PATH),
@@ -267,10 +264,6 @@ ROWS = [
     Row("curl", curl, CHAT_PATH),
     Row("open-webui-headers", open_webui_request, CHAT_PATH, tenant=OPEN_WEBUI_TENANT),
 ]
-
-
-def params() -> list[Any]:
-    return [pytest.param(row, id=row.name) for row in ROWS]
 
 
 # ----------------------------------------------------------------------- what reached the upstream
@@ -324,7 +317,7 @@ def structured_replies(body: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ the test
 
 
-@pytest.mark.parametrize("row", params())
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_a_fact_told_in_one_chat_is_injected_into_a_later_one(
     row: Row, request: pytest.FixtureRequest, running: RunningProxy, key: str, upstream: FakeUpstream
 ) -> None:
