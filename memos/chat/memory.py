@@ -42,7 +42,7 @@ from memos.observe import MemoryObserver, NoObserver
 from memos.recall import injection
 from memos.recall.retrieval import RetrievalParams
 from memos.writeback.outbox import Outbox
-from memos.writeback.reader import bound_turns, message_text
+from memos.writeback.reader import MAX_SPEAKER_CHARS, bound_turns, message_text
 from memos.writeback.write_retry import WriteRetryQueue
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,11 @@ def new_turns(messages: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, A
         if messages[i].get("role") == "user":
             text = message_text(messages[i])
             if text.strip():
-                turns.append((i, {"role": "user", "content": text}))
+                turn = {"role": "user", "content": text}
+                name = messages[i].get("name")
+                if isinstance(name, str) and name.strip():
+                    turn["name"] = name[:MAX_SPEAKER_CHARS]  # who spoke (memos.writeback.reader.speaker_of)
+                turns.append((i, turn))
     return bound_turns(turns)
 
 
@@ -374,7 +378,14 @@ class VaultChatMemory:
             "model": ctx.model,
             "observed_at": self._now().isoformat(),
             "turns": [
-                [index, {"role": message["role"], "content": redactor.redact(message["content"])}]
+                [
+                    index,
+                    {
+                        "role": message["role"],
+                        "content": redactor.redact(message["content"]),
+                        **({"name": redactor.redact(message["name"])} if message.get("name") else {}),
+                    },
+                ]
                 for index, message in turns
             ],
             "assistant_text": redactor.redact(assistant_text[:CONTEXT_CHARS]),
