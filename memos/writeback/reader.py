@@ -16,6 +16,8 @@ speaker's memory is written "Name: what they said" (`attributed`), its source me
 `speaker`, and its slots are that speaker's ("home@caroline"), so the keyword and dense sides match a
 question that names them, the injected line says who said it, and one person's "I live in X" never
 supersedes another's. The user themself (no `name`, or a name equal to the owner) stays in their words.
+A named speaker's question is kept: in a conversation between people it is what was said (and the turn
+that answers it is found beside it), not a request to the assistant that tells nothing.
 
 Not memories, whichever mode reads (`worth_reading`, before either):
 - a one-letter turn: fewer than MIN_TURN_CHARACTERS letters or digits ("k", "?", "5");
@@ -504,7 +506,7 @@ class MemReader:
             )
             rest: list[str] = []
             for sentence in split_sentences(message_text(message)):
-                if is_small_talk(sentence) or is_contentless_question(sentence):
+                if is_small_talk(sentence) or (not speaker and is_contentless_question(sentence)):
                     continue
                 slots = speaker_slots(slots_of(sentence), speaker)
                 if slots:

@@ -125,3 +125,10 @@ def test_tool_results_are_not_memories() -> None:
         ),
     )
     assert read(*turns) == []
+
+
+def test_a_named_speakers_question_is_what_was_said() -> None:
+    assert read((0, user("What are your plans for the summer?", name="Melanie"))) == [
+        "Melanie: What are your plans for the summer?"
+    ]
+    assert read((0, user("What are your plans for the summer?"))) == []  # a request to the assistant
