@@ -103,6 +103,7 @@ if TYPE_CHECKING:
         plan_import,
     )
     from memos.ports import AuditSink, Background, PolicySource, TextCompleter, UserDataEraser
+    from memos.readiness import MemoryReadiness
     from memos.recall.retrieval import Hit
     from memos.writeback.outbox import OutboxBacklog
     from memos.writeback.write_retry import RetrySnapshot, WriteRetryQueue
@@ -198,6 +199,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "OutboxBacklog": ("memos.writeback.outbox", "OutboxBacklog"),
     "RetrySnapshot": ("memos.writeback.write_retry", "RetrySnapshot"),
     "WriteRetryQueue": ("memos.writeback.write_retry", "WriteRetryQueue"),
+    "MemoryReadiness": ("memos.readiness", "MemoryReadiness"),
     # Local models (torch is imported only when one is first used)
     "MemScheduler": ("memos.local.scheduler", "MemScheduler"),
     "GenerationResult": ("memos.local.runtime", "GenerationResult"),
@@ -278,6 +280,7 @@ __all__ = [
     "MemoryMode",
     "MemoryObserver",
     "MemoryPlan",
+    "MemoryReadiness",
     "MemoryReason",
     "MemoryService",
     "MemorySwitch",

@@ -39,6 +39,7 @@ from memos.memories import MemoryService
 from memos.observe import MemoryObserver
 from memos.pools import MemoryPools
 from memos.ports import Background, PolicySource, TextCompleter
+from memos.readiness import MemoryReadiness, check_readiness
 from memos.recall.retrieval import Retriever
 from memos.storage.vault import MemVault
 from memos.storage.vectors import VectorIndex
@@ -104,6 +105,7 @@ def build_scheduler(
     vault: MemVault,
     audit: AuditLog | None,
     local: LocalModels | None,
+    observer: MemoryObserver | None = None,
 ) -> MemScheduler:
     """Always built: besides choosing what is ready for local models, it erases a user's KV caches and
     adapters (which may exist from an earlier configuration)."""
@@ -115,6 +117,7 @@ def build_scheduler(
         kv_store=KVCacheStore(config.data_dir / "kv", keyring),
         adapter_store=AdapterStore(config.data_dir / "adapters", keyring),
         config=SchedulerConfig(interval_s=config.scheduler_interval_s, lora=config.lora),
+        observer=observer,
     )
 
 
@@ -153,6 +156,10 @@ class Memory:
     scheduler: MemScheduler
     jobs: tuple[Background, ...]
 
+    def readiness(self) -> MemoryReadiness:
+        """Blocking: whether the vault, the vectors and the embedder can serve now (memos.readiness)."""
+        return check_readiness(self.vault.db, self.vault.vectors, self.embedder.sync)
+
 
 def build_memory(
     config: MemoryConfig,
@@ -180,7 +187,7 @@ def build_memory(
     )
     batcher = MicroBatcher(embedder, executor=pools.query_embedding, observer=observer)
     retriever = Retriever(vault, executor=pools.recall)
-    scheduler = build_scheduler(config, keyring, vault, audit, local)
+    scheduler = build_scheduler(config, keyring, vault, audit, local, observer)
     # Write-back: the outbox, drained by the worker through reader -> operator -> vault; the memory
     # API's `infer: true` shares the reader and operator (so it uses the tenant's extractor model too).
     reader = MemReader(completer)

@@ -22,6 +22,13 @@ class MemoryObserver(Protocol):
     def write_back_failed(self, tenant: str, error: str) -> None:
         """Writing an exchange back failed (`error`: the exception's class name); it will be retried."""
 
+    def kv_cache_used(self, tenant: str, *, hit: bool) -> None:
+        """An activation-mode chat got its memory block's KV cache: stored and current (`hit`), or
+        prefilled now (missing or stale)."""
+
+    def adapter_used(self, tenant: str, *, hit: bool) -> None:
+        """A parametric-mode chat asked for the user's adapter: current (`hit`) or none that matches."""
+
 
 class NoObserver:
     def recalled(self, tenant: str, seconds: float) -> None:
@@ -34,4 +41,10 @@ class NoObserver:
         return None
 
     def write_back_failed(self, tenant: str, error: str) -> None:
+        return None
+
+    def kv_cache_used(self, tenant: str, *, hit: bool) -> None:
+        return None
+
+    def adapter_used(self, tenant: str, *, hit: bool) -> None:
         return None

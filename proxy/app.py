@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute
 from memos import MemosError
 from proxy.cors import cors_middleware
 from proxy.errors import ApiError, error_response, memos_error
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, TenantLabels
 from proxy.middleware import ProxyMiddleware
 from proxy.routes import audit, chat, health, memories, openai, passthrough, responses
 from proxy.services import Services, build_services
@@ -38,7 +38,7 @@ def routes() -> list[BaseRoute]:
 
 def create_app(settings: Settings, *, configure: Callable[[Services], None] | None = None) -> Starlette:
     """`configure` runs after the services are built and before they start (tests swap parts there)."""
-    metrics = Metrics()
+    metrics = Metrics(TenantLabels(settings.metrics_tenant_label))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

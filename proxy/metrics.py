@@ -1,9 +1,17 @@
-"""Prometheus metrics of one app, in its own CollectorRegistry (never the process-global one)."""
+"""Prometheus metrics of one app, in its own CollectorRegistry (never the process-global one).
+
+Tenants appear in labels as `TenantLabels` says (MEMOS_METRICS_TENANT_LABEL): an opaque id by
+default (`t_` and a keyed hash of the name, the same in every process of a deployment), the name, or
+nothing (`off`: an empty value). Every metric is listed, with what moves it, in the README.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,12 +27,46 @@ NO_TENANT = "-"
 _COUNT_BUCKETS = (0, 1, 2, 4, 8, 12, 16, 24, 32, 64)
 _TOKEN_BUCKETS = (0, 50, 100, 200, 400, 600, 800, 1200, 2000, 4000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+_MAX_LABELS = 10_000
+
+TenantLabelMode = Literal["name", "hash", "off"]
+
+
+class TenantLabels:
+    """A tenant as metric labels show it. `hash`: `t_` and 16 hex digits of an HMAC of the name, keyed
+    by `use_key` (the server keys it from the master key, so every replica and restart of a deployment
+    labels a tenant alike; until then a random key of this process); `name`: the name; `off`: the
+    empty value (Prometheus reads it as no label). Requests of no tenant keep NO_TENANT."""
+
+    def __init__(self, mode: TenantLabelMode = "hash") -> None:
+        self.mode = mode
+        self._key = os.urandom(32)
+        self._labels: dict[str, str] = {}
+
+    def use_key(self, key: bytes) -> None:
+        self._key = key
+        self._labels = {}
+
+    def __call__(self, tenant: str) -> str:
+        if self.mode == "name" or tenant == NO_TENANT:
+            return tenant
+        if self.mode == "off":
+            return ""
+        label = self._labels.get(tenant)
+        if label is None:
+            digest = hmac.new(self._key, tenant.encode("utf-8"), hashlib.sha256).hexdigest()
+            label = f"t_{digest[:16]}"
+            if len(self._labels) >= _MAX_LABELS:
+                self._labels = {}
+            self._labels[tenant] = label
+        return label
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_labels: TenantLabels | None = None) -> None:
+        self.tenant_label = tenant_labels or TenantLabels()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "memos_http_requests",
@@ -118,44 +160,77 @@ class Metrics:
             ["tenant", "error"],
             registry=self.registry,
         )
+        self.kv_cache_lookups = Counter(
+            "memos_kv_cache_lookups",
+            "Activation-mode chats by tenant and result: hit (the stored KV cache of the memory block "
+            "served) or built (missing or stale, prefilled for this chat).",
+            ["tenant", "result"],
+            registry=self.registry,
+        )
+        self.adapter_lookups = Counter(
+            "memos_adapter_lookups",
+            "Parametric-mode chats by tenant and result: hit (the user's current LoRA adapter served) "
+            "or miss (no adapter that still matches the user's memories).",
+            ["tenant", "result"],
+            registry=self.registry,
+        )
+        self.mcp_tool_calls = Counter(
+            "memos_mcp_tool_calls",
+            "MCP tool calls (/mcp) by tenant, tool and outcome (ok, or the error code the REST twin "
+            "would answer: not_found, permission_denied, invalid_value, ...).",
+            ["tenant", "tool", "outcome"],
+            registry=self.registry,
+        )
 
     def observe_request(self, tenant: str, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(tenant, route, method, str(status)).inc()
-        self.latency.labels(tenant, route).observe(seconds)
+        label = self.tenant_label(tenant)
+        self.requests.labels(label, route, method, str(status)).inc()
+        self.latency.labels(label, route).observe(seconds)
 
     def observe_upstream(self, tenant: str, route: str, seconds: float) -> None:
-        self.upstream_latency.labels(tenant, route).observe(seconds)
+        self.upstream_latency.labels(self.tenant_label(tenant), route).observe(seconds)
 
     def upstream_error(self, tenant: str, route: str, kind: str) -> None:
-        self.upstream_errors.labels(tenant, route, kind).inc()
+        self.upstream_errors.labels(self.tenant_label(tenant), route, kind).inc()
 
     def skipped_memory(self, tenant: str, reason: str) -> None:
-        self.memory_skipped.labels(tenant, reason).inc()
+        self.memory_skipped.labels(self.tenant_label(tenant), reason).inc()
 
     def observe_memory(self, tenant: str, mode: str, *, read: bool, injected: int, block_tokens: int) -> None:
         """One chat's memory: the mode that served it and, when it asked to read, what was injected."""
-        self.memory_requests.labels(tenant, mode).inc()
+        label = self.tenant_label(tenant)
+        self.memory_requests.labels(label, mode).inc()
         if read:
-            self.memory_injected.labels(tenant).observe(injected)
-            self.memory_block_tokens.labels(tenant).observe(block_tokens)
+            self.memory_injected.labels(label).observe(injected)
+            self.memory_block_tokens.labels(label).observe(block_tokens)
+
+    def mcp_tool_called(self, tenant: str, tool: str, outcome: str) -> None:
+        self.mcp_tool_calls.labels(self.tenant_label(tenant), tool, outcome).inc()
 
     # -- memos.observe.MemoryObserver -------------------------------------------------------------
 
     def recalled(self, tenant: str, seconds: float) -> None:
-        self.recall_latency.labels(tenant).observe(seconds)
+        self.recall_latency.labels(self.tenant_label(tenant)).observe(seconds)
 
     def query_embedded(self, batch: int, seconds: float) -> None:
         self.query_embedding_latency.observe(seconds)
         self.query_embedding_batch.observe(batch)
 
     def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:
-        self.written_exchanges.labels(tenant).inc()
+        label = self.tenant_label(tenant)
+        self.written_exchanges.labels(label).inc()
         for outcome, n in (("added", added), ("merged", merged), ("superseded", superseded)):
             if n:
-                self.written_memories.labels(tenant, outcome).inc(n)
+                self.written_memories.labels(label, outcome).inc(n)
 
     def write_back_failed(self, tenant: str, error: str) -> None:
-        self.writeback_failures.labels(tenant, error).inc()
+        self.writeback_failures.labels(self.tenant_label(tenant), error).inc()
+
+    def kv_cache_used(self, tenant: str, *, hit: bool) -> None:
+        self.kv_cache_lookups.labels(self.tenant_label(tenant), "hit" if hit else "built").inc()
+
+    def adapter_used(self, tenant: str, *, hit: bool) -> None:
+        self.adapter_lookups.labels(self.tenant_label(tenant), "hit" if hit else "miss").inc()
 
     def watch_outbox(self, backlog: Callable[[], OutboxBacklog]) -> None:
         """Export the outbox's backlog (rows waiting, oldest age), read at each scrape (a query)."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 from typing_extensions import TypedDict
 
+from proxy.health_wire import Readiness
 from proxy.memory_wire import (
     MEMORY_ID_PATTERN,
     REF,
@@ -46,23 +47,24 @@ _RESPONSES: tuple[type[Any], ...] = (
     MemoryErased,
     Error,
     Status,
+    Readiness,
 )
 
 
-def _published(node: Any, names: bool = False) -> Any:
+def published(node: Any, names: bool = False) -> Any:
     """A generated JSON schema as published: without pydantic's titles (class and field names
     restated) or its `default: null` (a field given null counts as not given, which the descriptions
     say). `names`: `node` maps names to schemas (`properties`, `$defs`)."""
     if isinstance(node, list):
-        return [_published(n) for n in node]
+        return [published(n) for n in node]
     if not isinstance(node, dict):
         return node
     if names:
-        return {name: _published(schema) for name, schema in node.items()}
+        return {name: published(schema) for name, schema in node.items()}
     return {
         key: value
         if key in ("enum", "const", "default", "examples")
-        else _published(value, names=key in ("properties", "$defs", "patternProperties"))
+        else published(value, names=key in ("properties", "$defs", "patternProperties"))
         for key, value in node.items()
         if key != "title" and not (key == "default" and value is None)
     }
@@ -75,7 +77,7 @@ def schemas() -> dict[str, Any]:
         *((t.__name__, "serialization", TypeAdapter(t)) for t in _RESPONSES),
     ]
     _, definitions = TypeAdapter.json_schemas(inputs, ref_template=REF)
-    return _published(definitions["$defs"], names=True)
+    return published(definitions["$defs"], names=True)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -84,7 +86,7 @@ def _ref(name: str) -> dict[str, str]:
 
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """A query model's fields as OpenAPI parameters (each field's description on the parameter)."""
-    schema = _published(model.model_json_schema(ref_template=REF))
+    schema = published(model.model_json_schema(ref_template=REF))
     required = set(schema.get("required", ()))
     out = []
     for name, field in schema["properties"].items():
@@ -228,6 +230,7 @@ def _memory_paths() -> dict[str, Any]:
 
 def _health_paths() -> dict[str, Any]:
     status = _ref("Status")
+    readiness = _ref("Readiness")
     return {
         "/healthz": {
             "get": {
@@ -241,14 +244,17 @@ def _health_paths() -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
-                "summary": "Readiness: storage takes writes, no acknowledged exchange is being lost, the "
-                "write-back worker runs (where this process has one) and the outbox is not stalled.",
+                "summary": "Readiness: the vault's database, the vector store and the embedder are ready, "
+                "storage takes writes, no acknowledged exchange is being lost, the write-back worker runs "
+                "(where this process has one) and the outbox is not stalled.",
                 "security": [],
                 "tags": ["health"],
                 "responses": {
-                    "200": _ok(status, "Ready."),
+                    "200": _ok(readiness, "Ready."),
                     "503": _ok(
-                        status, "Not ready; the body says which part (storage, write_retry, worker, outbox)."
+                        readiness,
+                        "Not ready; the body says which part (vault, vectors, embedder, storage, "
+                        "write_retry, worker, outbox).",
                     ),
                 },
             }

@@ -38,7 +38,7 @@ from memos import (
 )
 from proxy.auth import AuthFailureAudit, KeyResolver
 from proxy.auth_limits import AuthLimiter
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, TenantLabels
 from proxy.settings import Settings
 from proxy.upstream.completer import UpstreamCompleter, default_target
 from proxy.upstream.embeddings import UpstreamEmbeddings
@@ -48,7 +48,7 @@ from proxy.upstream.local import LocalUpstream
 from proxy.upstream.router import UpstreamRouter
 
 if TYPE_CHECKING:
-    from memos import OutboxBacklog, WriteRetryQueue
+    from memos import MemoryReadiness, OutboxBacklog, WriteRetryQueue
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ class Services:
     # process runs none; a `memos-proxy worker` elsewhere drains the outbox).
     outbox_backlog: Callable[[], OutboxBacklog] | None = None
     worker_running: Callable[[], bool] | None = None
+    # For /readyz: whether the vault, the vectors and the embedder can serve (blocking).
+    memory_readiness: Callable[[], MemoryReadiness] | None = None
     # Started in order with the app, stopped in reverse; start()/stop() may be sync or async.
     background: tuple[Background, ...] = ()
 
@@ -214,7 +216,9 @@ def build_services(
     role "worker" (`memos-proxy worker`): the same parts, but the only background jobs are what drains
     the outbox (and what keeps its settings current); the scheduler's pass runs in the server."""
     core = open_core(settings)
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(TenantLabels(settings.metrics_tenant_label))
+    # Tenant labels hashed with a key of the deployment (the same in every replica and restart).
+    metrics.tenant_label.use_key(core.master.derive("metrics-tenant-label"))
     policies = PolicyStore(settings.resolved_policy_dir, audit=core.audit)
     config = memory_config(settings)
     # The local runtime is built first: the router serves `local/<name>` models with it, and memory
@@ -269,5 +273,6 @@ def build_services(
         write_retry=memory.write_retry,
         outbox_backlog=memory.outbox.backlog,
         worker_running=(lambda: worker.running) if worker_runs else None,
+        memory_readiness=memory.readiness,
         background=tuple(background),
     )

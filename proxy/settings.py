@@ -6,7 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     ready_outbox_max_age_s: float = Field(default=300.0, ge=0.0)
     # When set, GET /metrics needs `Authorization: Bearer <this token>` (Prometheus' bearer_token).
     metrics_token: SecretStr | None = None
+    # How tenants appear in metric labels: "hash" (an opaque id, `t_` and a keyed hash of the name; the
+    # key is derived from the master key, so every replica labels a tenant alike), "name", or "off"
+    # (an empty label value).
+    metrics_tenant_label: Literal["name", "hash", "off"] = "hash"
 
     @field_validator("cors_origins", "cors_allow_methods", "cors_allow_headers", mode="before")
     @classmethod

@@ -219,6 +219,11 @@ class MiniLMEmbedder:
         return self._loaded, self._tokenizer
 
     @property
+    def ready(self) -> bool:
+        """Loaded (the warm-up at start loads it): a query embeds without loading the model first."""
+        return self._tokenizer is not None
+
+    @property
     def precision(self) -> str:
         """What the encoder computes in ("float32" or "bfloat16"); loads the model."""
         return self._load()[0].precision

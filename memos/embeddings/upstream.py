@@ -56,6 +56,12 @@ class UpstreamEmbedder:
             )
         return self._dim
 
+    @property
+    def ready(self) -> bool:
+        """Started on the serving loop (the embeddings model's own availability is the upstream's, as
+        for chat: a failing call fails or falls back per request)."""
+        return self._loop is not None
+
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
 

@@ -40,6 +40,7 @@ from memos.local.lora import LoraTraining, train_adapter, unload_adapters
 from memos.local.runtime import LocalMemory, block_ids
 from memos.logsafe import exception_summary
 from memos.modes import MemoryMode
+from memos.observe import MemoryObserver, NoObserver
 from memos.ports import AuditSink
 from memos.recall import injection
 
@@ -164,8 +165,10 @@ class MemScheduler:
         adapter_store: AdapterStore | None = None,
         config: SchedulerConfig | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observer: MemoryObserver | None = None,
     ) -> None:
         self.vault = vault
+        self._observer: MemoryObserver = observer or NoObserver()
         self.audit = audit
         self.registry = registry
         self.runtime = runtime
@@ -298,6 +301,7 @@ class MemScheduler:
         view = ready.view
         if mode is MemoryMode.ACTIVATION:
             kv = ready.kv
+            self._observer.kv_cache_used(ready.tenant, hit=ready.activation_ready)
             if not ready.activation_ready:
                 kv = await self.build_cache(
                     ready.tenant,
@@ -309,8 +313,10 @@ class MemScheduler:
                     erasures=view.erasures,
                 )
             return LocalMemory(mode, block=view.text, kv=kv, memory_ids=view.memory_ids)
-        if mode is MemoryMode.PARAMETRIC and ready.adapter is not None:
-            return LocalMemory(mode, adapter=ready.adapter, memory_ids=ready.adapter.memory_ids)
+        if mode is MemoryMode.PARAMETRIC:
+            self._observer.adapter_used(ready.tenant, hit=ready.adapter is not None)
+            if ready.adapter is not None:
+                return LocalMemory(mode, adapter=ready.adapter, memory_ids=ready.adapter.memory_ids)
         return None
 
     def _block_view(self, tenant: str, user: str, loaded: LoadedModel) -> _BlockView:

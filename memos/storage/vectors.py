@@ -318,6 +318,19 @@ class VectorIndex:
                     self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
         return self._db
 
+    def answers(self) -> bool:
+        """Whether the store answers now (one page of its table listing; opens no table). Blocking."""
+        try:
+            db = self._connect()
+            if hasattr(db, "list_tables"):
+                db.list_tables(limit=1)
+            else:
+                db.table_names(limit=1)
+        except Exception as exc:  # any backend failure (a missing bucket, a network error): not ready
+            log.warning("the vector store does not answer: %s", exception_summary(exc))
+            return False
+        return True
+
     def _guard(self, name: str) -> _SharedExclusive:
         with self._lock:
             guard = self._guards.get(name)

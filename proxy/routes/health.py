@@ -1,6 +1,8 @@
 """GET /healthz (liveness), GET /readyz (readiness) and GET /metrics (Prometheus text of this app's registry).
 
-/healthz answers 200 while the process serves. /readyz answers 503 while this process's writes fail
+/healthz answers 200 while the process serves. /readyz answers 503 while the vault's database does not
+answer a read, while the vector store does not answer, while the embedding model is not ready (the
+bundled model still loading; memos.readiness), while this process's writes fail
 on storage (full disk, lost database: `Database.health`, turned ok again by the next write that
 commits, or the retry queue's probe), while acknowledged exchanges are being lost because the
 write-back retry queue is full, while this process's write-back worker is not running, and while the
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Any
 
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from proxy.errors import json_response, unauthorized
+from proxy.health_wire import Readiness, StorageState
 from proxy.services import Services
 
 
@@ -39,12 +41,18 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     health = services.db.health.state()
-    storage: dict[str, Any] = {"writes": "failing" if health.failing else "ok"}
+    storage: StorageState = {"writes": "failing" if health.failing else "ok"}
     if health.failing:
         storage["failure"] = health.kind
         storage["failing_for_s"] = round(time.time() - health.since, 3) if health.since else None
-    body: dict[str, Any] = {"storage": storage}
+    body: Readiness = {"status": "not_ready", "storage": storage}
     ready = not health.failing
+    if services.memory_readiness is not None:
+        memory = await anyio.to_thread.run_sync(services.memory_readiness)
+        body["vault"] = "ok" if memory.vault else "unreachable"
+        body["vectors"] = "ok" if memory.vectors else "unreachable"
+        body["embedder"] = {"name": memory.embedder_name, "ready": memory.embedder}
+        ready = ready and memory.ready
     retry = services.write_retry
     if retry is not None:
         snap = retry.snapshot()

@@ -114,6 +114,17 @@ def ask(
         return text, response.headers
 
 
+def local_lookups(running: RunningProxy) -> dict[str, float]:
+    """memos_kv_cache_lookups_total and memos_adapter_lookups_total of tenant acme, by result."""
+    out: dict[str, float] = {}
+    for line in httpx.get(running.url + "/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(("memos_kv_cache_lookups_total{", "memos_adapter_lookups_total{")):
+            if 'tenant="acme"' in name:
+                out[name.removeprefix("memos_").split(",")[0]] = float(value)
+    return out
+
+
 def test_models_lists_the_local_model(client: openai.OpenAI) -> None:
     assert MODEL in {m.id for m in client.models.list().data}
 
@@ -215,9 +226,18 @@ def test_caches_and_adapters_are_ciphertext_and_erased_with_the_user(
     ids = add_memories(running, key, "carol", FIVE_MEMORIES)
     scheduler = running.services.scheduler
     scheduler.promote("acme", "carol", ids)
-    assert ask(client, "carol", "activation")[1]["x-memos-memory-mode"] == "activation"
+    before = local_lookups(running)
+    assert ask(client, "carol", "activation")[1]["x-memos-memory-mode"] == "activation"  # built
+    assert ask(client, "carol", "activation", max_tokens=2)[1]["x-memos-memory-mode"] == "activation"  # hit
     scheduler.train("acme", "carol", "tiny", min_age_s=0)
     assert ask(client, "carol", "parametric")[1]["x-memos-memory-mode"] == "parametric"
+    after = local_lookups(running)
+    for series in (
+        'kv_cache_lookups_total{result="built"',
+        'kv_cache_lookups_total{result="hit"',
+        'adapter_lookups_total{result="hit"',
+    ):
+        assert after.get(series, 0) - before.get(series, 0) == 1, series  # as the README says
 
     data_dir = running.settings.data_dir
     files = [p for sub in ("kv", "adapters") for p in (data_dir / sub).rglob("*") if p.is_file()]

@@ -25,10 +25,10 @@ def test_metrics_open_without_a_token(proxy) -> None:
 def test_an_unreadable_outbox_is_reported_and_the_rest_still_scraped(tmp_path) -> None:
     from memos.db import Database
     from memos.writeback.outbox import Outbox
-    from proxy.metrics import Metrics
+    from proxy.metrics import Metrics, TenantLabels
 
     gone = Database(f"sqlite:///{tmp_path / 'memos.db'}")  # no tables: every query fails
-    metrics = Metrics()
+    metrics = Metrics(TenantLabels("name"))
     metrics.watch_outbox(Outbox(gone, keyring=None).backlog)  # type: ignore[arg-type]
     metrics.skipped_memory("acme", "overloaded")
     text = metrics.render().decode()

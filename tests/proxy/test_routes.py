@@ -234,6 +234,15 @@ def test_openapi_document_keeps_every_operation_parameter_and_status() -> None:
     (erase_user,) = ops[("/v1/memories", "delete")]["parameters"]
     assert erase_user["required"] is True and erase_user["in"] == "query"
     assert ops[("/healthz", "get")]["security"] == [] == ops[("/readyz", "get")]["security"]
+    # /readyz publishes its body, part by part (proxy/health_wire.py; tests/proxy/test_readiness.py
+    # validates real answers against it).
+    for status in ("200", "503"):
+        answer = ops[("/readyz", "get")]["responses"][status]["content"]["application/json"]["schema"]
+        assert answer == {"$ref": "#/components/schemas/Readiness"}
+    parts = doc["components"]["schemas"]["Readiness"]["properties"]
+    assert set(parts) == {
+        *("status", "storage", "vault", "vectors", "embedder", "write_retry", "worker", "outbox")
+    }
 
 
 def test_every_limit_in_the_openapi_document_is_the_constant() -> None:

@@ -60,13 +60,15 @@ CLI = cli_command()
 
 
 def proxy_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Settings:
-    """Settings for a test proxy: its own data dir, the given upstream, no upstream key."""
+    """Settings for a test proxy: its own data dir, the given upstream, no upstream key, and tenants
+    named in metric labels (tests read `tenant="acme"`; tests of the label modes set their own)."""
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "upstream_base_url": upstream_url,
         "policy_dir": data_dir / "policies",
         "upstream_read_timeout_s": 30.0,
         "upstream_connect_timeout_s": 5.0,
+        "metrics_tenant_label": "name",
     }
     values.update(overrides)
     return Settings(**values)
