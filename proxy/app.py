@@ -18,12 +18,12 @@ from proxy.cors import cors_middleware
 from proxy.errors import ApiError, error_response, memos_error
 from proxy.metrics import Metrics, TenantLabels
 from proxy.middleware import ProxyMiddleware
-from proxy.routes import audit, chat, health, memories, openai, passthrough, responses
+from proxy.routes import audit, chat, health, mcp, memories, openai, passthrough, responses
 from proxy.services import Services, build_services
 from proxy.settings import Settings
 
 
-def routes() -> list[BaseRoute]:
+def routes(mcp_endpoint: mcp.McpEndpoint) -> list[BaseRoute]:
     # Order matters only for the catch-all passthrough, which goes last.
     return [
         *health.routes(),
@@ -32,6 +32,7 @@ def routes() -> list[BaseRoute]:
         *openai.routes(),
         *memories.routes(),  # memory API + /openapi.json
         *audit.routes(),
+        *mcp.routes(mcp_endpoint),  # the memory API as MCP tools
         *passthrough.routes(),
     ]
 
@@ -39,6 +40,7 @@ def routes() -> list[BaseRoute]:
 def create_app(settings: Settings, *, configure: Callable[[Services], None] | None = None) -> Starlette:
     """`configure` runs after the services are built and before they start (tests swap parts there)."""
     metrics = Metrics(TenantLabels(settings.metrics_tenant_label))
+    mcp_endpoint = mcp.McpEndpoint()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -48,7 +50,8 @@ def create_app(settings: Settings, *, configure: Callable[[Services], None] | No
         app.state.services = services
         await services.start()
         try:
-            yield
+            async with mcp_endpoint.running():
+                yield
         finally:
             await services.stop()
 
@@ -90,7 +93,7 @@ def create_app(settings: Settings, *, configure: Callable[[Services], None] | No
         # Outermost: a preflight is answered before authentication (browsers send it without a key).
         middleware.insert(0, cors)
     return Starlette(
-        routes=routes(),
+        routes=routes(mcp_endpoint),
         middleware=middleware,
         exception_handlers={ApiError: api_error, MemosError: memory_error, HTTPException: http_error},
         lifespan=lifespan,

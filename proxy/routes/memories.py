@@ -80,6 +80,11 @@ def routes() -> list[BaseRoute]:
 async def _context(request: Request) -> tuple[MemoryService, Caller, str]:
     services: Services = request.app.state.services
     caller = await authenticate(request, services)
+    return memory_service(services), caller, request.state.request_id
+
+
+def memory_service(services: Services) -> MemoryService:
+    """The memory API's service, or the 503 a server without memory answers (the MCP tools too)."""
     if services.memory is None:
         raise ApiError(
             503,
@@ -87,10 +92,10 @@ async def _context(request: Request) -> tuple[MemoryService, Caller, str]:
             type="server_error",
             code="memory_unavailable",
         )
-    return services.memory, caller, request.state.request_id
+    return services.memory
 
 
-def _user_from(request: Request, body_user: str | None = None) -> str | None:
+def user_from(request: Request, body_user: str | None = None) -> str | None:
     """The body's `user`, else the query's, else X-Memos-User (None: the key's bound user, if any).
     Whichever is given must be a valid user id, even when an earlier one wins."""
     header = header_user(request)
@@ -109,7 +114,7 @@ async def add_memories(request: Request) -> Response:
     items = await memory.add(
         caller.principal,
         caller.policy,
-        _user_from(request, body.user),
+        user_from(request, body.user),
         body.entries(),
         infer=body.infer,
         request_id=request_id,
@@ -123,7 +128,7 @@ async def list_memories(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     query = parse_query(request, ListQuery)
     items, next_cursor = await memory.list(
-        caller.principal, caller.policy, _user_from(request), query.limit, query.cursor or None, request_id
+        caller.principal, caller.policy, user_from(request), query.limit, query.cursor or None, request_id
     )
     answer: MemoryList = {
         "object": "list",
@@ -138,7 +143,7 @@ async def search_memories(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     body = parse(SearchMemories, await read_json_object(request))
     hits = await memory.search(
-        caller.principal, caller.policy, _user_from(request, body.user), body.query, body.top_k, request_id
+        caller.principal, caller.policy, user_from(request, body.user), body.query, body.top_k, request_id
     )
     answer: SearchHits = {"object": "list", "data": [hit_json(h) for h in hits]}
     return json_response(answer)
