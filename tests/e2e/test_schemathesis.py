@@ -12,6 +12,7 @@ request name one (the header's own rule is covered by tests/proxy/test_validatio
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 
 from proxy.routes.memories import openapi_document
 
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES_PER_OPERATION = 10
 SEED = 3
 TIMEOUT_S = 240
@@ -65,6 +67,7 @@ def test_memory_api_conforms_to_its_openapi_document(proxy, tmp_path: Path) -> N
         text=True,
         timeout=TIMEOUT_S,
         cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks", "PYTHONPATH": str(REPO)},
         check=False,
     )
     output = result.stdout + result.stderr
