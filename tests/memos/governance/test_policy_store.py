@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+from memos.governance.policy import MemoryPolicy
 from memos.governance.policy_store import PolicyError, PolicyStore, parse_policy
 
 GOOD = """\
@@ -84,8 +85,8 @@ def test_store_defaults_good_and_broken(tmp_path):
     store = PolicyStore(tmp_path)
     assert store.get("acme").memory.top_k == 5
     assert store.get("acme").tenant == "acme"
-    assert store.get("beta").memory.top_k == 12  # broken and never good: defaults
-    assert store.get("nobody").memory.top_k == 12
+    assert store.get("beta").memory.top_k == MemoryPolicy().top_k  # broken and never good: defaults
+    assert store.get("nobody").memory.top_k == MemoryPolicy().top_k
     assert list(store.errors()) == [str(tmp_path / "beta.yaml")]
 
 
@@ -104,7 +105,7 @@ def test_reload_keeps_last_good_and_isolates(tmp_path, audit):
     assert store.get("acme").memory.top_k == 3 and not store.errors()
     acme.unlink()
     store.reload()
-    assert store.get("acme").memory.top_k == 12
+    assert store.get("acme").memory.top_k == MemoryPolicy().top_k
     actions = [(e.action, e.detail["ok"]) for e in audit.list("acme", 10)[0]]
     assert actions == [("policy.reload", False), ("policy.reload", True), ("policy.reload", True)]
 
