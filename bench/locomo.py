@@ -6,8 +6,10 @@ Starts `memos-proxy serve` on a fresh data directory (or uses --url/--key of a r
 tenant key, and for every conversation (one user each):
 
 - ingests every turn as one memory through `POST /v1/memories` (`infer: false`): text
-  "Speaker: text" plus " [shares <caption>]" when the turn shared an image, `metadata: {"dia_id"}`,
-  `observed_at` the session's date, one request per session with `X-Memos-Session`;
+  "Speaker: text" plus " [shares <caption>]" when the turn shared an image (`--speaker name`: instead
+  one user message with the speaker as its `name` and the turn's own words as content, as a chat client
+  sends it), `metadata: {"dia_id"}`, `observed_at` the session's date, one request per session with
+  `X-Memos-Session`;
 - asks every question of categories 1-4 through `POST /v1/memories/search`, walks the results in rank
   order adding each memory's text (and any context memories a hit carries) while the running total
   stays within 2,000 (then 4,000) characters, and scores the share of the question's evidence
@@ -171,13 +173,27 @@ class Proxy:
 # ---------------------------------------------------------------------------------------------- bench
 
 
-def ingest(client: httpx.Client, conv: dict[str, Any]) -> int:
+def turn_entry(turn: dict[str, Any], speaker: str) -> dict[str, Any]:
+    """One turn as a POST /v1/memories entry: the speaker written into the text ("text"), or given as the
+    message's `name` with the turn's own words as its content ("name": what a chat client sends)."""
+    if speaker == "text":
+        return {"text": turn_text(turn)}
+    content = turn["text"] + (f" [shares {turn['blip_caption']}]" if turn.get("blip_caption") else "")
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", turn["speaker"].strip())[:64] or "user"
+    return {"messages": [{"role": "user", "name": name, "content": content}]}
+
+
+def ingest(client: httpx.Client, conv: dict[str, Any], speaker: str = "text") -> int:
     count = 0
     for s in conv["sessions"]:
         if not s["turns"]:
             continue
         memories = [
-            {"text": turn_text(t), "metadata": {"dia_id": t["dia_id"]}, "observed_at": s["date"].isoformat()}
+            {
+                **turn_entry(t, speaker),
+                "metadata": {"dia_id": t["dia_id"]},
+                "observed_at": s["date"].isoformat(),
+            }
             for t in s["turns"]
         ]
         r = client.post(
@@ -260,7 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
             for conv in convs:
                 t0 = time.perf_counter()
-                ingested += ingest(client, conv)
+                ingested += ingest(client, conv, args.speaker)
                 t_ingest += time.perf_counter() - t0
             # one unmeasured search first (model and caches warm up)
             client.post("/v1/memories/search", json={"user": convs[0]["name"], "query": "hello", "top_k": 1})
@@ -308,6 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "memories": ingested,
         "questions": len(per_question),
         "top_k": args.top_k,
+        "speaker": args.speaker,
         "by_category": {
             CATEGORIES[c]: {"category": c, "questions": counts[c], **{m: mean(m, c) for m in metrics}}
             for c in CATEGORIES
@@ -351,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "locomo.json"))
     ap.add_argument("--top-k", type=int, default=100, help="results asked per question")
     ap.add_argument("--convs", default="", help="comma-separated subset, e.g. conv-26,conv-30")
+    ap.add_argument(
+        "--speaker",
+        choices=("text", "name"),
+        default="text",
+        help="the speaker written into each memory's text, or given as the message's name",
+    )
     ap.add_argument("--url", default="", help="use a running proxy at this URL instead of starting one")
     ap.add_argument("--key", default="", help="tenant key for --url")
     args = ap.parse_args(argv)
