@@ -18,7 +18,7 @@ from proxy.cors import cors_middleware
 from proxy.errors import ApiError, error_response, memos_error
 from proxy.metrics import Metrics, TenantLabels
 from proxy.middleware import ProxyMiddleware
-from proxy.routes import audit, chat, health, mcp, memories, openai, passthrough, responses
+from proxy.routes import audit, chat, health, mcp, memories, openai, passthrough, responses, ui, users
 from proxy.services import Services, build_services
 from proxy.settings import Settings
 
@@ -32,6 +32,8 @@ def routes(mcp_endpoint: mcp.McpEndpoint) -> list[BaseRoute]:
         *openai.routes(),
         *memories.routes(),  # memory API + /openapi.json
         *audit.routes(),
+        *users.routes(),  # GET /v1/users: the tenant's memory owners (the inspector lists them)
+        *ui.routes(),  # /ui: the memory inspector's static files, with a strict CSP
         *mcp.routes(mcp_endpoint),  # the memory API as MCP tools
         *passthrough.routes(),
     ]
