@@ -20,12 +20,18 @@ from memos import (
     MemoryMode,
     MemoryPlan,
     MemorySwitch,
+    Operation,
     Principal,
+    authorize,
     exception_summary,
 )
 from proxy.auth import Caller
-from proxy.errors import ApiError, bad_request
+from proxy.errors import ApiError, bad_request, not_found
+from proxy.identity import request_user
 from proxy.services import Services
+from proxy.targets import check_model_allowed
+from proxy.upstream.base import Upstream
+from proxy.upstream.router import UnknownModel, UpstreamKind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,32 @@ class Requested:
     switch: MemorySwitch
     mode: MemoryMode
     session: str | None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A call with memory let in: what memory was asked for, for whom, and the upstream that serves it."""
+
+    requested: Requested
+    user: str | None
+    kind: UpstreamKind
+    upstream: Upstream
+
+
+def admit(request: Request, services: Services, caller: Caller, body: dict[str, Any], model: str) -> Admitted:
+    """The checks every route with memory makes, in order, once its body has parsed: the memory
+    headers, who the user is (proxy.identity) and that the key may chat for them, that the policy
+    allows the model, and which upstream serves it (404 when none does)."""
+    asked = requested(request)
+    principal, policy = caller.principal, caller.policy
+    user = request_user(request, principal, policy, body)
+    authorize(principal, policy, Operation.CHAT, user)
+    check_model_allowed(policy, model)
+    try:
+        kind, upstream = services.upstreams.route(model)
+    except UnknownModel as exc:
+        raise not_found(str(exc), param="model", code="model_not_found") from None
+    return Admitted(asked, user, kind, upstream)
 
 
 def requested(request: Request) -> Requested:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from memos import ApiShape, FinishedExchange, Operation, authorize, exception_summary
+from memos import ApiShape, FinishedExchange, exception_summary
 from proxy import memory_call
 from proxy.auth import authenticate
 from proxy.disconnect import ClientDisconnected, until_disconnect
@@ -27,11 +27,9 @@ from proxy.errors import (
     ApiError,
     client_gone_response,
     error_envelope,
-    not_found,
     raw_json_response,
     upstream_error_response,
 )
-from proxy.identity import request_user
 from proxy.services import Services
 from proxy.sse import (
     DONE,
@@ -43,10 +41,10 @@ from proxy.sse import (
     is_usage_only,
     message_of,
 )
-from proxy.targets import check_model_allowed, upstream_target
+from proxy.targets import upstream_target
 from proxy.upstream.base import ChatCall, EventStream, Upstream, UpstreamError, UpstreamHTTPError
 from proxy.upstream.events import Event, close_stream, next_event, open_stream, parsed
-from proxy.upstream.router import UnknownModel, UpstreamKind
+from proxy.upstream.router import UpstreamKind
 from proxy.wire import ChatRequest, read_json_object
 
 log = logging.getLogger(__name__)
@@ -63,15 +61,13 @@ async def chat_completions(request: Request) -> Response:
     caller = await authenticate(request, services)
     body = await read_json_object(request)
     chat = ChatRequest(body)
-    asked_of_memory = memory_call.requested(request)
-    principal, policy = caller.principal, caller.policy
-    user = request_user(request, principal, policy, body)
-    authorize(principal, policy, Operation.CHAT, user)
-    check_model_allowed(policy, chat.model)
-    try:
-        kind, upstream = services.upstreams.route(chat.model)
-    except UnknownModel as exc:
-        raise not_found(str(exc), param="model", code="model_not_found") from None
+    admitted = memory_call.admit(request, services, caller, body, chat.model)
+    asked_of_memory, user, kind, upstream = (
+        admitted.requested,
+        admitted.user,
+        admitted.kind,
+        admitted.upstream,
+    )
 
     # What was asked, before memory adds anything (a shallow copy: nothing may edit it afterwards).
     asked = list(chat.sent_messages)

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from memos import ApiShape, FinishedExchange, Operation, authorize, conversation_of, exception_summary
+from memos import ApiShape, FinishedExchange, conversation_of, exception_summary
 from proxy import memory_call
 from proxy.auth import authenticate
 from proxy.disconnect import ClientDisconnected, until_disconnect
@@ -38,11 +38,9 @@ from proxy.errors import (
     ApiError,
     bad_request,
     client_gone_response,
-    not_found,
     raw_json_response,
     upstream_error_response,
 )
-from proxy.identity import request_user
 from proxy.responses_wire import (
     FINISHED,
     ResponsesAssembler,
@@ -54,10 +52,10 @@ from proxy.responses_wire import (
 )
 from proxy.services import Services
 from proxy.sse import SSE_HEADERS
-from proxy.targets import check_model_allowed, upstream_target
+from proxy.targets import upstream_target
 from proxy.upstream.base import ChatCall, EventStream, ResponsesUpstream, UpstreamError, UpstreamHTTPError
 from proxy.upstream.events import Event, close_stream, next_event, open_stream, parsed
-from proxy.upstream.router import UnknownModel, UpstreamKind
+from proxy.upstream.router import UpstreamKind
 from proxy.wire import read_json_object
 
 log = logging.getLogger(__name__)
@@ -77,15 +75,13 @@ async def create_response(request: Request) -> Response:
     caller = await authenticate(request, services)
     body = await read_json_object(request)
     wire = ResponsesRequest(body)
-    asked_of_memory = memory_call.requested(request)
-    principal, policy = caller.principal, caller.policy
-    user = request_user(request, principal, policy, body)
-    authorize(principal, policy, Operation.CHAT, user)
-    check_model_allowed(policy, wire.model)
-    try:
-        kind, upstream = services.upstreams.route(wire.model)
-    except UnknownModel as exc:
-        raise not_found(str(exc), param="model", code="model_not_found") from None
+    admitted = memory_call.admit(request, services, caller, body, wire.model)
+    asked_of_memory, user, kind, upstream = (
+        admitted.requested,
+        admitted.user,
+        admitted.kind,
+        admitted.upstream,
+    )
     if kind in _SERVED_BY or not isinstance(upstream, ResponsesUpstream):
         raise bad_request(
             f"The model `{wire.model}` is served by {_SERVED_BY.get(kind, 'an upstream')}, which does not "
