@@ -15,7 +15,11 @@ and is the same for every target.
 Phases:
 - sequential latency: one connection per target, rounds interleaved across targets (so background
   noise hits all alike), non-streamed and streamed (time to the last byte of the SSE answer);
-  p50/p95/p99; "added" is a target's percentile minus the direct call's.
+  p50/p95/p99; "added" is a target's percentile minus the direct call's. `POST /v1/responses` rows
+  (direct and memos-proxy, memory off as chat; not LiteLLM) take part in the same interleaved rounds
+  (key `responses`: their added p50/p95 over the direct /v1/responses call, and `vs_chat`, that
+  minus memos-proxy's added figure on chat). The upstream answers them with a fixed Responses API
+  object, or streamed, the API's event sequence (response.created ... response.completed).
 - throughput: `--concurrency` keep-alive connections for `--seconds` per target (non-streamed),
   requests per second and the p50 under load.
 
@@ -94,12 +98,83 @@ def _stream_body() -> bytes:
 
 STREAM = _stream_body()
 
+_TEXT = "Hello! How can I help you today?"
+_WORDS = ["Hello!", " How", " can", " I", " help", " you", " today?"]
+_USAGE = {
+    "input_tokens": 9,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 9,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 18,
+}
+
+
+def _response_object(status: str, text: str | None) -> dict[str, Any]:
+    """A minimal Responses API object: one assistant message (none while in progress)."""
+    output = []
+    if text is not None:
+        output.append(
+            {
+                "type": "message",
+                "id": "msg_bench",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
+    return {
+        "id": "resp_bench",
+        "object": "response",
+        "created_at": 1700000000,
+        "status": status,
+        "model": MODEL,
+        "output": output,
+        "usage": _USAGE if status == "completed" else None,
+    }
+
+
+RESPONSE = json.dumps(_response_object("completed", _TEXT), separators=(",", ":")).encode()
+
+
+def _response_stream_body() -> bytes:
+    """The event sequence a streamed Responses API answer has: `event: <type>` then `data: {json}`,
+    each with its `sequence_number`."""
+    item = {"type": "message", "id": "msg_bench", "role": "assistant", "status": "in_progress", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    done_part = {**part, "text": _TEXT}
+    where = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": _response_object("in_progress", None)},
+        {"type": "response.in_progress", "response": _response_object("in_progress", None)},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **where, "part": part},
+        *({"type": "response.output_text.delta", **where, "delta": w} for w in _WORDS),
+        {"type": "response.output_text.done", **where, "text": _TEXT},
+        {"type": "response.content_part.done", **where, "part": done_part},
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": {**item, "status": "completed", "content": [done_part]},
+        },
+        {"type": "response.completed", "response": _response_object("completed", _TEXT)},
+    ]
+    out = b""
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+        data = json.dumps(event, separators=(",", ":")).encode()
+        out += b"event: " + event["type"].encode() + b"\ndata: " + data + b"\n\n"
+    return out
+
+
+RESPONSE_STREAM = _response_stream_body()
+
 
 # ---------------------------------------------------------------------------- the upstream
 
 
 class _UpstreamProtocol(asyncio.Protocol):
-    """HTTP/1.1 keep-alive; answers any POST with the fixed completion (or SSE when the body streams)."""
+    """HTTP/1.1 keep-alive; answers POST /v1/responses with the fixed Responses API object and any other
+    POST with the fixed chat completion (or their SSE when the body streams)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -134,6 +209,11 @@ class _UpstreamProtocol(asyncio.Protocol):
                     b'{"object":"list","data":[{"id":"bench-model","object":"model"}]}',
                     b"application/json",
                 )
+            elif head.startswith(b"post /v1/responses"):
+                if b'"stream":true' in body.replace(b" ", b""):
+                    payload, ctype = RESPONSE_STREAM, b"text/event-stream"
+                else:
+                    payload, ctype = RESPONSE, b"application/json"
             elif b'"stream":true' in body.replace(b" ", b""):
                 payload, ctype = STREAM, b"text/event-stream"
             else:
@@ -225,7 +305,13 @@ class Target:
     pause_s: float = 0.0  # untimed think time after each request (memory phase, paced target)
 
     def request(self, stream: bool) -> bytes:
-        body: dict[str, Any] = {
+        body: dict[str, Any]
+        if self.path.endswith("/responses"):
+            body = {"model": MODEL, "input": "Say hello in one short sentence.", "max_output_tokens": 16}
+            if stream:
+                body["stream"] = True
+            return build_request(self.port, self.path, body, self.headers)
+        body = {
             "model": MODEL,
             "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
             "max_tokens": 16,
@@ -869,6 +955,24 @@ def table(result: dict[str, Any]) -> str:
                 f"{name:<14} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} {row['p99_ms']:>8.3f} "
                 f"{added['p50_ms']:>10.3f} {added['p95_ms']:>10.3f}"
             )
+    resp = result.get("responses")
+    if resp:
+        lines.append("\n/v1/responses, memory off (sequential, interleaved with the chat rows above)")
+        lines.append(
+            f"{'mode':<11} {'target':<12} {'p50 ms':>8} {'p95 ms':>8} {'added p50':>10} {'added p95':>10}"
+            f" {'p50 - chat':>11} {'p95 - chat':>11}"
+        )
+        for kind in ("non_stream", "stream"):
+            direct, memos = resp["sequential"][kind]["direct"], resp["sequential"][kind]["memos-proxy"]
+            added, diff = resp["added"][kind]["memos-proxy"], resp["vs_chat"][kind]
+            mode = kind.replace("_", "-")
+            lines.append(f"{mode:<11} {'direct':<12} {direct['p50_ms']:>8.3f} {direct['p95_ms']:>8.3f}")
+            lines.append(
+                f"{mode:<11} {'memos-proxy':<12} {memos['p50_ms']:>8.3f} {memos['p95_ms']:>8.3f} "
+                f"{added['p50_ms']:>10.3f} {added['p95_ms']:>10.3f} "
+                f"{diff['added_p50_minus_chat_ms']:>+11.3f} {diff['added_p95_minus_chat_ms']:>+11.3f}"
+            )
+        lines.append("(- chat: memos-proxy's added figure on /v1/responses minus its added figure on chat)")
     lines.append(f"\nthroughput (non-stream, {result['config']['concurrency']} connections)")
     lines.append(f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'CPU ms/req':>11} {'errors':>7}")
     for name, row in result["throughput"].items():
@@ -883,16 +987,66 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The /v1/responses rows of the sequential phase: their name in the run, and in the `responses` key.
+RESPONSES_ROWS = {"direct-resp": "direct", "memos-resp": "memos-proxy"}
+
+
+def responses_targets(targets: list[Target]) -> list[Target]:
+    """POST /v1/responses to the upstream and to memos-proxy, with the chat targets' headers (memory off)."""
+    by_name = {t.name: t for t in targets}
+    return [
+        Target(row, by_name[name].port, "/v1/responses", by_name[name].headers, by_name[name].pid)
+        for row, name in RESPONSES_ROWS.items()
+    ]
+
+
+def split_responses(seq: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sequential rows of one run, split into the chat ones and the /v1/responses ones (renamed)."""
+    chat = {kind: {n: r for n, r in rows.items() if n not in RESPONSES_ROWS} for kind, rows in seq.items()}
+    resp = {
+        kind: {RESPONSES_ROWS[n]: r for n, r in rows.items() if n in RESPONSES_ROWS}
+        for kind, rows in seq.items()
+    }
+    return chat, resp
+
+
+def responses_result(resp_seq: dict[str, Any], chat_added: dict[str, Any]) -> dict[str, Any]:
+    """Added p50/p95 of memos-proxy's /v1/responses over the direct /v1/responses call, and the
+    difference to chat's added figures from the same interleaved run."""
+    added = added_over_direct(resp_seq)
+    vs_chat = {
+        kind: {
+            f"added_{q}_minus_chat_ms": round(
+                added[kind]["memos-proxy"][f"{q}_ms"] - chat_added[kind]["memos-proxy"][f"{q}_ms"], 3
+            )
+            for q in ("p50", "p95")
+        }
+        for kind in added
+    }
+    return {
+        "path": "/v1/responses",
+        "memory": "off (X-Memos-Memory: off, no user), as the chat rows",
+        "interleaved": "the same rounds as the chat targets (direct, memos-proxy, [litellm-proxy], "
+        "direct /v1/responses, memos-proxy /v1/responses)",
+        "sequential": resp_seq,
+        "added": added,
+        "vs_chat": vs_chat,
+    }
+
+
 async def measure(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
     per_round = max(1, args.requests // args.rounds)
+    # /v1/responses rows interleaved with the chat ones, round by round (sequential phase only).
+    seq_targets = targets + responses_targets(targets)
     seq = {
-        "non_stream": await sequential(targets, False, args.warmup, args.rounds, per_round),
-        "stream": await sequential(targets, True, args.warmup, args.rounds, per_round),
+        "non_stream": await sequential(seq_targets, False, args.warmup, args.rounds, per_round),
+        "stream": await sequential(seq_targets, True, args.warmup, args.rounds, per_round),
     }
+    chat, resp = split_responses(seq)
     thr = {}
     for target in targets:
         thr[target.name] = await throughput(target, args.concurrency, args.seconds)
-    return {"sequential": seq, "throughput": thr}
+    return {"sequential": chat, "throughput": thr, "responses_sequential": resp}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -963,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_all(procs)
 
     added = added_over_direct(measured["sequential"])
+    responses = responses_result(measured.pop("responses_sequential"), added)
     ratios = {}
     if "litellm-proxy" in measured["throughput"]:
         memos_added = added["non_stream"]["memos-proxy"]["p50_ms"]
@@ -993,6 +1148,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         **measured,
         "added": added,
+        "responses": responses,
         "ratios": ratios,
     }
     if memory is not None:
