@@ -262,6 +262,35 @@ def _health_paths() -> dict[str, Any]:
     }
 
 
+def _users_paths() -> dict[str, Any]:
+    user = {
+        "type": "object",
+        "required": ["object", "user"],
+        "properties": {"object": {"const": "user"}, "user": USER_ID_SCHEMA},
+        "additionalProperties": False,
+    }
+    listing = {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": user}},
+        "additionalProperties": False,
+    }
+    return {
+        "/v1/users": {
+            "get": {
+                "operationId": "listUsers",
+                "summary": "The users (memory owners) of the caller's tenant that the key may read, sorted; "
+                "a key restricted to some users sees only those (the memory inspector at /ui lists them).",
+                "tags": ["memories"],
+                "responses": {
+                    "200": _ok(listing),
+                    **{k: v for k, v in _ERRORS.items() if k != "400" and k != "403"},
+                },
+            }
+        }
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     """The document, built afresh (the route serves it encoded once)."""
     return {
@@ -277,7 +306,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": {**_memory_paths(), **_health_paths()},
+        "paths": {**_memory_paths(), **_users_paths(), **_health_paths()},
         "components": {
             "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

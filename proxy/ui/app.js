@@ -283,9 +283,9 @@ async function verifyAudit() {
 document.addEventListener("DOMContentLoaded", () => {
   $("signin-form").addEventListener("submit", guard(signIn));
   $("sign-out").addEventListener("click", () => { signOut(); status("Signed out."); });
-  $("nav-users").addEventListener("click", guard(() => loadUsers()));
-  $("nav-search").addEventListener("click", () => show("search"));
-  $("nav-audit").addEventListener("click", guard(() => loadAudit(false)));
+  $("nav-users").addEventListener("click", guard(() => { status(""); return loadUsers(); }));
+  $("nav-search").addEventListener("click", () => { status(""); show("search"); });
+  $("nav-audit").addEventListener("click", guard(() => { status(""); return loadAudit(false); }));
   $("more-audit").addEventListener("click", guard(() => loadAudit(true)));
   $("more-memories").addEventListener("click", guard(() => openUser(currentUser, true)));
   $("erase-user").addEventListener("click", guard(eraseUser));

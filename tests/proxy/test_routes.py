@@ -217,6 +217,7 @@ def test_openapi_document_keeps_every_operation_parameter_and_status() -> None:
         ("/v1/memories/{memory_id}", "patch"): ("patchMemory", [*memory_errors, "404"], []),
         ("/v1/memories/{memory_id}", "delete"): ("deleteMemory", [*memory_errors, "404"], []),
         ("/v1/memories/{memory_id}/history", "get"): ("memoryHistory", [*memory_errors, "404"], []),
+        ("/v1/users", "get"): ("listUsers", ["200", "401", "429"], []),
         ("/healthz", "get"): ("healthz", ["200"], []),
         ("/readyz", "get"): ("readyz", ["200", "503"], []),
     }
