@@ -30,7 +30,7 @@ from proxy.wire import check_json_shape, require_string
 
 ROUTE = "/v1/{path:path}"
 # memos-proxy's own API lives under these; never relayed.
-_OWN_PREFIXES = ("memories", "audit")
+_OWN_PREFIXES = ("memories", "audit", "users")
 _REQUEST_HEADERS = ("content-type", "accept", "openai-beta")
 _RESPONSE_HEADERS = ("content-type", "content-encoding", "content-disposition", "cache-control")
 

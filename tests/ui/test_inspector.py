@@ -120,6 +120,8 @@ def test_users_lists_the_tenants_owners_a_key_may_read(running: RunningProxy) ->
         == []
     )
     assert httpx.get(running.base_url + "/users").status_code == 401
+    refused = httpx.put(running.base_url + "/users", headers={"Authorization": f"Bearer {admin}"})
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"  # never relayed upstream
 
 
 def test_inspector_end_to_end(running: RunningProxy, browser: Any) -> None:
