@@ -206,3 +206,34 @@ def test_inspector_end_to_end(running: RunningProxy, browser: Any) -> None:
     assert outside == [], outside
     assert csp == [], csp
     context.close()
+
+
+def test_memory_text_is_shown_as_text_and_a_bad_key_is_refused(running: RunningProxy, browser: Any) -> None:
+    key = running.create_key("acme", "admin")
+    hostile = '<img src=x id=pwned onerror="window.pwned=1"><b>bold</b>'
+    r = httpx.post(
+        running.base_url + "/memories",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"user": "mallory", "memories": [hostile], "infer": False},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    context = browser.new_context()
+    page = context.new_page()
+    response = page.goto(running.url + "/ui/")
+    assert response is not None and "default-src 'self'" in response.headers["content-security-policy"]
+    page.fill("#key", "mp-not-a-key")
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#status.error")
+    assert page.evaluate("sessionStorage.getItem('memos-inspector-key')") is None
+    assert not page.locator("#view-signin").is_hidden()
+
+    page.fill("#key", key)
+    page.click("#signin-form button[type=submit]")
+    page.click("button.open-user[data-user='mallory']")
+    cell = page.locator("#memories-table tr.memory-row td.text").first
+    cell.wait_for()
+    assert cell.inner_text() == hostile  # the markup shows as characters
+    assert page.locator("#pwned").count() == 0 and page.locator("#memories-table b").count() == 0
+    assert page.evaluate("window.pwned") is None
+    context.close()
