@@ -386,6 +386,17 @@ class MemoryService:
         await self._audit_read(principal, policy, "search", owner, [h.item.id for h in hits], request_id)
         return hits
 
+    async def users(
+        self, principal: Principal, policy: Policy, request_id: str | None = None
+    ) -> builtins.list[str]:
+        """The tenant's users (memory owners) this key may read, sorted; audited as a read."""
+        owners = await asyncio.to_thread(self.vault.owners, principal.tenant)
+        visible = sorted(o for o in owners if is_allowed(principal, policy, Operation.MEMORY_READ, o))
+        await self._audit(
+            principal, policy, "memory.read", user=None, request_id=request_id, detail={"op": "users"}
+        )
+        return visible
+
     async def get(
         self, principal: Principal, policy: Policy, memory_id: str, request_id: str | None = None
     ) -> MemoryItem:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from memos import AccessDenied, Operation, authorize
-from proxy.auth import Caller, authenticate
+from proxy.auth import authenticate
 from proxy.errors import json_response
 from proxy.routes.memories import memory_service
 
@@ -27,18 +25,8 @@ def routes() -> list[BaseRoute]:
     return [Route("/v1/users", list_users, methods=["GET"])]
 
 
-def _may_read(caller: Caller, user: str) -> bool:
-    try:
-        authorize(caller.principal, caller.policy, Operation.MEMORY_READ, user)
-    except AccessDenied:
-        return False
-    return True
-
-
 async def list_users(request: Request) -> Response:
     services: Services = request.app.state.services
     caller = await authenticate(request, services)
-    memory = memory_service(services)
-    owners = await anyio.to_thread.run_sync(memory.vault.owners, caller.principal.tenant)
-    visible = [o for o in owners if _may_read(caller, o)]
-    return json_response({"object": "list", "data": [{"object": "user", "user": o} for o in visible]})
+    users = await memory_service(services).users(caller.principal, caller.policy, request.state.request_id)
+    return json_response({"object": "list", "data": [{"object": "user", "user": u} for u in users]})
