@@ -64,6 +64,7 @@ class Admitted:
 
     requested: Requested
     user: str | None
+    model: str
     kind: UpstreamKind
     upstream: Upstream
 
@@ -81,7 +82,7 @@ def admit(request: Request, services: Services, caller: Caller, body: dict[str, 
         kind, upstream = services.upstreams.route(model)
     except UnknownModel as exc:
         raise not_found(str(exc), param="model", code="model_not_found") from None
-    return Admitted(asked, user, kind, upstream)
+    return Admitted(asked, user, model, kind, upstream)
 
 
 def requested(request: Request) -> Requested:
@@ -111,26 +112,22 @@ async def plan(
     services: Services,
     caller: Caller,
     body: dict[str, Any],
-    asked: Requested,
-    *,
-    user: str | None,
-    model: str,
-    local_model: bool,
+    admitted: Admitted,
     shape: ApiShape,
 ) -> MemoryCall:
     """Memory's plan for this call (MemoryUnavailable, a 503, when it fails closed), with its headers;
     a reason memory did not run as asked is sent and counted."""
-    principal = caller.principal
+    principal, asked = caller.principal, admitted.requested
     ctx = ChatContext(
         principal=principal,
         policy=caller.policy,
         request_id=request.state.request_id,
-        user=user,
+        user=admitted.user,
         session=asked.session,
         requested_switch=asked.switch,
         requested_mode=asked.mode,
-        model=model,
-        local_model=local_model,
+        model=admitted.model,
+        local_model=admitted.kind is UpstreamKind.LOCAL,
         shape=shape,
     )
     planned = await services.chat_memory.plan(ctx, body)

@@ -44,7 +44,6 @@ from proxy.sse import (
 from proxy.targets import upstream_target
 from proxy.upstream.base import ChatCall, EventStream, Upstream, UpstreamError, UpstreamHTTPError
 from proxy.upstream.events import Event, close_stream, next_event, open_stream, parsed
-from proxy.upstream.router import UpstreamKind
 from proxy.wire import ChatRequest, read_json_object
 
 log = logging.getLogger(__name__)
@@ -62,26 +61,12 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json_object(request)
     chat = ChatRequest(body)
     admitted = memory_call.admit(request, services, caller, body, chat.model)
-    asked_of_memory, user, kind, upstream = (
-        admitted.requested,
-        admitted.user,
-        admitted.kind,
-        admitted.upstream,
-    )
+    kind, upstream = admitted.kind, admitted.upstream
 
     # What was asked, before memory adds anything (a shallow copy: nothing may edit it afterwards).
     asked = list(chat.sent_messages)
-    memory = await memory_call.plan(  # MemoryUnavailable: 503 (fails closed)
-        request,
-        services,
-        caller,
-        body,
-        asked_of_memory,
-        user=user,
-        model=chat.model,
-        local_model=kind is UpstreamKind.LOCAL,
-        shape=ApiShape.CHAT,
-    )
+    # MemoryUnavailable: 503 (fails closed)
+    memory = await memory_call.plan(request, services, caller, body, admitted, ApiShape.CHAT)
     call = ChatCall(
         upstream_target(services.settings, caller, kind, request.headers),
         memory.plan.body,

@@ -76,12 +76,7 @@ async def create_response(request: Request) -> Response:
     body = await read_json_object(request)
     wire = ResponsesRequest(body)
     admitted = memory_call.admit(request, services, caller, body, wire.model)
-    asked_of_memory, user, kind, upstream = (
-        admitted.requested,
-        admitted.user,
-        admitted.kind,
-        admitted.upstream,
-    )
+    kind, upstream = admitted.kind, admitted.upstream
     if kind in _SERVED_BY or not isinstance(upstream, ResponsesUpstream):
         raise bad_request(
             f"The model `{wire.model}` is served by {_SERVED_BY.get(kind, 'an upstream')}, which does not "
@@ -92,17 +87,8 @@ async def create_response(request: Request) -> Response:
 
     # This request's turns, read before memory adds anything (write-back records these).
     asked = conversation_of(ApiShape.RESPONSES, body)
-    memory = await memory_call.plan(  # MemoryUnavailable: 503 (fails closed)
-        request,
-        services,
-        caller,
-        body,
-        asked_of_memory,
-        user=user,
-        model=wire.model,
-        local_model=False,
-        shape=ApiShape.RESPONSES,
-    )
+    # MemoryUnavailable: 503 (fails closed)
+    memory = await memory_call.plan(request, services, caller, body, admitted, ApiShape.RESPONSES)
     call = ChatCall(
         upstream_target(services.settings, caller, kind, request.headers),
         memory.plan.body,
