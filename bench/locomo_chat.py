@@ -368,6 +368,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="memos-locomo-chat-")
     proxy = Proxy(Path(tmp.name))
     proxy.env["MEMOS_UPSTREAM_BASE_URL"] = upstream.base_url
+    # The block-token histogram is read per tenant by name (the default label is an opaque id).
+    proxy.env["MEMOS_METRICS_TENANT_LABEL"] = "name"
     scores: dict[Any, list[float]] = defaultdict(list)
     chars: dict[Any, list[int]] = defaultdict(list)
     line_chars: dict[Any, list[int]] = defaultdict(list)
