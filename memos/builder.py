@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memos.chat.memory import RetrieverRecall, VaultChatMemory
+from memos.chat.skip_audit import SkippedMemoryAudit
 from memos.db import Database
 from memos.embeddings import (
     Embedder,
@@ -71,6 +72,7 @@ class MemoryConfig:
     local_device: str = "auto"
     local_dtype: str = "auto"
     scheduler_interval_s: float = 60.0
+    skip_audit_interval_s: float = 60.0  # how often chats memory skipped are summarised in the audit
     lora: LoraTraining | None = None  # None: memos.local.lora.LoraTraining() defaults
 
 
@@ -224,6 +226,7 @@ def build_memory(
         erasers=(write_retry, outbox, vault, scheduler),
     )
     injection_audit = GroupCommitAudit(audit, executor=pools.audit)
+    skips = SkippedMemoryAudit(audit, interval_s=config.skip_audit_interval_s)
     chat = VaultChatMemory(
         recall=RetrieverRecall(retriever, batcher.embed_one, neighbours=service.neighbours),
         outbox=outbox,
@@ -234,11 +237,12 @@ def build_memory(
         recall_timeout_s=config.recall_timeout_s,
         max_inflight=config.max_inflight,
         observer=observer,
+        skips=skips,
     )
     jobs: list[Background] = [pools, EmbedderWarmup(embedder)]  # pools stop last: what uses them first
     if isinstance(embedder, UpstreamEmbedder):  # started on the serving loop: bound to it, dimension probed
         jobs.append(embedder)
-    jobs += [write_retry, injection_audit]  # the audit stops before the pools: queued entries commit
+    jobs += [write_retry, injection_audit, skips]  # the audit stops before the pools: queued entries commit
     return Memory(
         vault=vault,
         embedder=batcher,

@@ -189,6 +189,7 @@ def memory_config(settings: Settings) -> MemoryConfig:
         local_device=settings.local_device,
         local_dtype=settings.local_dtype,
         scheduler_interval_s=settings.scheduler_interval_s,
+        skip_audit_interval_s=settings.memory_skip_audit_interval_s,
     )
 
 

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     local_dtype: str = "auto"
     # The MemScheduler's background pass (promote/demote/archive, KV rebuilds, LoRA training).
     scheduler_interval_s: float = 60.0
+    # Chats memory skipped (x-memos-memory-reason) are audited as one memory.skipped entry per tenant
+    # this often, with counts by reason (memos.chat.skip_audit).
+    memory_skip_audit_interval_s: float = Field(default=60.0, gt=0.0)
 
     # Outbox worker.
     worker_enabled: bool = True

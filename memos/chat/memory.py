@@ -32,6 +32,7 @@ from memos.chat.contract import (
     MemoryUnavailable,
 )
 from memos.chat.planner import LocalMemorySource, choose_mode, memory_switch, plan_local, switch_reason
+from memos.chat.skip_audit import SkippedMemoryAudit
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
 from memos.governance.redaction import Redactor
@@ -157,6 +158,7 @@ class VaultChatMemory:
         recall_timeout_s: float = 2.0,
         max_inflight: int = 256,
         observer: MemoryObserver | None = None,
+        skips: SkippedMemoryAudit | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._recall = recall
@@ -170,6 +172,7 @@ class VaultChatMemory:
         self._max_inflight = max_inflight
         self._inflight = 0  # retrievals running now (admission control; touched on the loop only)
         self._observer: MemoryObserver = observer or NoObserver()
+        self._skips = skips  # each reason memory did not run as asked, audited per tenant per window
         self._now = now
 
     @property
@@ -180,6 +183,12 @@ class VaultChatMemory:
     # -- before the upstream call ---------------------------------------------------------------------
 
     async def plan(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:
+        plan = await self._decide(ctx, body)
+        if plan.reason is not None and self._skips is not None:
+            self._skips.count(ctx.principal.tenant, plan.reason, ctx.request_id, ctx.policy.audit_level)
+        return plan
+
+    async def _decide(self, ctx: ChatContext, body: dict[str, Any]) -> MemoryPlan:
         switch = memory_switch(ctx.requested_switch, ctx.principal, ctx.policy, ctx.user)
         reason = switch_reason(ctx.requested_switch, switch, ctx.user)
         self._refuse_unrecordable(ctx, switch)

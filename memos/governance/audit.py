@@ -49,7 +49,7 @@ _MAX_DETAIL_STR = 200
 _MAX_LIST = 1000
 _APPEND_ATTEMPTS = 50
 
-READ_ACTIONS = frozenset({"memory.read", "memory.inject"})
+READ_ACTIONS = frozenset({"memory.read", "memory.inject", "memory.skipped"})
 SECURITY_ACTIONS = frozenset(
     {
         "key.create",

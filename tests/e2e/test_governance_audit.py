@@ -145,3 +145,37 @@ def test_audit_trail_of_real_traffic(running: RunningProxy, upstream, tmp_path):
     result = run_cli("audit", "verify", "--tenant", "acme", env=env)
     assert result.returncode == 1
     assert f"BROKEN at entry {target}:" in result.stderr
+
+
+def test_chats_memory_skipped_are_summarised_in_the_trail(proxy, upstream):
+    """A client that names no user (Open WebUI's default, litellm's openai/ provider) skips memory on
+    every chat: the trail gets one memory.skipped entry per window with the counts, not one per chat."""
+    running = proxy(embedding_model="hash", memory_skip_audit_interval_s=0.05)
+    admin = httpx.Client(
+        base_url=running.base_url,
+        headers={"Authorization": f"Bearer {running.create_key('acme', 'admin')}"},
+        timeout=30,
+    )
+    client = openai.OpenAI(
+        base_url=running.base_url, api_key=running.create_key("acme", "app"), max_retries=0
+    )
+    request_ids = []
+    for word in WORDS[:3]:
+        reply = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": f"I keep {word} bees."}]
+        )
+        assert reply.headers["x-memos-memory-reason"] == "no_user"
+        request_ids.append(reply.headers["x-request-id"])
+    answer = client.responses.with_raw_response.create(model=MODEL, input=f"My cat is {WORDS[3]}.")
+    assert answer.headers["x-memos-memory-reason"] == "no_user"
+
+    def skipped() -> list[dict]:
+        return [e for e in _all_entries(admin) if e["action"] == "memory.skipped"]
+
+    until(lambda: sum(e["detail"].get("total", 0) for e in skipped()) >= 4, "the skips are audited")
+    entries = skipped()
+    assert sum(e["detail"]["no_user"] for e in entries) == 4 and len(entries) <= 4
+    assert entries[0]["detail"]["request_ids"] == [request_ids[0]]
+    assert all(e["user"] is None and e["memory_ids"] == [] for e in entries)
+    assert not any(word in str(entries).lower() for word in WORDS)
+    assert admin.get("/audit/verify").json()["ok"] is True
