@@ -104,6 +104,7 @@ if TYPE_CHECKING:
     )
     from memos.ports import AuditSink, Background, PolicySource, TextCompleter, UserDataEraser
     from memos.readiness import MemoryReadiness
+    from memos.recall.injection import Injection
     from memos.recall.retrieval import Hit
     from memos.writeback.outbox import OutboxBacklog
     from memos.writeback.write_retry import RetrySnapshot, WriteRetryQueue
@@ -138,6 +139,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "MemoryItem": ("memos.item", "MemoryItem"),
     "State": ("memos.item", "State"),
     "Hit": ("memos.recall.retrieval", "Hit"),
+    "Injection": ("memos.recall.injection", "Injection"),
     # Limits on input (checked at the HTTP edge, published in its OpenAPI document)
     "METADATA_MAX_DEPTH": ("memos.limits", "METADATA_MAX_DEPTH"),
     "METADATA_MAX_VALUES": ("memos.limits", "METADATA_MAX_VALUES"),
@@ -264,6 +266,7 @@ __all__ = [
     "Hit",
     "ImportResult",
     "Inconsistent",
+    "Injection",
     "InvalidExport",
     "InvalidInput",
     "Keyring",

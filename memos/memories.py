@@ -30,7 +30,9 @@ from memos.governance.redaction import Redactor
 from memos.item import MemoryItem, Source, State
 from memos.logsafe import exception_summary
 from memos.ports import AuditSink, UserDataEraser
-from memos.recall.retrieval import Hit, RetrievalParams, Retriever
+from memos.recall import injection
+from memos.recall.injection import Injection
+from memos.recall.retrieval import Hit, RetrievalParams, Retriever, with_context
 from memos.storage.batch import NewMemory
 from memos.storage.vault import MemoryNotFound, MemVault, VersionNotFound
 from memos.writeback.operator import MemOperator
@@ -385,6 +387,28 @@ class MemoryService:
         hits = await self.retriever.asearch(principal.tenant, owner, query, self.embedder.embed_one, params)
         await self._audit_read(principal, policy, "search", owner, [h.item.id for h in hits], request_id)
         return hits
+
+    async def injection(
+        self,
+        principal: Principal,
+        policy: Policy,
+        user: str | None,
+        query: str,
+        request_id: str | None = None,
+    ) -> Injection:
+        """The block a chat whose latest user turn is `query` would have injected for `user` now: the
+        chat's own recall (the policy's top_k, min_score and token budget, neighbouring turns) and choice
+        (memos.recall.injection.choose). Audited as a read (op `injection`); nothing is injected, so no
+        hit is counted."""
+        owner = self._user(principal, user)
+        authorize(principal, policy, Operation.MEMORY_READ, owner)
+        if not query or not query.strip():
+            raise InvalidInput("`query` must be a non-empty string.", "query")
+        params = RetrievalParams.from_policy(policy, neighbours=self.neighbours)
+        hits = await self.retriever.asearch(principal.tenant, owner, query, self.embedder.embed_one, params)
+        chosen = Injection(tuple(injection.choose(with_context(hits), policy.memory.token_budget)))
+        await self._audit_read(principal, policy, "injection", owner, chosen.memory_ids, request_id)
+        return chosen
 
     async def users(
         self, principal: Principal, policy: Policy, request_id: str | None = None

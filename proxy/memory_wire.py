@@ -16,7 +16,7 @@ entry's or a patch's text length (MAX_TEXT_CHARS) and "at least one message with
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NotRequired, get_args
 
 from pydantic import (
     MISSING,
@@ -306,6 +306,12 @@ class SearchMemories(WireModel):
     user: UserId | None = None
     query: Query
     top_k: TopK | None = None
+    injection: StrictBool = Field(
+        default=False,
+        description="true: the answer also carries `injection`, the memory block a chat whose latest "
+        "user turn is `query` would have injected now (the tenant policy's top_k, min_score and token "
+        "budget; `top_k` here does not apply to it).",
+    )
 
 
 class ListQuery(WireModel):
@@ -506,9 +512,16 @@ class Memories(TypedDict):
     data: list[Memory]
 
 
+class InjectionPreview(TypedDict):
+    block: Annotated[str, Field(description="The system message's content, exactly; empty: nothing.")]
+    memory_ids: Annotated[list[str], Field(description="The memories in the block, best ranked first.")]
+    tokens: Annotated[int, Field(description="The block's estimated tokens (the policy's budget bounds it).")]
+
+
 class SearchHits(TypedDict):
     object: Literal["list"]
     data: list[SearchHit]
+    injection: NotRequired[Annotated[InjectionPreview, Field(description="With `injection: true`.")]]
 
 
 class MemoryList(TypedDict):

@@ -41,7 +41,7 @@ from memos.local.runtime import LocalMemory
 from memos.modes import MemoryMode
 from memos.observe import MemoryObserver, NoObserver
 from memos.recall import injection
-from memos.recall.retrieval import RetrievalParams
+from memos.recall.retrieval import RetrievalParams, with_context
 from memos.writeback.outbox import Outbox
 from memos.writeback.reader import MAX_SPEAKER_CHARS, bound_turns, message_text
 from memos.writeback.write_retry import WriteRetryQueue
@@ -90,12 +90,7 @@ class RetrieverRecall:
     ) -> list[MemoryItem]:
 
         params = RetrievalParams.from_policy(policy, neighbours=self.neighbours)
-        hits = await self._retriever.asearch(tenant, owner, query, self._embed_one, params)
-        items: list[MemoryItem] = []
-        for hit in hits:
-            items.append(hit.item)
-            items.extend(getattr(hit, "context", ()) or ())
-        return items
+        return with_context(await self._retriever.asearch(tenant, owner, query, self._embed_one, params))
 
 
 def query_of(messages: Sequence[dict[str, Any]]) -> str:
@@ -234,7 +229,7 @@ class VaultChatMemory:
         if not query:
             return MemoryPlan(body=body, switch=switch, mode=MemoryMode.PLAINTEXT)
         items = await self._admitted_recall(ctx, user, query)
-        chosen = injection.fit_budget([injection.rendered(i) for i in items], ctx.policy.memory.token_budget)
+        chosen = injection.choose(items, ctx.policy.memory.token_budget)
         ids = [m.id for m in chosen]
         if ids:
             await self._audit_injection(ctx, user, ids, MemoryMode.PLAINTEXT)

@@ -237,3 +237,27 @@ def fit_budget(ranked: Sequence[RenderedMemory], budget: int) -> list[RenderedMe
             chosen.append(memory)
             remaining -= cost
     return chosen
+
+
+def choose(items: Iterable[MemoryItem], budget: int) -> list[RenderedMemory]:
+    """What is injected of recalled items (best first): as many as fit `budget` tokens, rank order."""
+    return fit_budget([rendered(i) for i in items], budget)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """The block injected for one query: the memories chosen (rank order), its text and its tokens."""
+
+    memories: tuple[RenderedMemory, ...]
+
+    @property
+    def memory_ids(self) -> tuple[str, ...]:
+        return tuple(m.id for m in self.memories)
+
+    @property
+    def block(self) -> str:
+        return render(self.memories)
+
+    @property
+    def tokens(self) -> int:
+        return block_tokens(self.memories)

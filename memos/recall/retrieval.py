@@ -74,6 +74,16 @@ class Hit:
     context: list[MemoryItem] = field(default_factory=list)  # neighbouring turns, session order
 
 
+def with_context(hits: Sequence[Hit]) -> list[MemoryItem]:
+    """The hits' items best first, each followed by the neighbouring turns it brought as context: what
+    injection chooses from."""
+    items: list[MemoryItem] = []
+    for hit in hits:
+        items.append(hit.item)
+        items.extend(hit.context)
+    return items
+
+
 @dataclass(frozen=True)
 class KeywordPhase:
     """What `search` reads before it needs the query vector: the owner's statistics and keyword list."""

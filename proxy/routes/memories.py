@@ -2,7 +2,7 @@
 
 - `POST /v1/memories` `{"user", "memories": [{"messages" | "text", "metadata", "observed_at"}], "infer"}`
 - `GET /v1/memories?user=&limit=&cursor=`
-- `POST /v1/memories/search` `{"user", "query", "top_k"}`
+- `POST /v1/memories/search` `{"user", "query", "top_k", "injection"}`
 - `GET | PATCH | DELETE /v1/memories/{id}` (PATCH: text, metadata, importance, state, expires_at,
   invalid_at, valid_from, observed_at, or rollback_to alone)
 - `GET /v1/memories/{id}/history`
@@ -142,10 +142,16 @@ async def list_memories(request: Request) -> Response:
 async def search_memories(request: Request) -> Response:
     memory, caller, request_id = await _context(request)
     body = parse(SearchMemories, await read_json_object(request))
-    hits = await memory.search(
-        caller.principal, caller.policy, user_from(request, body.user), body.query, body.top_k, request_id
-    )
+    user = user_from(request, body.user)
+    hits = await memory.search(caller.principal, caller.policy, user, body.query, body.top_k, request_id)
     answer: SearchHits = {"object": "list", "data": [hit_json(h) for h in hits]}
+    if body.injection:
+        chosen = await memory.injection(caller.principal, caller.policy, user, body.query, request_id)
+        answer["injection"] = {
+            "block": chosen.block,
+            "memory_ids": list(chosen.memory_ids),
+            "tokens": chosen.tokens,
+        }
     return json_response(answer)
 
 

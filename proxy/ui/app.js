@@ -228,7 +228,7 @@ async function eraseUser() {
 // ------------------------------------------------------------------ search
 
 async function search() {
-  const body = { user: $("search-user").value.trim(), query: $("search-query").value, top_k: parseInt($("search-top-k").value, 10) || 10 };
+  const body = { user: $("search-user").value.trim(), query: $("search-query").value, top_k: parseInt($("search-top-k").value, 10) || 10, injection: true };
   const data = await api("POST", "/v1/memories/search", body);
   const rows = $("search-table").tBodies[0];
   rows.replaceChildren();
@@ -244,6 +244,11 @@ async function search() {
     row.append(cell);
     rows.append(row);
   }
+  const block = data.injection;
+  $("injection-summary").textContent = block.memory_ids.length
+    ? block.memory_ids.length + " memory(ies), about " + block.tokens + " tokens:"
+    : "Nothing would be injected for this query.";
+  $("injection-block").textContent = block.block;  // text, never markup
   status(data.data.length + " hit(s).");
 }
 

@@ -249,3 +249,31 @@ def test_erasing_a_user_right_after_a_chat_leaves_nothing_behind(
     say(client, user, "I fly a red kite on Sundays.")
     remembered(running, key, user, "I fly a red kite on Sundays.")
     assert not any("quartz" in m for m in search(running, key, user, "storage unit code zebra quartz"))
+
+
+def test_the_injection_preview_is_the_block_a_chat_gets(
+    client: openai.OpenAI, upstream: FakeUpstream, running: RunningProxy, key: str
+) -> None:
+    """POST /v1/memories/search with injection: true answers the block a chat with that query as its
+    latest turn is sent, byte for byte, with the ids the chat's headers count."""
+    facts = ["I keep three hives of carniolan bees.", "My sister Ines lives in Porto.", "I cycle to work."]
+    for fact in facts:
+        say(client, "dora", fact)
+    for fact in facts:
+        remembered(running, key, "dora", fact)
+    question = "Where does my sister live, and what bees do I keep?"
+    api = httpx.Client(base_url=running.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    preview = api.post("/memories/search", json={"user": "dora", "query": question, "injection": True})
+    assert preview.status_code == 200, preview.text
+    injection = preview.json()["injection"]
+    _, headers = say(client, "dora", question)
+    sent = memory_block(last_sent(upstream))
+    assert sent is not None and injection["block"] == sent
+    assert len(injection["memory_ids"]) == int(headers["x-memos-memories"]) >= 2
+    assert 0 < injection["tokens"] <= 600
+    # Without the flag the answer is the search alone.
+    plain = api.post("/memories/search", json={"user": "dora", "query": question})
+    assert "injection" not in plain.json()
+    # Nobody to remember: an empty block, never another user's.
+    empty = api.post("/memories/search", json={"user": "nobody-here", "query": question, "injection": True})
+    assert empty.json()["injection"] == {"block": "", "memory_ids": [], "tokens": 0}

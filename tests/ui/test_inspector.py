@@ -177,6 +177,11 @@ def test_inspector_end_to_end(running: RunningProxy, browser: Any) -> None:
     hit = page.locator("#search-table tr.hit-row", has_text=EDITED)
     hit.wait_for()
     assert float(hit.locator("td").first.inner_text()) > 0
+    # The block a chat with this query would be sent, as text.
+    page.wait_for_selector("#injection-block:not(:empty)")
+    block = page.locator("#injection-block").inner_text()
+    assert EDITED in block and "<memories" in block
+    assert "about" in page.locator("#injection-summary").inner_text()
     shot("5-search")
 
     page.click("#nav-audit")
