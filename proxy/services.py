@@ -209,6 +209,11 @@ def build_upstreams(settings: Settings, local: LocalUpstream | None = None) -> U
     )
 
 
+def tenant_label_key(core: Core) -> bytes:
+    """What metric tenant labels are keyed with (`memos-proxy tenants labels` prints them)."""
+    return core.master.derive("metrics-tenant-label")
+
+
 def build_services(
     settings: Settings, metrics: Metrics | None = None, *, role: Literal["server", "worker"] = "server"
 ) -> Services:
@@ -219,7 +224,7 @@ def build_services(
     core = open_core(settings)
     metrics = metrics or Metrics(TenantLabels(settings.metrics_tenant_label))
     # Tenant labels hashed with a key of the deployment (the same in every replica and restart).
-    metrics.tenant_label.use_key(core.master.derive("metrics-tenant-label"))
+    metrics.tenant_label.use_key(tenant_label_key(core))
     policies = PolicyStore(settings.resolved_policy_dir, audit=core.audit)
     config = memory_config(settings)
     # The local runtime is built first: the router serves `local/<name>` models with it, and memory

@@ -1,4 +1,5 @@
-"""Governance commands: `audit verify|list`, `keys rotate-master`, `tenants delete`, `policy schema|check`."""
+"""Governance commands: `audit verify|list`, `keys rotate-master`, `tenants delete|labels`,
+`policy schema|check`."""
 
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ def register(cli: CommandRegistry) -> None:
     delete.add_argument("--tenant", required=True)
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(handler=_tenants_delete)
+    labels = tenants.add_parser(
+        "labels",
+        help="print each tenant's metric label (MEMOS_METRICS_TENANT_LABEL=hash) beside its name",
+        description="The opaque `t_...` label a tenant has in /metrics is an HMAC of its name keyed "
+        "from the master key: the same in every replica. Prints `name<TAB>label` for the tenants "
+        "named, or for every tenant that has keys or an audit trail.",
+    )
+    labels.add_argument("--tenant", action="append", default=None, help="a tenant (repeatable)")
+    labels.set_defaults(handler=_tenants_labels)
 
     policy = cli.group("policy", "tenant policy files")
     schema = policy.add_parser("schema", help="write (or print with -o -) the policy JSON Schema")
@@ -183,6 +193,22 @@ def _tenants_delete(args: argparse.Namespace, settings: Settings) -> int:
             f"tenant {args.tenant} deleted: {report.keys_revoked} API key(s) revoked, "
             f"data key destroyed, {report.stores_erased} store(s) erased"
         )
+        return 0
+    finally:
+        core.close()
+
+
+def _tenants_labels(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.metrics import TenantLabels
+    from proxy.services import open_core, tenant_label_key
+
+    core = open_core(settings)
+    try:
+        labels = TenantLabels("hash")
+        labels.use_key(tenant_label_key(core))
+        known = sorted({k.tenant for k in core.api_keys.list()} | set(core.audit.tenants()))
+        for tenant in args.tenant or known:
+            print(f"{tenant}\t{labels(tenant)}")
         return 0
     finally:
         core.close()

@@ -14,7 +14,7 @@ import httpx
 import openai
 
 from tests.support.memory import add_memories, until
-from tests.support.proxy import RunningProxy
+from tests.support.proxy import RunningProxy, proxy_env, run_cli
 from tests.support.upstream import FakeUpstream
 
 MODEL = "gpt-4o-mini"
@@ -127,6 +127,17 @@ def test_tenant_labels_are_stable_per_deployment_or_off(proxy, upstream: FakeUps
     assert second.services.metrics.tenant_label("globex") != label
     elsewhere = proxy(embedding_model="hash", metrics_tenant_label="hash")  # another master key
     assert elsewhere.services.metrics.tenant_label("acme") != label
+    # The operator maps a label seen in a dashboard back to its tenant with the real CLI.
+    first.create_key("acme")
+    env = proxy_env(data_dir, upstream.base_url)
+    named = run_cli("tenants", "labels", "--tenant", "acme", "--tenant", "globex", env=env)
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.splitlines() == [
+        f"acme\t{label}",
+        f"globex\t{second.services.metrics.tenant_label('globex')}",
+    ]
+    every = run_cli("tenants", "labels", env=env)  # every tenant with keys or a trail
+    assert f"acme\t{label}" in every.stdout.splitlines()
 
     off = proxy(embedding_model="hash", metrics_tenant_label="off")
     key = off.create_key("acme")
