@@ -23,6 +23,7 @@ from memos.embeddings import (
     Embedder,
     EmbeddingsClient,
     MicroBatcher,
+    TimedEmbedder,
     UpstreamEmbedder,
     background_lane,
     build_embedder,
@@ -184,7 +185,7 @@ def build_memory(
         db,
         keyring,
         VectorIndex(config.vector_uri),
-        background_lane(embedder),
+        TimedEmbedder(background_lane(embedder), observer.memories_embedded),
         row_cache_rows=config.row_cache_rows,
     )
     batcher = MicroBatcher(embedder, executor=pools.query_embedding, observer=observer)

@@ -16,6 +16,9 @@ class MemoryObserver(Protocol):
     def query_embedded(self, batch: int, seconds: float) -> None:
         """One forward pass embedded `batch` queries in `seconds`."""
 
+    def memories_embedded(self, batch: int, seconds: float) -> None:
+        """One call embedded `batch` memory texts for storage (write-back, patches, imports)."""
+
     def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:
         """One exchange was written back: memories added, merged into existing ones, superseded."""
 
@@ -35,6 +38,9 @@ class NoObserver:
         return None
 
     def query_embedded(self, batch: int, seconds: float) -> None:
+        return None
+
+    def memories_embedded(self, batch: int, seconds: float) -> None:
         return None
 
     def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:

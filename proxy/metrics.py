@@ -142,6 +142,18 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.memory_embedding_latency = Histogram(
+            "memos_memory_embedding_duration_seconds",
+            "Time of one call embedding memory texts for storage (write-back, patches, imports).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.memory_embedding_batch = Histogram(
+            "memos_memory_embedding_batch_size",
+            "Memory texts embedded together in one call for storage.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.written_memories = Counter(
             "memos_writeback_memories",
             "Memories written back from chats, by tenant and outcome (added, merged, superseded).",
@@ -215,6 +227,10 @@ class Metrics:
     def query_embedded(self, batch: int, seconds: float) -> None:
         self.query_embedding_latency.observe(seconds)
         self.query_embedding_batch.observe(batch)
+
+    def memories_embedded(self, batch: int, seconds: float) -> None:
+        self.memory_embedding_latency.observe(seconds)
+        self.memory_embedding_batch.observe(batch)
 
     def written_back(self, tenant: str, *, added: int, merged: int, superseded: int) -> None:
         label = self.tenant_label(tenant)

@@ -16,7 +16,7 @@ Every embedder returns float32 unit vectors, shape (n, dim) (`normalise`, in bas
 
 from __future__ import annotations
 
-from memos.embeddings.base import AsyncEmbedder, Embedder, normalise
+from memos.embeddings.base import AsyncEmbedder, Embedder, TimedEmbedder, normalise
 from memos.embeddings.batcher import MicroBatcher
 from memos.embeddings.factory import build_embedder
 from memos.embeddings.hashing import HashEmbedder
@@ -30,6 +30,7 @@ __all__ = [
     "HashEmbedder",
     "MicroBatcher",
     "MiniLMEmbedder",
+    "TimedEmbedder",
     "UpstreamEmbedder",
     "background_lane",
     "build_embedder",

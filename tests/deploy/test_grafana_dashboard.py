@@ -41,7 +41,13 @@ def test_the_dashboard_imports() -> None:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"] and panel["description"]
     # Per-tenant series are filtered by the tenant variable (the outbox and embedding series have none).
-    untenanted = ("memos_outbox_", "memos_write_retry_", "memos_storage_", "memos_query_embedding_")
+    untenanted = (
+        "memos_outbox_",
+        "memos_write_retry_",
+        "memos_storage_",
+        "memos_query_embedding_",
+        "memos_memory_embedding_",
+    )
     for expr in queries(dashboard):
         if not any(m.startswith(untenanted) for m in METRIC.findall(expr)):
             assert 'tenant=~"$tenant"' in expr, expr

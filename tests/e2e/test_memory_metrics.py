@@ -90,6 +90,8 @@ def test_a_load_of_memory_chats_moves_the_memory_metrics(proxy, upstream: FakeUp
     assert moved(before, after, f"memos_recall_duration_seconds_sum{{{t}}}") > 0
     assert moved(before, after, "memos_query_embedding_batch_size_sum") >= remembering
     assert moved(before, after, "memos_query_embedding_duration_seconds_count") >= 1
+    assert moved(before, after, "memos_memory_embedding_batch_size_sum") >= 1  # facts embedded to store
+    assert moved(before, after, "memos_memory_embedding_duration_seconds_count") >= 1
     assert moved(before, after, f"memos_writeback_exchanges_total{{{t}}}") == remembering
     assert moved(before, after, f'memos_writeback_memories_total{{outcome="added",{t}}}') >= 3
     assert moved(before, after, f'memos_writeback_memories_total{{outcome="superseded",{t}}}') >= 1
