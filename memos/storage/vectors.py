@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from memos.logsafe import exception_summary
+from memos.storage.ann import IvfFlat, IvfParams
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,25 @@ class _Entry:
     def nbytes(self) -> int:
         return int(self.buffer.nbytes) + 48 * len(self.ids)
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search(self, query: np.ndarray, k: int, *, exact: bool = False) -> list[tuple[str, float]]:
+        return top_k_cosine(self.matrix, self.ids, query, k)
+
+    def applied(
+        self, changes: int, add_ids: Sequence[str], add_vectors: np.ndarray | None, remove_ids: Sequence[str]
+    ) -> _Entry:
+        entry = self
+        if remove_ids:
+            gone = set(remove_ids)
+            keep = [i for i, mid in enumerate(entry.ids) if mid not in gone]
+            if len(keep) != len(entry.ids):
+                entry = _Entry(entry.changes, [entry.ids[i] for i in keep], entry.matrix[keep])
+        if add_ids and add_vectors is not None:
+            return entry.appended(changes, add_ids, add_vectors.astype(np.float32))
+        return _Entry(changes, entry.ids, entry.buffer)
+
     def appended(self, changes: int, ids: Sequence[str], vectors: np.ndarray) -> _Entry:
         """This entry with rows added, in place when the buffer has room (amortised: the buffer grows
         by half), so a write does not copy a large owner's whole matrix. Rows past len(ids) are no
@@ -78,15 +99,77 @@ class _Entry:
         return _Entry(changes, self.ids + list(ids), buffer)
 
 
-class OwnerVectorCache:
-    """LRU of (tenant, owner key) -> the owner's active vectors, labelled with the change counter."""
+@dataclass
+class _AnnEntry:
+    """A large owner's vectors held in an approximate index (memos.storage.ann), at one counter."""
 
-    def __init__(self, max_bytes: int) -> None:
+    changes: int
+    ivf: IvfFlat
+
+    @property
+    def nbytes(self) -> int:
+        return self.ivf.nbytes
+
+    def __len__(self) -> int:
+        return len(self.ivf)
+
+    def search(self, query: np.ndarray, k: int, *, exact: bool = False) -> list[tuple[str, float]]:
+        if exact:  # the exact answer over the same vectors (the benchmark's recall reference)
+            ids, matrix = self.ivf.vectors()
+            return top_k_cosine(matrix, ids, query, k)
+        return self.ivf.search(query, k)
+
+    def applied(
+        self, changes: int, add_ids: Sequence[str], add_vectors: np.ndarray | None, remove_ids: Sequence[str]
+    ) -> _AnnEntry:
+        ivf = self.ivf.removed(remove_ids) if remove_ids else self.ivf
+        if add_ids and add_vectors is not None:
+            ivf = ivf.added(add_ids, add_vectors.astype(np.float32))
+        return _AnnEntry(changes, ivf)
+
+
+AnyEntry = _Entry | _AnnEntry
+
+
+@dataclass
+class _Delta:
+    prev: int
+    new: int
+    add_ids: Sequence[str]
+    add_vectors: np.ndarray | None
+    remove_ids: Sequence[str]
+
+
+@dataclass
+class IndexStats:
+    """What the approximate indices cost (read by bench/scale.py)."""
+
+    builds: int = 0
+    last_build_ms: float = 0.0
+    last_build_rows: int = 0
+    failures: int = 0
+
+
+class OwnerVectorCache:
+    """LRU of (tenant, owner key) -> the owner's active vectors, labelled with the change counter.
+
+    An owner with at least `ann_threshold` vectors is held in an approximate index (`_AnnEntry`,
+    memos.storage.ann) instead of the exact matrix; below it the search is exact. The index is built
+    (and rebuilt when its unindexed tail outgrows it) by a background thread from a snapshot; the
+    deltas applied meanwhile are replayed onto it before it replaces the entry, so no search waits
+    for a build. An index whose owner shrinks below half the threshold goes back to exact."""
+
+    def __init__(self, max_bytes: int, ann_threshold: int = 0, ivf_params: IvfParams | None = None) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self.ann_threshold = ann_threshold  # 0: always exact
+        self.ivf_params = ivf_params or IvfParams()
+        self.index_stats = IndexStats()
+        self._entries: OrderedDict[tuple[str, str], AnyEntry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._writing: dict[tuple[str, str], int] = {}  # this process's writes in flight, per owner
+        self._building: dict[tuple[str, str], tuple[int, list[_Delta]]] = {}  # key -> (from, deltas)
+        self._builders: list[threading.Thread] = []
 
     @contextmanager
     def writing(self, key: tuple[str, str]) -> Iterator[None]:
@@ -108,7 +191,7 @@ class OwnerVectorCache:
                 else:
                     del self._writing[key]
 
-    def get(self, key: tuple[str, str], changes: int) -> _Entry | None:
+    def get(self, key: tuple[str, str], changes: int) -> AnyEntry | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -123,16 +206,28 @@ class OwnerVectorCache:
             self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: tuple[str, str], entry: _Entry) -> None:
+    def put(self, key: tuple[str, str], entry: AnyEntry) -> None:
         with self._lock:
-            self._drop(key)
-            if entry.nbytes > self.max_bytes:
-                return
-            self._entries[key] = entry
-            self._bytes += entry.nbytes
-            while self._bytes > self.max_bytes and self._entries:
-                oldest = next(iter(self._entries))
-                self._drop(oldest)
+            self._put(key, entry)
+
+    def _put(self, key: tuple[str, str], entry: AnyEntry) -> None:
+        self._drop(key)
+        if entry.nbytes > self.max_bytes:
+            return
+        self._entries[key] = entry
+        self._bytes += entry.nbytes
+        while self._bytes > self.max_bytes and self._entries:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+        if key in self._entries:
+            self._maintain(key, entry)
+
+    def indexed(self, ids: list[str], matrix: np.ndarray, changes: int) -> AnyEntry:
+        """An entry for these vectors: exact below the threshold, else an index built now (blocking;
+        the loads of large owners run in a background thread)."""
+        if not self.ann_threshold or len(ids) < self.ann_threshold:
+            return _Entry(changes, ids, matrix)
+        return _AnnEntry(changes, self._build(ids, matrix))
 
     def apply(
         self,
@@ -152,19 +247,93 @@ class OwnerVectorCache:
                 self._drop(key)
                 return
             self._bytes -= entry.nbytes
-            if remove_ids:
-                gone = set(remove_ids)
-                keep = [i for i, mid in enumerate(entry.ids) if mid not in gone]
-                if len(keep) != len(entry.ids):
-                    entry = _Entry(entry.changes, [entry.ids[i] for i in keep], entry.matrix[keep])
-            if add_ids and add_vectors is not None:
-                entry = entry.appended(new_changes, add_ids, add_vectors.astype(np.float32))
-            else:
-                entry = _Entry(new_changes, entry.ids, entry.buffer)
+            entry = entry.applied(new_changes, add_ids, add_vectors, remove_ids)
             self._entries[key] = entry
             self._bytes += entry.nbytes
             if entry.nbytes > self.max_bytes:
                 self._drop(key)
+                return
+            building = self._building.get(key)
+            if building is not None:
+                building[1].append(_Delta(prev_changes, new_changes, add_ids, add_vectors, remove_ids))
+            self._maintain(key, entry)
+
+    # ------------------------------------------------------------------ the approximate index
+
+    def _maintain(self, key: tuple[str, str], entry: AnyEntry) -> None:
+        """(Under the lock.) Start an index build when an exact entry reached the threshold or an
+        index outgrew its build; turn an index whose owner shrank back into an exact entry."""
+        if not self.ann_threshold:
+            return
+        if isinstance(entry, _AnnEntry):
+            if len(entry) < self.ann_threshold // 2:
+                ids, matrix = entry.ivf.vectors()
+                self._bytes -= entry.nbytes
+                exact = self._entries[key] = _Entry(entry.changes, ids, matrix)
+                self._bytes += exact.nbytes
+                return
+            due = entry.ivf.wants_rebuild()
+        else:
+            due = len(entry) >= self.ann_threshold
+        if due and key not in self._building:
+            self._building[key] = (entry.changes, [])
+            thread = threading.Thread(
+                target=self._build_in_background, args=(key, entry), name="vector-index-build", daemon=True
+            )
+            self._builders = [t for t in self._builders if t.is_alive()] + [thread]
+            thread.start()
+
+    def _build(self, ids: list[str], matrix: np.ndarray) -> IvfFlat:
+        t0 = time.perf_counter()
+        ivf = IvfFlat.build(ids, matrix, self.ivf_params)
+        self.index_stats.builds += 1
+        self.index_stats.last_build_ms = (time.perf_counter() - t0) * 1000
+        self.index_stats.last_build_rows = len(ids)
+        return ivf
+
+    def _build_in_background(self, key: tuple[str, str], snapshot: AnyEntry) -> None:
+        try:
+            if isinstance(snapshot, _AnnEntry):
+                ids, matrix = snapshot.ivf.vectors()
+            else:
+                ids, matrix = snapshot.ids, snapshot.matrix
+            ivf = self._build(ids, matrix)
+        except Exception as exc:  # said and counted; the owner stays on its current (working) entry
+            self.index_stats.failures += 1
+            log.warning("building an owner's vector index failed: %s", exception_summary(exc))
+            with self._lock:
+                self._building.pop(key, None)
+            return
+        with self._lock:
+            start, deltas = self._building.pop(key, (snapshot.changes, []))
+            current = self._entries.get(key)
+            if current is None:
+                return  # evicted or invalidated meanwhile: nothing to replace
+            at = start
+            for d in deltas:
+                if d.prev != at:  # a gap (the entry was dropped and reloaded meanwhile): again
+                    self._maintain(key, current)
+                    return
+                ivf = ivf.removed(d.remove_ids) if d.remove_ids else ivf
+                if d.add_ids and d.add_vectors is not None:
+                    ivf = ivf.added(d.add_ids, d.add_vectors.astype(np.float32))
+                at = d.new
+            if at != current.changes:
+                self._maintain(key, current)  # built from what is no longer the owner's: again
+                return
+            self._put(key, _AnnEntry(at, ivf))
+
+    def wait_for_builds(self, timeout: float = 600.0) -> None:
+        """Wait for the index builds in flight (benchmarks and tests)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = [t for t in self._builders if t.is_alive()]
+            if not pending:
+                return
+            pending[0].join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                return
 
     def invalidate(self, tenant: str, owner_key: str | None = None) -> None:
         with self._lock:
@@ -281,7 +450,9 @@ class VectorIndex:
         cache_bytes: int = 512 * 1024 * 1024,
         compact_every: int = 100,
         version_retention: timedelta = timedelta(seconds=15),
-        ann_threshold: int = 200_000,
+        ann_threshold: int = 50_000,
+        ivf_params: IvfParams | None = None,
+        lance_index_rows: int = 200_000,
         sync_load_max: int = 20_000,
     ) -> None:
         self.uri = uri
@@ -291,9 +462,11 @@ class VectorIndex:
         self.version_retention = version_retention
         self.sync_load_max = sync_load_max
         self._loading: set[tuple[str, str]] = set()
-        self.cache = OwnerVectorCache(cache_bytes)
+        # Owners with at least `ann_threshold` vectors are searched through an approximate index in
+        # the cache (memos.storage.ann); smaller ones exactly.
+        self.cache = OwnerVectorCache(cache_bytes, ann_threshold, ivf_params)
         self.compact_every = compact_every
-        self.ann_threshold = ann_threshold
+        self.lance_index_rows = lance_index_rows  # a LanceDB index for owners searched in LanceDB
         self._db: Any = None
         self._tables: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -496,8 +669,8 @@ class VectorIndex:
             with self._guard(name).shared():
                 table.optimize(cleanup_older_than=self.version_retention)
                 if (
-                    self.ann_threshold
-                    and table.count_rows() >= self.ann_threshold
+                    self.lance_index_rows
+                    and table.count_rows() >= self.lance_index_rows
                     and not table.list_indices()
                 ):
                     rows = table.count_rows()
@@ -573,6 +746,7 @@ class VectorIndex:
         k: int,
         *,
         recheck: Callable[[], int] | None = None,
+        exact: bool = False,
     ) -> list[tuple[str, float]]:
         """[(id, cosine)] best first over the owner's vectors; `changes` is the owner's SQL counter.
 
@@ -580,7 +754,8 @@ class VectorIndex:
         after the caller read its counter), `recheck` reads the counter again. Otherwise a small owner
         is loaded at once; a large one (more than `sync_load_max` vectors, e.g. after another replica
         wrote) is searched in LanceDB directly while a background thread reloads the cache, so no
-        search waits seconds."""
+        search waits seconds. An owner held in an approximate index is searched through it unless
+        `exact` (the benchmark's reference answer)."""
         dim = int(query.shape[-1])
         key = (tenant, owner_key)
         entry = self.cache.get(key, changes)
@@ -597,12 +772,13 @@ class VectorIndex:
                 self._load_in_background(tenant, owner_key, dim, changes)
                 return self.search_lance(tenant, owner_key, query, k)
             entry = self.warm(tenant, owner_key, dim, changes)
-        return top_k_cosine(entry.matrix, entry.ids, query, k)
+        return entry.search(query, k, exact=exact)
 
-    def warm(self, tenant: str, owner_key: str, dim: int, changes: int) -> _Entry:
-        """Load the owner's vectors into the cache, labelled with `changes` (read before loading)."""
+    def warm(self, tenant: str, owner_key: str, dim: int, changes: int) -> AnyEntry:
+        """Load the owner's vectors into the cache, labelled with `changes` (read before loading);
+        an owner past the approximate index's threshold gets its index built here."""
         ids, matrix = self.load_owner(tenant, owner_key, dim)
-        entry = _Entry(changes, ids, matrix)
+        entry = self.cache.indexed(ids, matrix, changes)
         self.cache.put((tenant, owner_key), entry)
         return entry
 
