@@ -47,6 +47,11 @@ class MemoryReason(StrEnum):
     POLICY = "policy"  # the tenant's policy (memory.inject / write / allowed_modes, or its ACL) said no
     OVERLOADED = "overloaded"  # memory could not keep up: answered without it rather than queueing
     VAULT_UNAVAILABLE = "vault_unavailable"  # storage failed and the policy fails open
+    # An explicitly requested mode (X-Memos-Memory-Mode) could not serve; another one did:
+    NO_MEMORIES = "no_memories"  # activation: the user has no live memories to put in the block
+    NO_ADAPTER = "no_adapter"  # parametric: no adapter trained on the user's current memories
+    REMOTE_MODEL = "remote_model"  # activation / parametric: only a local model can serve them
+    UNSUPPORTED_MODEL = "unsupported_model"  # activation: the model's cache cannot be reused exactly
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,14 @@ from memos.chat.contract import (
     MemorySwitch,
     MemoryUnavailable,
 )
-from memos.chat.planner import LocalMemorySource, choose_mode, memory_switch, plan_local, switch_reason
+from memos.chat.planner import (
+    LocalMemorySource,
+    choose_mode,
+    memory_switch,
+    plan_local,
+    remote_reason,
+    switch_reason,
+)
 from memos.chat.skip_audit import SkippedMemoryAudit
 from memos.governance.audit import AuditRecord
 from memos.governance.policy import FailMode, Policy
@@ -205,22 +212,29 @@ class VaultChatMemory:
     ) -> MemoryPlan:
         local = self._local if ctx.local_model else None
         if local is not None:
-            mode, local_memory = await plan_local(
+            mode, local_memory, mode_reason = await plan_local(
                 local, ctx.principal.tenant, user, ctx.model, ctx.requested_mode, ctx.policy
             )
             if local_memory is not None:
                 ids = list(local_memory.memory_ids)
                 await self._audit_injection(ctx, user, ids, mode)
                 return MemoryPlan(
-                    body=body, switch=switch, mode=mode, injected_ids=tuple(ids), local=local_memory
+                    body=body,
+                    switch=switch,
+                    mode=mode,
+                    injected_ids=tuple(ids),
+                    local=local_memory,
+                    reason=mode_reason,
                 )
         else:
             mode = choose_mode(ctx.requested_mode, ctx.policy.memory.allowed_modes, local=False)
+            mode_reason = remote_reason(ctx.requested_mode, mode, ctx.policy.memory.allowed_modes)
         if mode is not MemoryMode.PLAINTEXT:
             # Off although asked for (not `X-Memos-Memory-Mode: off`): no mode the policy allows serves.
             refused = mode is MemoryMode.OFF and ctx.requested_mode is not MemoryMode.OFF
             return MemoryPlan(body=body, switch=switch, reason=MemoryReason.POLICY if refused else None)
-        return await self._plaintext(ctx, body, switch, user)
+        plan = await self._plaintext(ctx, body, switch, user)
+        return plan if mode_reason is None else replace(plan, reason=mode_reason)
 
     async def _plaintext(
         self, ctx: ChatContext, body: dict[str, Any], switch: MemorySwitch, user: str

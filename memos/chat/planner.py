@@ -8,7 +8,7 @@ once per request and returns the result as one MemoryPlan. Nothing else decides 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from memos.chat.contract import MemoryReason, MemorySwitch
 from memos.governance.acl import Operation, is_allowed
@@ -77,6 +77,8 @@ def choose_mode(
     non-empty block, whose cache is then built if missing; parametric needs a trained adapter);
     otherwise, and for `auto`, the first that is allowed and ready of: activation with its cache built,
     parametric, plaintext, activation (cache to be built), off. Remote models only know plaintext and off.
+    For `auto` (and an explicit request that falls back to it) `activation_possible` and
+    `activation_ready` are those of promoted memories (LocalReadiness.activation_promoted / _ready).
     """
     allowed_modes = {MemoryMode(m) for m in allowed if m in MemoryMode._value2member_map_}
     if requested is MemoryMode.OFF:
@@ -105,6 +107,39 @@ def choose_mode(
     return MemoryMode.OFF
 
 
+_LOCAL_ONLY = (MemoryMode.ACTIVATION, MemoryMode.PARAMETRIC)
+
+
+def remote_reason(requested: MemoryMode, mode: MemoryMode, allowed: Iterable[str]) -> MemoryReason | None:
+    """Why a remote model's request for a local-only mode is served otherwise (None: nothing to say;
+    a mode the policy forbids is the policy's doing, a mode it allows is the remote model's)."""
+    if requested not in _LOCAL_ONLY or mode is requested:
+        return None
+    return MemoryReason.REMOTE_MODEL if requested.value in set(allowed) else MemoryReason.POLICY
+
+
+def local_reason(
+    requested: MemoryMode, mode: MemoryMode, allowed: Iterable[str], ready: LocalReadiness
+) -> MemoryReason | None:
+    """Why a local model's explicitly requested mode is not the one that serves (None when it is, for
+    `auto`, and for `off`)."""
+    if requested in (MemoryMode.AUTO, MemoryMode.OFF) or mode is requested:
+        return None
+    if requested.value not in set(allowed):
+        return MemoryReason.POLICY
+    if requested is MemoryMode.ACTIVATION:
+        return MemoryReason.UNSUPPORTED_MODEL if ready.unsupported is not None else MemoryReason.NO_MEMORIES
+    if requested is MemoryMode.PARAMETRIC:
+        return MemoryReason.NO_ADAPTER
+    return None  # plaintext asked, another served: only `off` (the caller names the policy)
+
+
+class LocalPlan(NamedTuple):
+    mode: MemoryMode
+    memory: LocalMemory | None  # the runtime's inputs for activation or parametric
+    reason: MemoryReason | None  # why the mode asked for is not the mode that serves
+
+
 async def plan_local(
     local: LocalMemorySource,
     tenant: str,
@@ -112,20 +147,26 @@ async def plan_local(
     model_name: str,
     requested: MemoryMode,
     policy: Policy,
-) -> tuple[MemoryMode, LocalMemory | None]:
+) -> LocalPlan:
     """A local model's mode and, for activation or parametric, the runtime's inputs (for plaintext the
-    caller retrieves and renders the block, as for remote models)."""
+    caller retrieves and renders the block, as for remote models), and why an explicitly requested
+    mode does not serve. Explicit activation serves whenever the user has memories and the model's
+    cache is exact (the block is the promoted memories or, while none are, the budget's best fill);
+    `auto` only picks activation for promoted memories (LocalReadiness.activation_promoted)."""
     if requested is MemoryMode.OFF:
-        return MemoryMode.OFF, None
+        return LocalPlan(MemoryMode.OFF, None, None)
     ready = await local.readiness(tenant, user, model_name)
+    explicit = requested is MemoryMode.ACTIVATION
+    allowed = policy.memory.allowed_modes
     mode = choose_mode(
         requested,
-        policy.memory.allowed_modes,
+        allowed,
         local=True,
-        activation_possible=ready.activation_possible,
+        activation_possible=ready.activation_possible if explicit else ready.activation_promoted,
         activation_ready=ready.activation_ready,
         parametric_ready=ready.parametric_ready,
     )
-    if mode in (MemoryMode.ACTIVATION, MemoryMode.PARAMETRIC):
-        return mode, await local.memory_for(ready, mode)
-    return mode, None
+    reason = local_reason(requested, mode, allowed, ready)
+    if mode in _LOCAL_ONLY:
+        return LocalPlan(mode, await local.memory_for(ready, mode), reason)
+    return LocalPlan(mode, None, reason)

@@ -7,12 +7,22 @@ Files live under `<data_dir>/kv/<tenant hash>/<user blind id>/<model fingerprint
 
 A `KVBlock` is immutable by convention: generation never receives its tensors, only a new
 `DynamicCache` built from them (`new_cache`), whose first update concatenates into fresh tensors.
+
+Model shapes. Every layer's keys and values are kept for the whole block, sliding-window layers
+included (their prefill records the past instead of keeping only the window), so a block's prefix is
+a valid cache and `new_cache` rebuilds each layer as the model's config lays it out (a sliding layer
+keeps its window and knows how many tokens came before it, which positions and masks depend on).
+Grouped-query attention needs nothing special (the cache holds the key/value heads). A model whose
+layers keep other state (linear attention, chunked attention, layers sharing another layer's cache)
+cannot be served exactly from a key/value prefix: `cache_unsupported` says why, and activation refuses
+it rather than serving it inexactly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -28,8 +38,31 @@ if TYPE_CHECKING:
     from memos.local.lora import AdapterHandle
     from memos.local.model_registry import LoadedModel
 
+log = logging.getLogger(__name__)
+
 _FORMAT = "memos-kv-v1"
 BASE_ADAPTER = "base"
+
+
+class PartialKVCache(ValueError):
+    """A stored cache that lacks some of its block's tokens (a sliding-window layer's cache written
+    before every token was kept): it cannot be extended or reused, only rebuilt."""
+
+
+# Layer types (transformers' `layer_types`) whose cache is exactly a key/value prefix.
+SERVABLE_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+
+
+def cache_unsupported(model_config: Any) -> str | None:
+    """Why a stored key/value cache cannot serve this model exactly, or None when it can."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    text = model_config.get_text_config(decoder=True)
+    layer_types, _ = get_layer_types_and_kwargs(text)
+    other = sorted(set(layer_types) - SERVABLE_LAYER_TYPES)
+    if other:
+        return f"its layers of type {', '.join(other)} keep state a key/value prefix cannot hold"
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,12 +75,17 @@ class KVBlock:
     memory_ids: tuple[str, ...] = ()
 
     def new_cache(self, model_config: Any) -> Any:
-        """A fresh DynamicCache holding copies of this block's keys and values."""
+        """A fresh DynamicCache holding copies of this block's keys and values, laid out as the model's
+        config says (a sliding-window layer keeps its window and counts the whole block)."""
         from transformers import DynamicCache
 
         return DynamicCache(
             ddp_cache_data=list(zip(self.keys, self.values, strict=True)), config=model_config
         )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(t.numel()) * int(t.element_size()) for t in (*self.keys, *self.values))
 
     def prefix(self, length: int) -> KVBlock:
         """The cache of the first `length` tokens (views; still never mutated)."""
@@ -85,6 +123,9 @@ class KVBlock:
             raise ValueError("not a memos KV cache")
         tensors = load(data)
         layers = int(metadata["layers"])
+        length = len(json.loads(metadata["token_ids"]))
+        if any(tensors[f"layers.{i}.keys"].shape[2] != length for i in range(layers)):
+            raise PartialKVCache("a KV cache that does not hold every token of its block")
         return cls(
             token_ids=tuple(json.loads(metadata["token_ids"])),
             model_fingerprint=metadata["model_fingerprint"],
@@ -121,7 +162,7 @@ def prefill(
     adapter), the longest common token prefix is kept and only the tokens after it are computed."""
     import torch
     from transformers import DynamicCache
-    from transformers.cache_utils import CacheLayerMixin
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     from memos.local.lora import select_adapter  # here: lora imports this module
 
@@ -136,22 +177,30 @@ def prefill(
         base = reuse.prefix(keep)
         return KVBlock(ids, loaded.fingerprint, adapter_id, base.keys, base.values, tuple(memory_ids))
     model = loaded.model
+    unsupported = cache_unsupported(model.config)
+    if unsupported is not None:
+        raise ValueError(f"activation cannot serve this model exactly: {unsupported}")
     with loaded.lock, torch.inference_mode():
         select_adapter(loaded, adapter)
-        cache = (
-            reuse.prefix(keep).new_cache(model.config)
-            if keep and reuse
-            else DynamicCache(config=model.config)
-        )
+        cache = DynamicCache(config=model.config)
+        layers: list[DynamicLayer] = []
+        for layer in cache.layers:
+            exact = type(layer) in (DynamicLayer, DynamicSlidingWindowLayer)
+            if not exact or not isinstance(layer, DynamicLayer):
+                raise ValueError(f"the model's {type(layer).__name__} layers hold no plain key/value cache")
+            if isinstance(layer, DynamicSlidingWindowLayer):
+                layer.activate_past_recording()  # keep every token: the block's prefixes stay caches
+            layers.append(layer)
+        if keep and reuse is not None:
+            base = reuse.prefix(keep)
+            for layer, k, v in zip(layers, base.keys, base.values, strict=True):
+                layer.update(k, v)
         feed = torch.tensor([ids[keep:]], device=loaded.device)
         model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        layers: list[CacheLayerMixin] = []
-        for layer in cache.layers:
-            if not isinstance(layer, CacheLayerMixin):  # linear-attention state is no key/value cache
-                raise ValueError(f"the model's {type(layer).__name__} layers hold no key/value cache")
-            layers.append(layer)
-        keys = tuple(layer.keys for layer in layers)
-        values = tuple(layer.values for layer in layers)
+        keys: tuple[Any, ...] = tuple(layer.keys for layer in layers)
+        values: tuple[Any, ...] = tuple(layer.values for layer in layers)
+    if any(k is None or k.shape[2] != len(ids) for k in keys):
+        raise ValueError("the model's cache did not keep every token of the block")
     return KVBlock(ids, loaded.fingerprint, adapter_id, keys, values, tuple(memory_ids))
 
 
@@ -223,7 +272,12 @@ class KVCacheStore:
         if not path.exists():
             return None
         data = self._keyring.cipher(key.tenant).decrypt(path.read_bytes(), key.aad())
-        block = KVBlock.from_safetensors(data, device)
+        try:
+            block = KVBlock.from_safetensors(data, device)
+        except PartialKVCache:
+            log.info("a stored KV cache of an older layout was dropped; it is rebuilt on next use")
+            path.unlink(missing_ok=True)
+            return None
         self._remember(key, block)
         return block
 

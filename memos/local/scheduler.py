@@ -5,8 +5,13 @@ and its KV cache, the LoRA adapter), and the runtime's inputs for the mode the p
 (memos.chat.planner.choose_mode decides, from the requested mode and the policy's allowed modes).
 
 - plaintext: retrieved memories as one system block (remote and local models alike);
-- activation (local models): the user's activation block - the memories promoted into it - held as a
-  precomputed KV cache; the request's tokens are the block followed by the conversation;
+- activation (local models): the user's activation block - the memories promoted into it, or while
+  none are, the user's memories that best fill the block budget (most important, then most recent) -
+  held as a KV cache; the request's tokens are the block followed by the conversation. The first
+  request that asks for activation prefills the block once: that prefill is the cache, stored and
+  reused (extended from its common prefix when the block changed). `auto` serves activation only from
+  promoted memories whose cache is built; a model whose layers a key/value cache cannot hold exactly
+  (memos.local.kvcache.cache_unsupported) is never served activation;
 - parametric (local models): the conversation alone, through the user's LoRA adapter;
 - off: nothing injected.
 
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from memos.clock import aware
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
-from memos.local.kvcache import KVKey, prefill
+from memos.local.kvcache import KVKey, cache_unsupported, prefill
 from memos.local.lora import LoraTraining, train_adapter, unload_adapters
 from memos.local.runtime import LocalMemory, block_ids
 from memos.logsafe import exception_summary
@@ -118,6 +123,9 @@ class _BlockView:
     ids: tuple[int, ...]  # the block's token ids (its chat-template rendering)
     live_ids: frozenset[str]
     erasures: int = 0  # the user's erasure count when it was read (see MemScheduler.erase_user)
+    # True: the promoted memories; False: none is promoted, the block is the budget's best fill
+    # (served on an explicit activation request only; auto and the background pass leave it alone).
+    promoted: bool = True
 
 
 @dataclass
@@ -135,14 +143,27 @@ class LocalReadiness:
     view: _BlockView
     kv: KVBlock | None  # the stored cache, possibly stale (then extended from its common prefix)
     adapter: AdapterHandle | None  # only while every memory it learned is still live
+    unsupported: str | None = None  # why the model cannot be served activation exactly (None: it can)
 
     @property
     def activation_possible(self) -> bool:
-        return bool(self.view.text)
+        """An explicit activation request can be served: the user has a block and the model allows it."""
+        return bool(self.view.text) and self.unsupported is None
+
+    @property
+    def activation_promoted(self) -> bool:
+        """`auto` may pick activation: the block is made of promoted memories."""
+        return self.activation_possible and self.view.promoted
+
+    @property
+    def cache_fresh(self) -> bool:
+        """The stored cache holds exactly the block rendered now."""
+        return self.kv is not None and self.kv.token_ids == self.view.ids
 
     @property
     def activation_ready(self) -> bool:
-        return self.kv is not None and self.kv.token_ids == self.view.ids
+        """`auto`'s activation: promoted memories whose cache is built."""
+        return self.activation_promoted and self.cache_fresh
 
     @property
     def parametric_ready(self) -> bool:
@@ -219,13 +240,26 @@ class MemScheduler:
         """The activation block: live promoted memories, hottest first until the token budget is full."""
         promoted = [i for i in self._live(items) if Kind(i.kind) is Kind.ACTIVATION]
         promoted.sort(key=lambda i: (-i.hits, i.id))
+        return self._fit(promoted)
+
+    def fill_memories(self, items: Sequence[MemoryItem]) -> list[MemoryItem]:
+        """The block while no memory is promoted: the live memories that best fill the token budget,
+        most important first, then most recent."""
+        live = self._live(items)
+        oldest = datetime.min.replace(tzinfo=UTC)
+        live.sort(key=lambda i: i.id)
+        live.sort(key=lambda i: aware(i.observed_at) or aware(i.created_at) or oldest, reverse=True)
+        live.sort(key=lambda i: -i.importance)
+        return self._fit(live)
+
+    def _fit(self, ranked: list[MemoryItem]) -> list[MemoryItem]:
         fitted = {
             m.id
             for m in injection.fit_budget(
-                [injection.rendered(i) for i in promoted], self.config.block_token_budget
+                [injection.rendered(i) for i in ranked], self.config.block_token_budget
             )
         }
-        return [i for i in promoted if i.id in fitted]
+        return [i for i in ranked if i.id in fitted]
 
     @staticmethod
     def render_block(items: Sequence[MemoryItem]) -> str:
@@ -285,12 +319,13 @@ class MemScheduler:
 
         def inspect() -> LocalReadiness:
             view = self._block_view(tenant, user, loaded)
+            unsupported = cache_unsupported(loaded.model.config)
             kv = None
-            if view.ids:
+            if view.ids and unsupported is None:
                 assert self.kv_store is not None
                 kv = self.kv_store.load(KVKey(tenant, user, loaded.fingerprint), loaded.device)
             adapter = self._current_adapter(tenant, user, loaded.fingerprint, view.live_ids)
-            return LocalReadiness(tenant, user, loaded, view, kv, adapter)
+            return LocalReadiness(tenant, user, loaded, view, kv, adapter, unsupported)
 
         return await asyncio.to_thread(inspect)
 
@@ -300,9 +335,11 @@ class MemScheduler:
 
         view = ready.view
         if mode is MemoryMode.ACTIVATION:
+            if ready.unsupported is not None:
+                raise ValueError(f"activation cannot serve this model exactly: {ready.unsupported}")
             kv = ready.kv
-            self._observer.kv_cache_used(ready.tenant, hit=ready.activation_ready)
-            if not ready.activation_ready:
+            self._observer.kv_cache_used(ready.tenant, hit=ready.cache_fresh)
+            if not ready.cache_fresh:
                 kv = await self.build_cache(
                     ready.tenant,
                     ready.user,
@@ -342,6 +379,9 @@ class MemScheduler:
         items = self.memories(tenant, user)
         live = self._live(items)
         block_items = self.block_memories(items)
+        promoted = bool(block_items)
+        if not promoted:
+            block_items = self.fill_memories(items)
         text = self.render_block(block_items)
         ends = [t for i in live for t in (aware(i.expires_at), aware(i.invalid_at)) if t is not None]
         view = _BlockView(
@@ -353,6 +393,7 @@ class MemScheduler:
             ids=block_ids(loaded.tokenizer, text) if text else (),
             live_ids=frozenset(i.id for i in live),
             erasures=erasures,
+            promoted=promoted,
         )
         with self._erase_lock, self._state_lock:
             if self._erasures.get((tenant, user), 0) == erasures:  # else erased meanwhile: keep nothing
@@ -571,14 +612,15 @@ class MemScheduler:
         loaded = await self.registry.get(model_name)
         view = await asyncio.to_thread(self._block_view, tenant, user, loaded)
         key = KVKey(tenant, user, loaded.fingerprint)
-        if view.ids:
+        if not view.ids:
+            await asyncio.to_thread(self.kv_store.delete, key)
+        elif view.promoted and cache_unsupported(loaded.model.config) is None:
             current = await asyncio.to_thread(self.kv_store.load, key, loaded.device)
             if current is None or current.token_ids != view.ids:
                 await self.build_cache(
                     tenant, user, loaded, view.ids, view.memory_ids, previous=current, erasures=view.erasures
                 )
-        else:
-            await asyncio.to_thread(self.kv_store.delete, key)
+        # else the fill block (nothing promoted): cached when a request asks for activation, not here
         items = await asyncio.to_thread(self.memories, tenant, user)
         job = (tenant, user, model_name)
         if job not in self._training and await asyncio.to_thread(

@@ -2,20 +2,29 @@
 
 Nothing is downloaded: a byte-level BPE tokenizer is trained on a small built-in corpus, a Qwen2-shaped
 model gets random weights from its config, and both are saved to a directory that `MEMOS_LOCAL_MODELS`
-can name. The chat template is ChatML (as in Qwen2), so a memory block rendered as a system message ends
-at the special token `<|im_end|>` followed by a newline.
+can name. Other layouts people run are built the same way (`ARCHITECTURES`): Qwen2 and Mistral with
+their sliding window on, Gemma-2 (local and global layers alternating) and Gemma-3 (five local layers
+to one global), and two whose layers keep more than keys and values (Qwen3-Next's linear attention,
+Llama-4's chunked attention), which activation memory must refuse. The chat template is ChatML (as in
+Qwen2), so a memory block rendered as a system message ends at the special token `<|im_end|>` followed
+by a newline.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from memos.local.model_registry import LoadedModel
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config
+    from transformers import (
+        PretrainedConfig,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+    )
 
     from memos.local.model_registry import LoadedModel
 
@@ -125,17 +134,113 @@ def qwen2_config(
     )
 
 
+# name -> what it is; `architecture_config` builds each (qwen2: the default, full attention everywhere).
+ARCHITECTURES = {
+    "qwen2": "Qwen2, full attention, grouped-query (4 query heads, 2 key/value heads)",
+    "qwen2-sliding": "Qwen2 with use_sliding_window (layers from max_window_layers=1 on are local)",
+    "mistral": "Mistral, every layer a sliding window",
+    "gemma2": "Gemma-2, local and global layers alternating, logit soft-capping",
+    "gemma3": "Gemma-3 text, five local layers to one global, local and global RoPE bases",
+    "qwen3-next": "Qwen3-Next, linear-attention layers between full ones (not cacheable as keys/values)",
+    "llama4": "Llama-4 text, chunked-attention layers (not cacheable as a key/value prefix)",
+}
+
+
+def architecture_config(
+    architecture: str,
+    shape: ModelShape,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: str = "float32",
+    *,
+    sliding_window: int = 16,
+) -> PretrainedConfig:
+    """The config of a random model of `architecture` (see ARCHITECTURES) at `shape`'s width; local
+    layers see `sliding_window` tokens (small, so that a test's memory block is longer than it)."""
+    if architecture == "qwen2":
+        return qwen2_config(shape, tokenizer, dtype)
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        Llama4TextConfig,
+        MistralConfig,
+        Qwen3NextConfig,
+    )
+
+    head_dim = shape.hidden_size // shape.num_attention_heads
+    common: dict[str, Any] = dict(
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        vocab_size=shape.vocab_size,
+        max_position_embeddings=shape.max_position_embeddings,
+        initializer_range=shape.initializer_range,
+        eos_token_id=_token_id(tokenizer, "<|im_end|>"),
+        pad_token_id=_token_id(tokenizer, "<|endoftext|>"),
+        bos_token_id=None,
+        dtype=dtype,
+    )
+    if architecture == "qwen2-sliding":
+        from transformers import Qwen2Config
+
+        return Qwen2Config(
+            **common,
+            tie_word_embeddings=shape.hidden_size < 1024,
+            use_sliding_window=True,
+            sliding_window=sliding_window,
+            max_window_layers=1,
+        )
+    if architecture == "mistral":
+        return MistralConfig(**common, head_dim=head_dim, sliding_window=sliding_window)
+    # Gemma scales embeddings by sqrt(hidden): with the wide tiny-model init its random text is constant.
+    gemma = {**common, "initializer_range": min(shape.initializer_range, 0.02)}
+    if architecture == "gemma2":
+        return Gemma2Config(**gemma, head_dim=head_dim, sliding_window=sliding_window)
+    if architecture == "gemma3":
+        return Gemma3TextConfig(**gemma, head_dim=head_dim, sliding_window=sliding_window)
+    if architecture == "qwen3-next":
+        return Qwen3NextConfig(
+            **common,
+            head_dim=head_dim,
+            linear_num_key_heads=2,
+            linear_num_value_heads=2,
+            linear_key_head_dim=head_dim,
+            linear_value_head_dim=head_dim,
+            num_experts=2,
+            num_experts_per_tok=1,
+            moe_intermediate_size=shape.intermediate_size // 4,
+            shared_expert_intermediate_size=shape.intermediate_size // 4,
+        )
+    if architecture == "llama4":
+        return Llama4TextConfig(
+            **common,
+            head_dim=head_dim,
+            attention_chunk_size=sliding_window,
+            num_local_experts=2,
+            intermediate_size_mlp=shape.intermediate_size,
+        )
+    raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+
+
 def build_model_dir(
-    path: Path, shape: ModelShape = TINY, *, seed: int = 0, dtype: str = "float32", tokenizer_vocab: int = 512
+    path: Path,
+    shape: ModelShape = TINY,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    tokenizer_vocab: int = 512,
+    architecture: str = "qwen2",
+    sliding_window: int = 16,
 ) -> Path:
-    """Write a random Qwen2-shaped model and a trained tokenizer to `path`; returns `path`."""
+    """Write a random model of `architecture` (Qwen2 by default) and a trained tokenizer to `path`."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(min(tokenizer_vocab, shape.vocab_size))
     tokenizer.save_pretrained(path)
-    config = qwen2_config(shape, tokenizer, dtype)
+    config = architecture_config(architecture, shape, tokenizer, dtype, sliding_window=sliding_window)
     torch.manual_seed(seed)
     with torch.device("cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))

@@ -4,6 +4,11 @@ Qwen2-shaped model with a tokenizer trained in the test (nothing downloaded):
 - with five memories, plaintext and activation modes answer through /v1/chat/completions, the
   x-memos-memory-mode header names the mode, and with the same memory block their greedy outputs are
   token-identical (fp32); two identical activation requests answer identically;
+- with five fresh memories (none promoted), the first activation request is served activation, its
+  prefill of the block is the cache that is stored, its greedy tokens equal plaintext's, and the next
+  one reuses the stored cache (its file unchanged); `auto` still serves plaintext until promotion;
+- a mode asked for that cannot serve says why in x-memos-memory-reason (no_memories, no_adapter,
+  remote_model);
 - after `memos-proxy memory train` (its CLI entry point), parametric mode answers and says so, and
   the adapter lowers the model's loss on the user's memories compared with the base model;
 - KV caches and adapters are ciphertext on disk, and erasing the user deletes them;
@@ -12,6 +17,7 @@ Qwen2-shaped model with a tokenizer trained in the test (nothing downloaded):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -173,6 +179,7 @@ def test_memory_train_then_parametric_mode(
     # No adapter yet: parametric is not possible, the scheduler falls back (and says so).
     _, headers = ask(client, "bob", "parametric")
     assert headers["x-memos-memory-mode"] != "parametric"
+    assert headers["x-memos-memory-reason"] == "no_adapter"
 
     # `memos-proxy memory train`, run in this process (the subprocess would spend most of its time
     # importing torch); settings come from the environment, as for the installed command.
@@ -263,9 +270,11 @@ def test_caches_and_adapters_are_ciphertext_and_erased_with_the_user(
     assert scheduler.adapter_store.adapter_ids("acme", "carol") == []
     assert scheduler.adapter_store.latest("acme", "carol", fingerprint) is None
     assert after < before
-    # Nothing of carol's is served any more.
-    assert ask(client, "carol", "activation")[1]["x-memos-memory-mode"] == "plaintext"
-    assert ask(client, "carol", "parametric")[1]["x-memos-memory-mode"] == "plaintext"
+    # Nothing of carol's is served any more, and the answers say why.
+    _, headers = ask(client, "carol", "activation")
+    assert headers["x-memos-memory-mode"] == "plaintext" and headers["x-memos-memory-reason"] == "no_memories"
+    _, headers = ask(client, "carol", "parametric")
+    assert headers["x-memos-memory-mode"] == "plaintext" and headers["x-memos-memory-reason"] == "no_adapter"
 
 
 def test_plaintext_hits_promote_memories_into_the_activation_block(
@@ -285,3 +294,58 @@ def test_plaintext_hits_promote_memories_into_the_activation_block(
     assert sorted(t.memory_id for t in promoted) == sorted(ids)
     assert all(vault.history("acme", i)[-1].kind == "activation" for i in ids)
     assert ask(client, "dave", "activation", max_tokens=2)[1]["x-memos-memory-mode"] == "activation"
+
+
+def test_activation_serves_fresh_memories_on_the_first_request(
+    running: RunningProxy, key: str, client: openai.OpenAI, generations: list[Any]
+) -> None:
+    scheduler = running.services.scheduler
+    add_memories(running, key, "erin", FIVE_MEMORIES)  # through POST /v1/memories; none promoted
+    path = scheduler.kv_store.path(KVKey("acme", "erin", scheduler.registry.fingerprint("tiny")))
+    assert not path.exists()
+    before = local_lookups(running)
+
+    act_text, act_headers = ask(client, "erin", "activation")
+    act = generations[-1]
+    assert act_headers["x-memos-memory-mode"] == "activation" and act_headers["x-memos-memories"] == "5"
+    assert "x-memos-memory-reason" not in act_headers
+    assert act.cached_tokens > 0  # the block's prefill was the cache: the conversation came after it
+    stored = hashlib.sha256(path.read_bytes()).hexdigest()  # and it was stored
+
+    plain_text, plain_headers = ask(client, "erin", "plaintext")
+    plain = generations[-1]
+    assert plain_headers["x-memos-memory-mode"] == "plaintext" and plain_headers["x-memos-memories"] == "5"
+    assert plain.cached_tokens == 0 and plain.prompt_tokens == act.prompt_tokens  # the same ids
+    assert len(set(plain.token_ids)) > 5
+    assert act.token_ids == plain.token_ids and act_text == plain_text
+
+    again_text, again_headers = ask(client, "erin", "activation")
+    again = generations[-1]
+    assert again_headers["x-memos-memory-mode"] == "activation" and again_text == act_text
+    assert again.cached_tokens == act.cached_tokens and again.token_ids == act.token_ids
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == stored  # reused, not rebuilt
+    after = local_lookups(running)
+    for series in ('kv_cache_lookups_total{result="built"', 'kv_cache_lookups_total{result="hit"'):
+        assert after.get(series, 0) - before.get(series, 0) == 1, series
+
+    # `auto` keeps its rule: activation only for promoted memories with a built cache.
+    assert ask(client, "erin", "auto", max_tokens=2)[1]["x-memos-memory-mode"] == "plaintext"
+
+
+def test_a_mode_that_cannot_serve_says_why(
+    stack: tuple[FakeUpstream, RunningProxy], key: str, client: openai.OpenAI
+) -> None:
+    _, running = stack
+    # A user with no memories asks for activation.
+    _, headers = ask(client, "frank", "activation", max_tokens=2)
+    assert headers["x-memos-memory-mode"] == "plaintext" and headers["x-memos-memory-reason"] == "no_memories"
+    # A remote model cannot serve activation or parametric memory.
+    add_memories(running, key, "frank", FIVE_MEMORIES[:1])
+    for mode in ("activation", "parametric"):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=QUESTION,
+            extra_headers={"X-Memos-User": "frank", "X-Memos-Memory-Mode": mode, "X-Memos-Memory": "read"},
+        )
+        assert raw.headers["x-memos-memory-mode"] == "plaintext"
+        assert raw.headers["x-memos-memory-reason"] == "remote_model"

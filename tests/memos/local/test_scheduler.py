@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from memos.chat.contract import MemoryReason
 from memos.chat.planner import choose_mode, plan_local
 from memos.db import Database
 from memos.embeddings import HashEmbedder
@@ -21,6 +22,7 @@ from memos.local.kvcache import KVCacheStore, KVKey
 from memos.local.lora import AdapterStore, LoraTraining
 from memos.local.scheduler import MemScheduler, SchedulerConfig
 from memos.modes import MemoryMode
+from memos.recall import injection
 from memos.storage.vault import MemVault
 from memos.storage.vectors import VectorIndex
 from tests.support.local_models import FIVE_MEMORIES
@@ -156,24 +158,24 @@ async def test_plan_builds_reuses_and_rebuilds_the_cache(env, loaded) -> None:  
     policy = Policy()
     items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
     # Nothing promoted yet: no block, so plaintext.
-    mode, memory = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
+    mode, memory, _ = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
     assert (mode, memory) == (X, None)
     scheduler.promote("acme", "alice", [i.id for i in items])
     # auto: the cache is not built yet -> plaintext now, built by the background pass.
-    mode, _ = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
+    mode, _, _ = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
     assert mode is X
     await scheduler.tick()
     key = KVKey("acme", "alice", loaded.fingerprint)
     assert scheduler.kv_store.path(key).exists()
-    mode, memory = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
+    mode, memory, _ = await plan_local(scheduler, "acme", "alice", "local/tiny", AUTO, policy)
     assert mode is A and memory.kv is not None and set(memory.memory_ids) == {i.id for i in items}
     assert memory.block == scheduler.render_block(items)
     # A changed memory: the stored cache no longer matches, so it is not used ...
     vault.update("acme", items[0].id, text="I live in Porto.")
-    mode, _ = await plan_local(scheduler, "acme", "alice", "tiny", AUTO, policy)
+    mode, _, _ = await plan_local(scheduler, "acme", "alice", "tiny", AUTO, policy)
     assert mode is X
     # ... unless activation is asked for, which rebuilds it now (extending the common prefix).
-    mode, rebuilt = await plan_local(scheduler, "acme", "alice", "tiny", A, policy)
+    mode, rebuilt, _ = await plan_local(scheduler, "acme", "alice", "tiny", A, policy)
     assert mode is A and rebuilt.kv.token_ids != memory.kv.token_ids
     assert "Porto" in rebuilt.block
     # The policy decides what is allowed.
@@ -190,7 +192,7 @@ async def test_adapter_is_used_only_while_its_memories_are_live(env, loaded) -> 
     meta = scheduler.train("acme", "alice", "tiny", min_age_s=0)
     assert meta.adapter_loss < meta.base_loss and set(meta.memory_ids) == {i.id for i in items}
     assert ("memory.train", tuple(sorted(i.id for i in items))) in _actions(audit)
-    mode, memory = await plan_local(scheduler, "acme", "alice", "tiny", P, Policy())
+    mode, memory, _ = await plan_local(scheduler, "acme", "alice", "tiny", P, Policy())
     assert mode is P and memory.adapter.adapter_id == meta.adapter_id
     assert (await plan_local(scheduler, "acme", "alice", "tiny", AUTO, Policy()))[0] is P  # no block yet
     vault.delete("acme", items[1].id)  # the adapter learned it: it must not answer from it any more
@@ -214,9 +216,9 @@ async def test_erase_user_drops_caches_and_adapters(env, loaded, runtime) -> Non
     scheduler, vault, _audit, _clock = env
     items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
     scheduler.promote("acme", "alice", [i.id for i in items])
-    _, _memory = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
+    _, _memory, _ = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
     scheduler.train("acme", "alice", "tiny", min_age_s=0)
-    _, param = await plan_local(scheduler, "acme", "alice", "tiny", P, Policy())
+    _, param, _ = await plan_local(scheduler, "acme", "alice", "tiny", P, Policy())
     from memos.local.runtime import SamplingParams, build_prompt
 
     prompt = build_prompt(loaded.tokenizer, [{"role": "user", "content": "hi"}])
@@ -270,7 +272,7 @@ async def test_a_cache_built_while_its_user_is_erased_is_not_stored(env, loaded)
             return await asyncio.to_thread(fn, *args, **kwargs)
 
     scheduler.runtime = EraseDuringPrefill()
-    mode, _ = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
+    mode, _, _ = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
     assert mode is A  # the request that asked still gets its block
     assert scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint)) is None
     assert not list(scheduler.kv_store.root.rglob("*.kv"))
@@ -298,3 +300,45 @@ def test_an_adapter_trained_while_its_user_is_erased_is_not_stored(env, registry
         scheduler.train("acme", "alice", "tiny", min_age_s=0)
     assert not list(scheduler.adapter_store.root.rglob("*.lora"))
     assert "memory.train" not in {a for a, _ in _actions(audit)}
+
+
+async def test_explicit_activation_fills_the_block_while_nothing_is_promoted(env, loaded) -> None:  # type: ignore[no-untyped-def]
+    scheduler, vault, _audit, clock = env
+    day = timedelta(days=1)
+    old_vital = vault.add(
+        "acme", "alice", "I am allergic to peanuts.", importance=0.9, observed_at=clock.now - 9 * day
+    )
+    recent = vault.add("acme", "alice", "I live in Lisbon.", observed_at=clock.now - day)
+    older = vault.add("acme", "alice", "My dog is called Pixel.", observed_at=clock.now - 5 * day)
+    # A budget for two lines: the most important first, then the most recent.
+    two = sum(injection.line_tokens(injection.rendered(i)) for i in (old_vital, recent))
+    scheduler.config = dataclasses.replace(
+        scheduler.config, block_token_budget=injection.overhead_tokens() + two
+    )
+    assert [i.id for i in scheduler.fill_memories(scheduler.memories("acme", "alice"))] == [
+        old_vital.id,
+        recent.id,
+    ]
+    # auto: nothing promoted, so plaintext (and no cache is built in the background either).
+    assert await plan_local(scheduler, "acme", "alice", "tiny", AUTO, Policy()) == (X, None, None)
+    scheduler.note("acme", "alice", "tiny")
+    await scheduler.tick()
+    assert not list(scheduler.kv_store.root.rglob("*.kv"))
+    # Explicit activation serves that fill at once, and stores its cache.
+    mode, memory, reason = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
+    assert mode is A and reason is None and memory.kv is not None
+    assert set(memory.memory_ids) == {old_vital.id, recent.id} and older.id not in memory.memory_ids
+    stored = scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint))
+    assert stored is not None and stored.token_ids == memory.kv.token_ids
+    # The background pass leaves the fill's cache alone; auto still does not serve it.
+    scheduler.note("acme", "alice", "tiny")
+    await scheduler.tick()
+    assert scheduler.kv_store.path(KVKey("acme", "alice", loaded.fingerprint)).exists()
+    assert (await plan_local(scheduler, "acme", "alice", "tiny", AUTO, Policy()))[0] is X
+    # Parametric without an adapter says so.
+    assert (await plan_local(scheduler, "acme", "alice", "tiny", P, Policy()))[2] is MemoryReason.NO_ADAPTER
+    # Nothing to remember: activation says why.
+    mode, memory, reason = await plan_local(scheduler, "acme", "bob", "tiny", A, Policy())
+    assert (mode, memory, reason) == (X, None, MemoryReason.NO_MEMORIES)
+    forbidden = Policy(memory=MemoryPolicy(allowed_modes=["plaintext", "off"]))
+    assert (await plan_local(scheduler, "acme", "alice", "tiny", A, forbidden))[2] is MemoryReason.POLICY
