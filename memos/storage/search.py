@@ -27,6 +27,7 @@ from memos.storage.keyword import Bm25
 from memos.storage.owners import OwnerLedger, OwnerStats
 from memos.storage.row_cache import OwnerRowCache
 from memos.storage.tables import MemoryRow
+from memos.storage.vector_log import VectorLog
 from memos.storage.vectors import VectorIndex
 
 _MEMORIES = table_of(MemoryRow)  # the memories table, for Core reads
@@ -112,24 +113,35 @@ class CandidateSearch:
         owners: OwnerLedger,
         bm25: Bm25,
         row_cache_rows: int,
+        vector_log: VectorLog | None = None,
     ) -> None:
         self.db = db
         self.codec = codec
         self.vectors = vectors
         self.owners = owners
         self.bm25 = bm25
+        self.vector_log = vector_log
         # Search candidates decoded once per owner and change counter (memos.storage.row_cache).
         self._rows: OwnerRowCache[StoredMemory] = OwnerRowCache(row_cache_rows)
 
     # ------------------------------------------------------------------ candidates
 
     def dense(
-        self, tenant: str, owner: str, query_vector: np.ndarray, k: int, *, changes: int | None = None
+        self,
+        tenant: str,
+        owner: str,
+        query_vector: np.ndarray,
+        k: int,
+        *,
+        changes: int | None = None,
+        exact: bool = False,
     ) -> list[tuple[str, str, float]]:
-        """[(memory id, vector id, cosine)] best first over the owner's active vectors (unvalidated)."""
+        """[(memory id, vector id, cosine)] best first over the owner's active vectors (unvalidated);
+        `exact`: never through a large owner's approximate index."""
         if changes is None:
             changes = self.owners.read(tenant, owner).changes
         q = self.codec.rotate(tenant, normalise(np.asarray(query_vector, np.float32)))[0]
+        log = self.vector_log
         hits = self.vectors.search(
             tenant,
             self.codec.owner_key(tenant, owner),
@@ -137,6 +149,8 @@ class CandidateSearch:
             q,
             k,
             recheck=lambda: self.owners.read(tenant, owner).changes,
+            exact=exact,
+            catch_up=None if log is None else (lambda have, want: log.since(tenant, owner, have, want)),
         )
         return [(vid.rsplit(".", 1)[0], vid, score) for vid, score in hits]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, text
+from sqlalchemy import Column, Index, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -120,3 +120,18 @@ def item_aad(tenant: str, memory_id: str, version: int) -> bytes:
 
 def version_aad(tenant: str, memory_id: str, version: int) -> bytes:
     return f"memos:version:{tenant}:{memory_id}:{version}".encode()
+
+
+class VectorChangeRow(SQLModel, table=True):
+    """What one write did to an owner's active vectors, at the change counter it moved to: the vector
+    ids it added and removed (comma-separated; ids, never text). Another replica whose cached vectors
+    are a few changes behind applies these instead of reloading the owner
+    (memos.storage.vector_log). Only the recent ones are kept."""
+
+    __tablename__ = "memory_vector_changes"
+
+    tenant: str = Field(primary_key=True, max_length=128)
+    owner: str = Field(primary_key=True, max_length=256)
+    changes: int = Field(primary_key=True)
+    added: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    removed: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

@@ -51,6 +51,7 @@ from memos.storage.owners import OwnerLedger, OwnerStats
 from memos.storage.postings import KeywordPostings
 from memos.storage.search import CandidateSearch, StoredMemory
 from memos.storage.tables import MemoryRow, MemoryVersionRow, OwnerStatsRow
+from memos.storage.vector_log import VectorLog
 from memos.storage.vectors import VectorIndex
 from memos.storage.versions import VersionLog
 
@@ -107,7 +108,10 @@ class MemVault:
         self._owners = OwnerLedger(db)
         self._postings = KeywordPostings(db)
         self._versions = VersionLog(db, self._codec)
-        self._search = CandidateSearch(db, self._codec, vectors, self._owners, self.bm25, row_cache_rows)
+        self._vector_log = VectorLog(db)  # what each write did to the vectors, for other replicas
+        self._search = CandidateSearch(
+            db, self._codec, vectors, self._owners, self.bm25, row_cache_rows, self._vector_log
+        )
 
     def owner_key(self, tenant: str, owner: str) -> str:
         return self._codec.owner_key(tenant, owner)
@@ -248,6 +252,7 @@ class MemVault:
             stats.next_seq = batch.last_seq
         if batch.fresh or batch.merged:  # every row change moves the counter (memos.storage.row_cache)
             stats.changes += 1
+            self._vector_log.record(session, stats.tenant, stats.owner, stats.changes, write.added_ids)
             session.add(stats)
         session.flush()
 
@@ -379,6 +384,9 @@ class MemVault:
             assert raw_vector is not None  # embedded above at the latest
             self._enter_indices(session, stats, row, edit.text, raw_vector, write)
         stats.changes += 1  # every change, metadata and validity too (memos.storage.row_cache)
+        self._vector_log.record(
+            session, stats.tenant, stats.owner, stats.changes, write.added_ids, write.removed_ids
+        )
         item = self._codec.to_item(row, edit.text, edit.sources)
         session.add(row)
         session.add(stats)
@@ -444,6 +452,9 @@ class MemVault:
                 if row.state == State.ACTIVE.value:
                     self._postings.remove(session, stats, row.id, row.doc_len)
                     stats.changes += 1
+                    self._vector_log.record(
+                        session, tenant, owner, stats.changes, removed=write.removed_ids
+                    )
                 after = stats.changes
                 self._versions.forget_text(session, tenant, row.id)
                 row.version += 1
@@ -471,6 +482,7 @@ class MemVault:
             ).scalar_one()
             self._postings.clear_owner(session, tenant, owner)
             self._versions.erase_owner(session, tenant, owner)
+            self._vector_log.erase_owner(session, tenant, owner)  # other replicas reload instead
             session.execute(
                 delete(MemoryRow).where(col(MemoryRow.tenant) == tenant, col(MemoryRow.owner) == owner)
             )
@@ -556,6 +568,7 @@ class MemVault:
             self._postings.add(session, stats, docs)
             before = stats.changes
             stats.changes += 1  # doc_len changed (memos.storage.row_cache)
+            self._vector_log.record(session, tenant, owner, stats.changes)
             after = stats.changes
             session.add(stats)
         self.vectors.changed(tenant, self._codec.owner_key(tenant, owner), before, after)
@@ -648,10 +661,18 @@ class MemVault:
     # ------------------------------------------------------------------ search primitives
 
     def dense(
-        self, tenant: str, owner: str, query_vector: np.ndarray, k: int, *, changes: int | None = None
+        self,
+        tenant: str,
+        owner: str,
+        query_vector: np.ndarray,
+        k: int,
+        *,
+        changes: int | None = None,
+        exact: bool = False,
     ) -> builtins.list[tuple[str, str, float]]:
-        """[(memory id, vector id, cosine)] best first over the owner's active vectors (unvalidated)."""
-        return self._search.dense(tenant, owner, query_vector, k, changes=changes)
+        """[(memory id, vector id, cosine)] best first over the owner's active vectors (unvalidated);
+        `exact` bypasses a large owner's approximate index (the benchmark's recall reference)."""
+        return self._search.dense(tenant, owner, query_vector, k, changes=changes, exact=exact)
 
     def warm_owner(self, tenant: str, owner: str, dim: int) -> None:
         """Load an owner's vectors into the search cache now (start-up, benchmarks)."""

@@ -44,6 +44,7 @@ import numpy as np
 
 from memos.logsafe import exception_summary
 from memos.storage.ann import IvfFlat, IvfParams
+from memos.storage.vector_log import VectorDelta
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,32 @@ class OwnerVectorCache:
     def put(self, key: tuple[str, str], entry: AnyEntry) -> None:
         with self._lock:
             self._put(key, entry)
+
+    def behind(self, key: tuple[str, str], changes: int) -> int | None:
+        """The counter of the owner's entry when it is behind `changes` by another process's writes
+        (none of ours in flight): what a catch-up by deltas starts from."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.changes >= changes or key in self._writing:
+                return None
+            return entry.changes
+
+    def apply_remote(
+        self,
+        key: tuple[str, str],
+        prev_changes: int,
+        new_changes: int,
+        add_ids: Sequence[str] = (),
+        add_vectors: np.ndarray | None = None,
+        remove_ids: Sequence[str] = (),
+    ) -> None:
+        """Another process's write, read back from the vector log: applied like `apply`, except that
+        an entry already past it (a concurrent catch-up got there first) is kept as it is."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.changes >= new_changes:
+                return
+        self.apply(key, prev_changes, new_changes, add_ids, add_vectors, remove_ids)
 
     def _put(self, key: tuple[str, str], entry: AnyEntry) -> None:
         self._drop(key)
@@ -462,6 +489,7 @@ class VectorIndex:
         self.version_retention = version_retention
         self.sync_load_max = sync_load_max
         self._loading: set[tuple[str, str]] = set()
+        self.catch_ups = 0  # entries brought up to date from the vector log (not reloaded)
         # Owners with at least `ann_threshold` vectors are searched through an approximate index in
         # the cache (memos.storage.ann); smaller ones exactly.
         self.cache = OwnerVectorCache(cache_bytes, ann_threshold, ivf_params)
@@ -747,6 +775,7 @@ class VectorIndex:
         *,
         recheck: Callable[[], int] | None = None,
         exact: bool = False,
+        catch_up: Callable[[int, int], Sequence[VectorDelta] | None] | None = None,
     ) -> list[tuple[str, float]]:
         """[(id, cosine)] best first over the owner's vectors; `changes` is the owner's SQL counter.
 
@@ -755,9 +784,18 @@ class VectorIndex:
         is loaded at once; a large one (more than `sync_load_max` vectors, e.g. after another replica
         wrote) is searched in LanceDB directly while a background thread reloads the cache, so no
         search waits seconds. An owner held in an approximate index is searched through it unless
-        `exact` (the benchmark's reference answer)."""
+        `exact` (the benchmark's reference answer).
+
+        When the cached entry is behind `changes` (another replica wrote), `catch_up(have, want)`
+        gives the writes in between (memos.storage.vector_log); their vectors are read from LanceDB
+        by id and applied as deltas, so the owner is not reloaded. Without it, or when the log does
+        not cover them, the entry is dropped and reloaded as above."""
         dim = int(query.shape[-1])
         key = (tenant, owner_key)
+        if catch_up is not None:
+            have = self.cache.behind(key, changes)
+            if have is not None:
+                self._catch_up(tenant, owner_key, dim, have, changes, catch_up)
         entry = self.cache.get(key, changes)
         if entry is None and recheck is not None:
             latest = recheck()
@@ -771,14 +809,57 @@ class VectorIndex:
             if count > self.sync_load_max:
                 self._load_in_background(tenant, owner_key, dim, changes)
                 return self.search_lance(tenant, owner_key, query, k)
-            entry = self.warm(tenant, owner_key, dim, changes)
+            entry = self.warm(tenant, owner_key, dim, changes, index_now=False)
         return entry.search(query, k, exact=exact)
 
-    def warm(self, tenant: str, owner_key: str, dim: int, changes: int) -> AnyEntry:
+    def _catch_up(
+        self,
+        tenant: str,
+        owner_key: str,
+        dim: int,
+        have: int,
+        want: int,
+        catch_up: Callable[[int, int], Sequence[VectorDelta] | None],
+    ) -> None:
+        deltas = catch_up(have, want)
+        if deltas is None:
+            return
+        added = [vid for d in deltas for vid in d.added]
+        found = self.fetch(tenant, owner_key, dim, added) if added else {}
+        key = (tenant, owner_key)
+        for d in deltas:
+            # a vector missing from LanceDB was discarded by a later write (which removes it anyway)
+            ids = [vid for vid in d.added if vid in found]
+            vectors = np.stack([found[vid] for vid in ids]) if ids else None
+            self.cache.apply_remote(key, d.prev, d.new, ids, vectors, d.removed)
+        self.catch_ups += 1
+
+    def fetch(self, tenant: str, owner_key: str, dim: int, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The owner's stored (rotated) vectors of these ids, by id."""
+        table = self._table(tenant, dim, create=False)
+        if table is None or not ids:
+            return {}
+        quoted = ", ".join(_quote(i) for i in sorted(set(ids)))
+        arrow = (
+            table.search()
+            .where(f"owner = {_quote(owner_key)} AND id IN ({quoted})")
+            .select(["id", "vector"])
+            .limit(len(ids) + 1024)
+            .to_arrow()
+        )
+        got = arrow.column("id").to_pylist()
+        flat = arrow.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False)
+        matrix = np.asarray(flat, dtype=np.float32).reshape(len(got), dim)
+        return {vid: matrix[i] for i, vid in enumerate(got)}
+
+    def warm(
+        self, tenant: str, owner_key: str, dim: int, changes: int, *, index_now: bool = True
+    ) -> AnyEntry:
         """Load the owner's vectors into the cache, labelled with `changes` (read before loading);
-        an owner past the approximate index's threshold gets its index built here."""
+        an owner past the approximate index's threshold gets its index built here, or with
+        `index_now=False` (a search waiting) in the background while it is searched exactly."""
         ids, matrix = self.load_owner(tenant, owner_key, dim)
-        entry = self.cache.indexed(ids, matrix, changes)
+        entry = self.cache.indexed(ids, matrix, changes) if index_now else _Entry(changes, ids, matrix)
         self.cache.put((tenant, owner_key), entry)
         return entry
 
