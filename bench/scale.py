@@ -1,4 +1,4 @@
-"""Vault scale: search latency for one user at 1k, 10k and 100k memories, and ingest rates.
+"""Vault scale: search latency for one user at 1k, 10k and 100k memories (or --sizes), and ingest rates.
 
     .venv/bin/python bench/scale.py                       # 1k, 10k, 100k on SQLite in a temp dir
     .venv/bin/python bench/scale.py --sizes 1000,10000    # fewer sizes
@@ -17,6 +17,11 @@ What it does, on the real vault (encryption, blind keyword index, LanceDB, versi
   after the owner's cache was dropped (as after another replica's write): small owners reload at once,
   large ones are searched in LanceDB while the cache reloads in the background; "cache load" is how
   long a full reload of the owner's vectors takes.
+- The approximate index (owners from `VectorIndex.ann_threshold` vectors, memos.storage.ann): its
+  build time on the owner's load, "recall@12": the share of the exact dense top 12 (over the same
+  cached vectors) that the approximate dense search returns, on the bench's queries, and dense-only
+  p50s both ways; "update": one add and one delete of the large owner (vault.add with a vector,
+  vault.delete), which the index takes as deltas.
 - Ingest: the bulk rate (memories/s through add_many, vectors precomputed), and the one-at-a-time
   rate through `MemVault.add` with the query embedder computing each vector (as POST /v1/memories
   with one entry does).
@@ -49,7 +54,7 @@ from memos.keys.crypto import MasterKey  # noqa: E402
 from memos.keys.keyring import Keyring  # noqa: E402
 from memos.recall.retrieval import RetrievalParams, Retriever  # noqa: E402
 from memos.storage.vault import MemVault, NewMemory  # noqa: E402
-from memos.storage.vectors import VectorIndex  # noqa: E402
+from memos.storage.vectors import VectorIndex, _Entry  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "scale.json"
 TENANT, USER = "bench", "bench-user"
@@ -117,6 +122,8 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--query-embedder", choices=["minilm", "hash"], default="minilm")
+    parser.add_argument("--updates", type=int, default=20, help="adds and deletes timed per size")
+    parser.add_argument("--ann-threshold", type=int, default=None, help="VectorIndex.ann_threshold")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -131,7 +138,8 @@ def main() -> None:
     t0 = time.perf_counter()
     query_embedder.embed(["warm up"])
     load_s = time.perf_counter() - t0
-    vault = MemVault(db, keyring, VectorIndex(str(tmp / "vectors")), query_embedder)
+    index_args = {} if args.ann_threshold is None else {"ann_threshold": args.ann_threshold}
+    vault = MemVault(db, keyring, VectorIndex(str(tmp / "vectors"), **index_args), query_embedder)
     retriever = Retriever(vault)
     params = RetrievalParams(top_k=12, candidates=50)
     corpus = Corpus()
@@ -156,13 +164,22 @@ def main() -> None:
             vault.add_many(TENANT, USER, news, dedupe=False)
             bulk_seconds += time.perf_counter() - t
             have += n
+        t = time.perf_counter()
         vault.vectors.compact_now(TENANT)  # what the background compaction does every N writes
+        compact_ms = (time.perf_counter() - t) * 1000
         queries = [corpus.query() for _ in range(args.queries)]
         # a process that just started (or saw another replica write) reloads the owner's vectors;
         # for owners over VectorIndex.sync_load_max that happens in the background: wait for it
+        vault.vectors.cache.wait_for_builds()  # a rebuild started by the adds above
+        builds_before = vault.vectors.cache.index_stats.builds
         t = time.perf_counter()
         vault.warm_owner(TENANT, USER, DIM)
         load_ms = (time.perf_counter() - t) * 1000
+        stats = vault.vectors.cache.index_stats
+        build_ms = stats.last_build_ms if stats.builds > builds_before else None
+        owner_key = vault.owner_key(TENANT, USER)
+        entry = vault.vectors.cache.get((TENANT, owner_key), vault.stats(TENANT, USER).changes)
+        kind = "exact" if entry is None or isinstance(entry, _Entry) else "ivf"
         # cold: the first search after the owner changed elsewhere (LanceDB search, background reload)
         vault.vectors.cache.invalidate(TENANT)
         t = time.perf_counter()
@@ -182,8 +199,36 @@ def main() -> None:
             qv = query_embedder.embed([q])[0]
             retriever.search(TENANT, USER, q, qv, params)
             embed_ms.append((time.perf_counter() - t) * 1000)
+        # the approximate dense search against the exact one over the same vectors, and both timed
+        recall, approx_ms, exact_ms = [], [], []
+        for _, v in queries:
+            t = time.perf_counter()
+            approx = vault.dense(TENANT, USER, v, 12)
+            approx_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            exact = vault.dense(TENANT, USER, v, 12, exact=True)
+            exact_ms.append((time.perf_counter() - t) * 1000)
+            recall.append(len({h[1] for h in approx} & {h[1] for h in exact}) / max(1, len(exact)))
+        # updates of the large owner: each add and delete is a delta to its index (and a SQL write)
+        add_ms, delete_ms, added = [], [], []
+        for text, vec in corpus.batch(args.updates):
+            t = time.perf_counter()
+            added.append(vault.add(TENANT, USER, text, vector=vec, dedupe=False))
+            add_ms.append((time.perf_counter() - t) * 1000)
+        for item in added:
+            t = time.perf_counter()
+            vault.delete(TENANT, item.id)
+            delete_ms.append((time.perf_counter() - t) * 1000)
         row = {
             "memories": size,
+            "dense_path": kind,
+            "recall_at_12_vs_exact": round(statistics.fmean(recall), 4),
+            "dense_p50_ms": round(pct(approx_ms, 0.5), 2),
+            "dense_exact_p50_ms": round(pct(exact_ms, 0.5), 2),
+            "index_build_ms": None if build_ms is None else round(build_ms, 1),
+            "update_add_p50_ms": round(pct(add_ms, 0.5), 2) if add_ms else None,
+            "update_delete_p50_ms": round(pct(delete_ms, 0.5), 2) if delete_ms else None,
+            "compact_ms": round(compact_ms, 1),
             "retrieve": summary(retrieve_ms),
             "embed_and_retrieve": summary(embed_ms),
             "cold_first_search_ms": round(cold_ms, 1),
@@ -194,7 +239,8 @@ def main() -> None:
         print(
             f"  {size:>7} memories: retrieve p50 {row['retrieve']['p50_ms']:.1f} ms, "
             f"p95 {row['retrieve']['p95_ms']:.1f} ms; embed+retrieve p50 "
-            f"{row['embed_and_retrieve']['p50_ms']:.1f} ms (cold {cold_ms:.0f} ms)",
+            f"{row['embed_and_retrieve']['p50_ms']:.1f} ms (cold {cold_ms:.0f} ms); dense {kind} "
+            f"recall@12 {row['recall_at_12_vs_exact']:.3f}",
             flush=True,
         )
 
@@ -218,7 +264,12 @@ def main() -> None:
         },
         "database": db.url.split("://")[0],
         "query_embedder": query_embedder.name,
-        "params": {"top_k": params.top_k, "candidates": params.candidates, "queries": args.queries},
+        "params": {
+            "top_k": params.top_k,
+            "candidates": params.candidates,
+            "queries": args.queries,
+            "ann_threshold": vault.vectors.cache.ann_threshold,
+        },
         "search": rows,
         "ingest": {
             "bulk_memories_per_s": round(have / bulk_seconds, 1) if bulk_seconds else None,
@@ -238,6 +289,20 @@ def main() -> None:
             f"{r['memories']:>9} | {r['retrieve']['p50_ms']:>9.1f} ms | {r['retrieve']['p95_ms']:>4.1f} ms | "
             f"{r['embed_and_retrieve']['p50_ms']:>15.1f} ms | {r['embed_and_retrieve']['p95_ms']:>4.1f} ms | "
             f"{r['cold_first_search_ms']:>4.0f} ms"
+        )
+    print()
+    print(
+        f"{'memories':>9} | {'dense':>5} | {'recall@12':>9} | {'dense p50':>9} | {'exact p50':>9} | "
+        f"{'load':>8} | {'build':>8} | {'add p50':>8} | {'del p50':>8}"
+    )
+    print("-" * 98)
+    for r in rows:
+        build = "-" if r["index_build_ms"] is None else f"{r['index_build_ms'] / 1000:.1f} s"
+        print(
+            f"{r['memories']:>9} | {r['dense_path']:>5} | {r['recall_at_12_vs_exact']:>9.3f} | "
+            f"{r['dense_p50_ms']:>6.2f} ms | {r['dense_exact_p50_ms']:>6.2f} ms | "
+            f"{r['cache_load_ms'] / 1000:>6.1f} s | {build:>8} | {r['update_add_p50_ms'] or 0:>5.1f} ms | "
+            f"{r['update_delete_p50_ms'] or 0:>5.1f} ms"
         )
     print(
         f"\ningest: bulk {result['ingest']['bulk_memories_per_s']} memories/s (batches of {args.batch}); "
