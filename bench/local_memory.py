@@ -8,7 +8,10 @@ requests (memos.local.runtime.LocalRuntime.generate, greedy, one new token):
 - activation: generation starts from a copy of the block's cache (copy included in the time), so only
   the conversation is prefilled; "cold" adds loading the cache from its encrypted file first.
 
-It also measures building a cache (prefill), sealing and writing it, its size on disk, LoRA training
+It also measures building a cache (prefill), extending it when one newer memory joins the block (only
+the tokens after the common prefix are prefilled, on top of the stored cache) against rebuilding it
+from scratch, with the largest difference between the two caches, sealing and writing it, its size on
+disk, LoRA training
 time on the user's memories, and adapter switch time on the shared base model (first load: decrypt and
 inject; switch between loaded adapters). The model has random weights built from a config: by default
 the width of Qwen2-0.5B (hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab 151936) with 6 of its 24
@@ -62,9 +65,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def memory_block(tokenizer: Any, target_tokens: int) -> tuple[str, int]:
+def memory_block(tokenizer: Any, target_tokens: int) -> tuple[str, int, list[injection.RenderedMemory]]:
     """A rendered memory block (memos.recall.injection) of about `target_tokens` tokens, as the scheduler
-    makes."""
+    makes, and its memories."""
     from datetime import UTC, datetime, timedelta
 
     from memos.local.runtime import block_ids
@@ -83,9 +86,21 @@ def memory_block(tokenizer: Any, target_tokens: int) -> tuple[str, int]:
         candidate = injection.render(memories)
         count = len(block_ids(tokenizer, candidate))
         if count > target_tokens and text:
-            return text, n
+            return text, n, memories[:-1]
         text, n = candidate, count
         i += 1
+
+
+def grown(memories: list[injection.RenderedMemory]) -> str:
+    """The block with one more memory, newer than the others (so it goes to the end)."""
+    from datetime import timedelta
+
+    last = memories[-1]
+    assert last.when is not None
+    new = injection.RenderedMemory(
+        "mem-new", "The user just adopted a cat called Miso.", last.when + timedelta(days=1)
+    )
+    return injection.render([*memories, new])
 
 
 def median_time(fn: Any, repeats: int) -> float:
@@ -110,7 +125,7 @@ def run(
     from memos.keys.keyring import Keyring
     from memos.local.kvcache import KVCacheStore, KVKey, prefill
     from memos.local.lora import AdapterStore, LoraTraining, select_adapter, train_adapter
-    from memos.local.runtime import LocalRuntime, SamplingParams, build_prompt
+    from memos.local.runtime import LocalRuntime, SamplingParams, block_ids, build_prompt
     from memos.local.synthetic import random_loaded_model
 
     load_before = os.getloadavg()
@@ -129,7 +144,7 @@ def run(
 
     rows = []
     for target in blocks:
-        block, n_block = memory_block(loaded.tokenizer, target)
+        block, n_block, memories = memory_block(loaded.tokenizer, target)
         prompt = build_prompt(loaded.tokenizer, CONVERSATION, block)
         key = KVKey("bench", f"user{target}", loaded.fingerprint)
 
@@ -148,6 +163,21 @@ def run(
             return time.perf_counter() - t
 
         load_s = median_time(cold_load, repeats)
+        new_ids = block_ids(loaded.tokenizer, grown(memories))
+        extend_times, rebuild_times = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            extended = prefill(loaded, new_ids, reuse=kv)
+            sync(device)
+            extend_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            rebuilt = prefill(loaded, new_ids)
+            sync(device)
+            rebuild_times.append(time.perf_counter() - t)
+        pairs = zip((*extended.keys, *extended.values), (*rebuilt.keys, *rebuilt.values), strict=True)
+        extend_diff = max(float((a.float() - b.float()).abs().max()) for a, b in pairs)
+        reused = extended.reused_tokens
+        del extended, rebuilt
         plain, act = [], []
         for _ in range(repeats):  # interleaved, so that load from elsewhere hits both modes alike
             plain.append(runtime.generate(loaded, prompt, one_token))
@@ -168,12 +198,18 @@ def run(
             "cache_seal_write_s": save_s,
             "cache_load_decrypt_s": load_s,
             "cache_bytes_on_disk": path.stat().st_size,
+            "extend_reused_tokens": reused,
+            "extend_prefilled_tokens": len(new_ids) - reused,
+            "extend_s": statistics.median(extend_times),
+            "rebuild_s": statistics.median(rebuild_times),
+            "extend_max_abs_diff": extend_diff,
             "same_first_token": plain[0].token_ids == act[0].token_ids,
         }
         rows.append(row)
         print(
             f"  block {n_block:>5} tok: plaintext {ttft_plain * 1000:9.1f} ms, activation "
-            f"{ttft_act * 1000:8.1f} ms ({row['speedup']:.1f}x), build {build_s:.2f}s"
+            f"{ttft_act * 1000:8.1f} ms ({row['speedup']:.1f}x), build {build_s:.2f}s, "
+            f"+1 memory: extend {row['extend_s']:.3f}s vs rebuild {row['rebuild_s']:.3f}s"
         )
         del kv
 
@@ -251,6 +287,16 @@ def print_table(result: dict[str, Any]) -> None:
         ("cold speedup", 12, lambda r: f"{r['speedup_cold']:.1f}x"),
         ("cache build", 12, lambda r: f"{r['cache_build_s']:.2f} s"),
         ("cache on disk", 14, lambda r: f"{r['cache_bytes_on_disk'] / 2**20:.1f} MiB"),
+        ("+1 mem extend", 13, lambda r: f"{r['extend_s'] * 1000:.1f} ms"),
+        ("+1 mem rebuild", 14, lambda r: f"{r['rebuild_s'] * 1000:.1f} ms"),
+        (
+            "prefilled",
+            10,
+            lambda r: (
+                f"{r['extend_prefilled_tokens']}/{r['extend_prefilled_tokens'] + r['extend_reused_tokens']}"
+            ),
+        ),
+        ("ext. max diff", 13, lambda r: f"{r['extend_max_abs_diff']:.1e}"),
         ("same 1st tok", 12, lambda r: str(r["same_first_token"])),
     ]
     head = " ".join(f"{name:>{width}}" for name, width, _ in columns)

@@ -73,6 +73,9 @@ class KVBlock:
     keys: tuple[Any, ...]  # per layer: tensor [batch=1, kv_heads, seq, head_dim]
     values: tuple[Any, ...]
     memory_ids: tuple[str, ...] = ()
+    # How many leading tokens this block took from an older cache when it was built (prefill's
+    # `reuse`): the rest were computed. Not stored; 0 for a block read from disk.
+    reused_tokens: int = 0
 
     def new_cache(self, model_config: Any) -> Any:
         """A fresh DynamicCache holding copies of this block's keys and values, laid out as the model's
@@ -159,7 +162,9 @@ def prefill(
     memory_ids: Sequence[str] = (),
 ) -> KVBlock:
     """Blocking: the KV cache of `token_ids`. With `reuse` (an older cache of the same model and
-    adapter), the longest common token prefix is kept and only the tokens after it are computed."""
+    adapter), the longest common token prefix is kept and only the tokens after it are computed, at
+    their positions after it: a block that grew at its end is extended by the appended tokens; one
+    that changed (a memory removed or edited) is recomputed from the first changed token."""
     import torch
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
@@ -175,7 +180,7 @@ def prefill(
         keep = common_prefix(reuse.token_ids, ids)
     if keep == len(ids) and reuse is not None:
         base = reuse.prefix(keep)
-        return KVBlock(ids, loaded.fingerprint, adapter_id, base.keys, base.values, tuple(memory_ids))
+        return KVBlock(ids, loaded.fingerprint, adapter_id, base.keys, base.values, tuple(memory_ids), keep)
     model = loaded.model
     unsupported = cache_unsupported(model.config)
     if unsupported is not None:
@@ -201,7 +206,7 @@ def prefill(
         values: tuple[Any, ...] = tuple(layer.values for layer in layers)
     if any(k is None or k.shape[2] != len(ids) for k in keys):
         raise ValueError("the model's cache did not keep every token of the block")
-    return KVBlock(ids, loaded.fingerprint, adapter_id, keys, values, tuple(memory_ids))
+    return KVBlock(ids, loaded.fingerprint, adapter_id, keys, values, tuple(memory_ids), keep)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,14 @@ block's ids therefore never depend on the conversation (no BPE merge can cross t
 what lets a KV cache of the block be reused. Plaintext and activation modes build exactly the same ids;
 they differ only in whether the block is prefilled now or taken from a stored cache.
 
+The fence. memos.recall.injection fences the block with an id hashed from its whole body, which sits
+on the block's second line: any added memory would change it, and with it every token after it, so a
+stored cache could never be extended. For a local model the fence id is instead hashed from the first
+memory line (`cacheable_block`; both modes and the cache use it), so a memory appended at the end
+(memories are ordered oldest first) leaves the cached prefix intact, and a cache is extended by the
+appended lines only. Memory text cannot contain `<` (injection.escape), so no memory can close the
+fence either way.
+
 Generation runs in a worker thread under the model's lock; streaming hands text deltas to the event
 loop through an asyncio queue, and closing the stream stops the thread at the next token.
 """
@@ -14,6 +22,8 @@ loop through an asyncio queue, and closing the stream stops the thread at the ne
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from memos.local.kvcache import BASE_ADAPTER
 from memos.local.lora import select_adapter
 from memos.modes import MemoryMode
+from memos.recall.injection import FENCE_TAG
 
 if TYPE_CHECKING:
     from memos.local.kvcache import KVBlock
@@ -126,8 +137,30 @@ def encode(tokenizer: Any, text: str) -> tuple[int, ...]:
     return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+_OPENING = re.compile(rf'^<{FENCE_TAG} id="([0-9a-f]{{16}})">$')
+
+
+def cacheable_block(block: str) -> str:
+    """The block as a local model sees it: the fence id hashed from the first memory line instead of
+    the whole body, so appending memories keeps every earlier token (see the module docstring). A text
+    that is not a fenced memory block is returned unchanged."""
+    lines = block.split("\n")
+    for at, line in enumerate(lines[:-1]):
+        match = _OPENING.match(line)
+        if match is None:
+            continue
+        closing = f'</{FENCE_TAG} id="{match.group(1)}">'
+        if lines[-1] != closing or at + 1 >= len(lines) - 1:
+            return block
+        fence = hashlib.sha256(("memos-local-fence\0" + lines[at + 1]).encode("utf-8")).hexdigest()[:16]
+        lines[at] = f'<{FENCE_TAG} id="{fence}">'
+        lines[-1] = f'</{FENCE_TAG} id="{fence}">'
+        return "\n".join(lines)
+    return block
+
+
 def block_ids(tokenizer: Any, block: str) -> tuple[int, ...]:
-    return encode(tokenizer, render_block_prefix(tokenizer, block))
+    return encode(tokenizer, render_block_prefix(tokenizer, cacheable_block(block)))
 
 
 def build_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]], block: str | None = None) -> Prompt:
@@ -136,6 +169,7 @@ def build_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]], block: str 
     if not block:
         text = tokenizer.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
         return Prompt((), encode(tokenizer, text))
+    block = cacheable_block(block)
     full = tokenizer.apply_chat_template(
         [{"role": "system", "content": block}, *convo], tokenize=False, add_generation_prompt=True
     )

@@ -89,3 +89,24 @@ def test_rebuild_reuses_the_common_prefix(loaded, runtime) -> None:  # type: ign
     )
     # A block that is a prefix of the old one needs no compute at all.
     assert prefill(loaded, old.token_ids[:10], reuse=old).token_ids == old.token_ids[:10]
+
+
+def test_a_local_block_keeps_its_fence_when_memories_are_appended() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from memos.local.runtime import cacheable_block
+    from memos.recall import injection
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    memories = [injection.RenderedMemory(f"m{i}", f"fact {i}", start + timedelta(days=i)) for i in range(4)]
+    three, four = injection.render(memories[:3]), injection.render(memories)
+    assert three.split("\n")[1] != four.split("\n")[1]  # the shared fence id changes with the set ...
+    local3, local4 = cacheable_block(three), cacheable_block(four)
+    # ... the local one does not: all but the closing line is a prefix of the longer block.
+    assert local4.startswith(local3.rsplit("\n", 1)[0] + "\n")
+    opening, closing = local4.split("\n")[1], local4.split("\n")[-1]
+    assert opening.replace("<", "</") == closing and opening != four.split("\n")[1]
+    # Nothing but the fence id differs from the shared rendering.
+    fence = opening.split('"')[1]
+    assert local4.replace(fence, four.split("\n")[1].split('"')[1]) == four
+    assert cacheable_block(BLOCK) == BLOCK  # not a fenced memory block: unchanged

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -311,10 +312,8 @@ async def test_explicit_activation_fills_the_block_while_nothing_is_promoted(env
     recent = vault.add("acme", "alice", "I live in Lisbon.", observed_at=clock.now - day)
     older = vault.add("acme", "alice", "My dog is called Pixel.", observed_at=clock.now - 5 * day)
     # A budget for two lines: the most important first, then the most recent.
-    two = sum(injection.line_tokens(injection.rendered(i)) for i in (old_vital, recent))
-    scheduler.config = dataclasses.replace(
-        scheduler.config, block_token_budget=injection.overhead_tokens() + two
-    )
+    two = injection.block_tokens([injection.rendered(i) for i in (old_vital, recent)])
+    scheduler.config = dataclasses.replace(scheduler.config, block_token_budget=two)
     assert [i.id for i in scheduler.fill_memories(scheduler.memories("acme", "alice"))] == [
         old_vital.id,
         recent.id,
@@ -342,3 +341,91 @@ async def test_explicit_activation_fills_the_block_while_nothing_is_promoted(env
     assert (mode, memory, reason) == (X, None, MemoryReason.NO_MEMORIES)
     forbidden = Policy(memory=MemoryPolicy(allowed_modes=["plaintext", "off"]))
     assert (await plan_local(scheduler, "acme", "alice", "tiny", A, forbidden))[2] is MemoryReason.POLICY
+
+
+async def test_a_memory_added_extends_the_cache_and_a_removed_one_rebuilds_from_it(env, loaded) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from memos.local.kvcache import common_prefix, prefill
+
+    scheduler, vault, _audit, clock = env
+    start = clock.now - timedelta(days=30)
+    items = [
+        vault.add("acme", "alice", text, observed_at=start + timedelta(days=i))
+        for i, text in enumerate(FIVE_MEMORIES)
+    ]
+
+    async def activation() -> Any:
+        mode, memory, _ = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
+        assert mode is A
+        return memory.kv
+
+    def assert_exact(block: Any) -> None:
+        """The block equals a full rebuild of its ids, and so do the next-token logits after it."""
+        rebuilt = prefill(loaded, block.token_ids)
+        for a, b in zip((*block.keys, *block.values), (*rebuilt.keys, *rebuilt.values), strict=True):
+            torch.testing.assert_close(a, b)
+        with torch.inference_mode():
+            probe = torch.tensor([block.token_ids[-3:]])
+            on_block = loaded.model(input_ids=probe, past_key_values=block.new_cache(loaded.model.config))
+            on_rebuilt = loaded.model(input_ids=probe, past_key_values=rebuilt.new_cache(loaded.model.config))
+        torch.testing.assert_close(on_block.logits, on_rebuilt.logits)
+
+    first = await activation()
+    assert first.reused_tokens == 0
+    # A newer memory goes to the end of the block: the stored cache is extended by the new line only.
+    newest = vault.add("acme", "alice", "I run every morning.", observed_at=start + timedelta(days=10))
+    grown = await activation()
+    assert grown.reused_tokens == common_prefix(first.token_ids, grown.token_ids)
+    # What was recomputed of the old block is its closing fence and end of turn, no memory line.
+    redone = loaded.tokenizer.decode(list(first.token_ids[grown.reused_tokens :]))
+    assert "</memories id=" in redone and "- [" not in redone and "I " not in redone
+    assert torch.equal(grown.keys[0][:, :, : grown.reused_tokens], first.keys[0][:, :, : grown.reused_tokens])
+    assert_exact(grown)
+    # A removed memory: recomputed from its line on, the lines before it kept.
+    vault.delete("acme", items[2].id)
+    shrunk = await activation()
+    assert 0 < shrunk.reused_tokens == common_prefix(grown.token_ids, shrunk.token_ids) < len(grown.token_ids)
+    assert shrunk.reused_tokens > len(first.token_ids) // 3  # the header and the first two lines stay
+    assert newest.id in scheduler.kv_store.load(KVKey("acme", "alice", loaded.fingerprint)).memory_ids
+    assert_exact(shrunk)
+
+
+async def test_activation_and_parametric_together(env, loaded, runtime) -> None:  # type: ignore[no-untyped-def]
+    from memos.local.runtime import SamplingParams, build_prompt
+    from tests.support.local_models import CONVERSATION
+
+    scheduler, vault, _audit, _clock = env
+    items = [vault.add("acme", "alice", text) for text in FIVE_MEMORIES]
+    meta = scheduler.train("acme", "alice", "tiny", min_age_s=0)
+    mode, memory, reason = await plan_local(scheduler, "acme", "alice", "tiny", A, Policy())
+    assert mode is A and reason is None
+    assert memory.adapter is not None and memory.adapter.adapter_id == meta.adapter_id
+    assert memory.kv.adapter_id == meta.adapter_id  # the block's cache was built through the adapter
+    assert set(memory.memory_ids) == {i.id for i in items}
+    assert scheduler.kv_store.path(KVKey("acme", "alice", loaded.fingerprint, meta.adapter_id)).exists()
+
+    prompt = build_prompt(loaded.tokenizer, CONVERSATION, memory.block)
+    greedy = SamplingParams(max_tokens=24, temperature=0.0)
+    both = runtime.generate(loaded, prompt, greedy, kv=memory.kv, adapter=memory.adapter)
+    plain_with_adapter = runtime.generate(loaded, prompt, greedy, adapter=memory.adapter)
+    plain = runtime.generate(loaded, prompt, greedy)
+    assert both.cached_tokens == len(prompt.block_ids)
+    assert both.token_ids == plain_with_adapter.token_ids != plain.token_ids
+
+    # Reused on the next request; a policy without parametric memory gets the base cache instead.
+    again = (await plan_local(scheduler, "acme", "alice", "tiny", A, Policy()))[1]
+    assert torch_equal(again.kv, memory.kv)
+    no_parametric = Policy(memory=MemoryPolicy(allowed_modes=["plaintext", "activation", "off"]))
+    base = (await plan_local(scheduler, "acme", "alice", "tiny", A, no_parametric))[1]
+    assert base.adapter is None and base.kv.adapter_id == "base"
+    alone = runtime.generate(loaded, prompt, greedy, kv=base.kv)
+    assert alone.token_ids == plain.token_ids
+
+
+def torch_equal(a: Any, b: Any) -> bool:
+    import torch
+
+    return a.token_ids == b.token_ids and all(
+        torch.equal(x, y) for x, y in zip((*a.keys, *a.values), (*b.keys, *b.values), strict=True)
+    )
