@@ -26,7 +26,9 @@ class LocalMemorySource(Protocol):
 
     async def readiness(self, tenant: str, user: str, model_name: str) -> LocalReadiness: ...
 
-    async def memory_for(self, ready: LocalReadiness, mode: MemoryMode) -> LocalMemory | None: ...
+    async def memory_for(
+        self, ready: LocalReadiness, mode: MemoryMode, *, with_adapter: bool = False
+    ) -> LocalMemory | None: ...
 
     def count_hits(self, tenant: str, memory_ids: Sequence[str]) -> None:
         """Injected memories were used (the heat that promotes them); must not block."""
@@ -152,7 +154,9 @@ async def plan_local(
     caller retrieves and renders the block, as for remote models), and why an explicitly requested
     mode does not serve. Explicit activation serves whenever the user has memories and the model's
     cache is exact (the block is the promoted memories or, while none are, the budget's best fill);
-    `auto` only picks activation for promoted memories (LocalReadiness.activation_promoted)."""
+    `auto` only picks activation for promoted memories (LocalReadiness.activation_promoted). When the
+    user's adapter is ready and the policy allows parametric memory too, activation also serves through
+    the adapter (its cache built under it)."""
     if requested is MemoryMode.OFF:
         return LocalPlan(MemoryMode.OFF, None, None)
     ready = await local.readiness(tenant, user, model_name)
@@ -167,6 +171,12 @@ async def plan_local(
         parametric_ready=ready.parametric_ready,
     )
     reason = local_reason(requested, mode, allowed, ready)
+    # Activation and parametric together: the adapter is active and the block's cache built under it.
+    with_adapter = (
+        mode is MemoryMode.ACTIVATION
+        and ready.parametric_ready
+        and MemoryMode.PARAMETRIC.value in set(allowed)
+    )
     if mode in _LOCAL_ONLY:
-        return LocalPlan(mode, await local.memory_for(ready, mode), reason)
+        return LocalPlan(mode, await local.memory_for(ready, mode, with_adapter=with_adapter), reason)
     return LocalPlan(mode, None, reason)

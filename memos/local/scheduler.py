@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from memos.clock import aware
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
-from memos.local.kvcache import KVKey, cache_unsupported, prefill
+from memos.local.kvcache import BASE_ADAPTER, KVKey, cache_unsupported, prefill
 from memos.local.lora import LoraTraining, train_adapter, unload_adapters
 from memos.local.runtime import LocalMemory, block_ids
 from memos.logsafe import exception_summary
@@ -329,17 +329,28 @@ class MemScheduler:
 
         return await asyncio.to_thread(inspect)
 
-    async def memory_for(self, ready: LocalReadiness, mode: MemoryMode) -> LocalMemory | None:
+    async def memory_for(
+        self, ready: LocalReadiness, mode: MemoryMode, *, with_adapter: bool = False
+    ) -> LocalMemory | None:
         """The runtime's inputs for activation (the block's cache, built now if it is missing or stale)
-        or parametric (the adapter); None for any other mode."""
+        or parametric (the adapter); None for any other mode. `with_adapter` (activation, when the
+        user's adapter is ready): both at once - the adapter active and the block's cache built under
+        it (caches are keyed by adapter), so the answer is plaintext-with-adapter's."""
 
         view = ready.view
         if mode is MemoryMode.ACTIVATION:
             if ready.unsupported is not None:
                 raise ValueError(f"activation cannot serve this model exactly: {ready.unsupported}")
-            kv = ready.kv
-            self._observer.kv_cache_used(ready.tenant, hit=ready.cache_fresh)
-            if not ready.cache_fresh:
+            adapter = ready.adapter if with_adapter else None
+            kv, fresh = ready.kv, ready.cache_fresh
+            if adapter is not None:
+                assert self.kv_store is not None
+                key = KVKey(ready.tenant, ready.user, ready.loaded.fingerprint, adapter.adapter_id)
+                kv = await asyncio.to_thread(self.kv_store.load, key, ready.loaded.device)
+                fresh = kv is not None and kv.token_ids == view.ids
+                self._observer.adapter_used(ready.tenant, hit=True)
+            self._observer.kv_cache_used(ready.tenant, hit=fresh)
+            if not fresh:
                 kv = await self.build_cache(
                     ready.tenant,
                     ready.user,
@@ -348,8 +359,12 @@ class MemScheduler:
                     view.memory_ids,
                     previous=kv,
                     erasures=view.erasures,
+                    adapter=adapter,
                 )
-            return LocalMemory(mode, block=view.text, kv=kv, memory_ids=view.memory_ids)
+            learned = tuple(i for i in adapter.memory_ids if i not in view.memory_ids) if adapter else ()
+            return LocalMemory(
+                mode, block=view.text, kv=kv, adapter=adapter, memory_ids=view.memory_ids + learned
+            )
         if mode is MemoryMode.PARAMETRIC:
             self._observer.adapter_used(ready.tenant, hit=ready.adapter is not None)
             if ready.adapter is not None:
@@ -440,13 +455,15 @@ class MemScheduler:
         memory_ids: tuple[str, ...],
         previous: KVBlock | None = None,
         erasures: int | None = None,
+        adapter: AdapterHandle | None = None,
     ) -> KVBlock:
         """Prefill the block (reusing `previous`'s common prefix), store it encrypted, return it.
         `erasures`: the user's erasure count when `ids` were read; if the user was erased since, the
-        block is returned to the caller but not stored."""
+        block is returned to the caller but not stored. With `adapter`, the block is prefilled through
+        it and stored under its id."""
 
         assert self.kv_store is not None
-        key = KVKey(tenant, user, loaded.fingerprint)
+        key = KVKey(tenant, user, loaded.fingerprint, adapter.adapter_id if adapter else BASE_ADAPTER)
         if erasures is None:
             erasures = await asyncio.to_thread(self._erasure_count, tenant, user)
         lock = self._build_locks.setdefault((tenant, user, loaded.fingerprint), asyncio.Lock())
@@ -455,7 +472,9 @@ class MemScheduler:
             if current is not None and current.token_ids == ids:
                 return current  # built by a concurrent request meanwhile
             run = self.runtime.run if self.runtime is not None else _to_thread
-            block = await run(prefill, loaded, ids, reuse=previous or current, memory_ids=memory_ids)
+            block = await run(
+                prefill, loaded, ids, adapter=adapter, reuse=previous or current, memory_ids=memory_ids
+            )
             store = self.kv_store
             try:
                 await asyncio.to_thread(

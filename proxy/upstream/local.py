@@ -67,7 +67,8 @@ class LocalUpstream:
         kv = adapter = block = None
         if memory is not None:
             block = memory.block
-            adapter = memory.adapter if memory.mode is MemoryMode.PARAMETRIC else None
+            # Parametric mode, or activation with the adapter too (its cache was built under it).
+            adapter = memory.adapter if memory.mode is not MemoryMode.PLAINTEXT else None
             kv = memory.kv if memory.mode is MemoryMode.ACTIVATION else None
         from jinja2 import TemplateError
 

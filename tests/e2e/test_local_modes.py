@@ -349,3 +349,29 @@ def test_a_mode_that_cannot_serve_says_why(
         )
         assert raw.headers["x-memos-memory-mode"] == "plaintext"
         assert raw.headers["x-memos-memory-reason"] == "remote_model"
+
+
+def test_activation_with_the_users_adapter(
+    running: RunningProxy, key: str, client: openai.OpenAI, generations: list[Any]
+) -> None:
+    from memos.local.runtime import SamplingParams, build_prompt
+
+    scheduler = running.services.scheduler
+    add_memories(running, key, "gina", FIVE_MEMORIES)
+    meta = scheduler.train("acme", "gina", "tiny", min_age_s=0)
+    text, headers = ask(client, "gina", "activation")
+    served = generations[-1]
+    assert headers["x-memos-memory-mode"] == "activation" and served.cached_tokens > 0
+    fingerprint = scheduler.registry.fingerprint("tiny")
+    assert scheduler.kv_store.path(KVKey("acme", "gina", fingerprint, meta.adapter_id)).exists()
+
+    # The same answer as the block prefilled in full through the adapter (plaintext with the adapter).
+    loaded = scheduler.registry.load("tiny")
+    block = scheduler.render_block(scheduler.fill_memories(scheduler.memories("acme", "gina")))
+    prompt = build_prompt(loaded.tokenizer, QUESTION, block)
+    handle = scheduler.adapter_store.handle("acme", "gina", fingerprint)
+    greedy = SamplingParams(max_tokens=24, temperature=0.0)
+    runtime = running.services.upstreams.local.runtime
+    assert served.token_ids == runtime.generate(loaded, prompt, greedy, adapter=handle).token_ids
+    assert served.token_ids != runtime.generate(loaded, prompt, greedy).token_ids  # the adapter counts
+    assert text
