@@ -124,6 +124,12 @@ def main() -> None:
     parser.add_argument("--query-embedder", choices=["minilm", "hash"], default="minilm")
     parser.add_argument("--updates", type=int, default=20, help="adds and deletes timed per size")
     parser.add_argument("--ann-threshold", type=int, default=None, help="VectorIndex.ann_threshold")
+    parser.add_argument(
+        "--lance-index-rows",
+        type=int,
+        default=None,
+        help="VectorIndex.lance_index_rows: the LanceDB index for owners searched in LanceDB (0: none)",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -139,6 +145,8 @@ def main() -> None:
     query_embedder.embed(["warm up"])
     load_s = time.perf_counter() - t0
     index_args = {} if args.ann_threshold is None else {"ann_threshold": args.ann_threshold}
+    if args.lance_index_rows is not None:
+        index_args["lance_index_rows"] = args.lance_index_rows
     vault = MemVault(db, keyring, VectorIndex(str(tmp / "vectors"), **index_args), query_embedder)
     retriever = Retriever(vault)
     params = RetrievalParams(top_k=12, candidates=50)
@@ -243,6 +251,12 @@ def main() -> None:
             f"recall@12 {row['recall_at_12_vs_exact']:.3f}",
             flush=True,
         )
+        flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
+        print(f"           {json.dumps(flat)}", flush=True)
+        # what was measured so far, in case a long run is stopped before the end
+        partial = Path(args.out).with_suffix(".partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"database": db.url.split("://")[0], "search": rows}, indent=2) + "\n")
 
     # one-at-a-time adds with the embedder computing each vector (POST /v1/memories, one entry)
     single_ms = []
@@ -269,6 +283,7 @@ def main() -> None:
             "candidates": params.candidates,
             "queries": args.queries,
             "ann_threshold": vault.vectors.cache.ann_threshold,
+            "lance_index_rows": vault.vectors.lance_index_rows,
         },
         "search": rows,
         "ingest": {
