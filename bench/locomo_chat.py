@@ -366,7 +366,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     convs = select(args)
     upstream = EchoUpstream().start()
     tmp = tempfile.TemporaryDirectory(prefix="memos-locomo-chat-")
-    proxy = Proxy(Path(tmp.name))
+    # --keep: replay into that directory and leave it; --reuse: ask the questions of a kept replay
+    # (the read side re-measured with the code and policy of now; the write side as it was kept).
+    kept = Path(args.reuse or args.keep) if (args.reuse or args.keep) else None
+    proxy = Proxy(kept or Path(tmp.name))
     proxy.env["MEMOS_UPSTREAM_BASE_URL"] = upstream.base_url
     # The block-token histogram is read per tenant by name (the default label is an opaque id).
     proxy.env["MEMOS_METRICS_TENANT_LABEL"] = "name"
@@ -377,11 +380,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_question: list[dict[str, Any]] = []
     try:
         proxy.start()
-        key = proxy.create_key(TENANT)
         t0 = time.perf_counter()
         workers = max(1, min(args.concurrency, len(convs)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            replays = list(pool.map(lambda c: replay_conversation(proxy.url, key, upstream, c), convs))
+        manifest = kept / "replay.json" if kept is not None else None
+        if args.reuse and manifest is not None:
+            saved = json.loads(manifest.read_text())
+            key, replays = saved["key"], saved["replays"]
+        else:
+            key = proxy.create_key(TENANT)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                replays = list(pool.map(lambda c: replay_conversation(proxy.url, key, upstream, c), convs))
+            if manifest is not None:
+                manifest.write_text(json.dumps({"key": key, "replays": replays}))
         write_s = time.perf_counter() - t0
         turns = sum(r["requests"] for r in replays)
         with httpx.Client(
@@ -389,7 +399,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ) as client:
             drained = drain(client, args.drain_timeout)
             memories = {c["name"]: count_memories(client, c["name"]) for c in convs}
-            ask(client, upstream, convs[0], "hello")  # unmeasured: caches and the embedder warm up
+            for conv in convs:  # unmeasured: each user's rows cached and the embedder warm (steady state)
+                ask(client, upstream, conv, "hello")
             tokens_before = block_token_totals(client)
             for conv in convs:
                 for q in conv["questions"]:
@@ -536,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-questions", type=int, default=0, help="only the first N questions of each")
     ap.add_argument("--concurrency", type=int, default=4, help="conversations replayed at once")
     ap.add_argument("--drain-timeout", type=float, default=1800.0, help="seconds to wait for write-back")
+    kept = ap.add_mutually_exclusive_group()
+    kept.add_argument("--keep", default="", help="replay into this directory and keep it")
+    kept.add_argument("--reuse", default="", help="ask the questions of a replay kept with --keep")
     args = ap.parse_args(argv)
     res = run(args)
     print_table(res)

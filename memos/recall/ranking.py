@@ -11,6 +11,9 @@ query nothing matches keeps low scores and a threshold means something):
 
 A query that names a period ("in May 2023", memos/recall/temporal.py) multiplies the own relevance of the
 memories observed outside it by (1 - outside_period), when any candidate was observed inside it.
+A query that names a speaker of the candidates ("What does Melanie do to destress?") multiplies the own
+relevance of what other named speakers said by (1 - other_speaker): a question about a person is
+answered first in that person's own words. Memories without a speaker (the user's own) are untouched.
 
 Then context: a conversation is told in turns, and the turn that answers is often next to the one
 that matches (a question and its answer), in a session that matches as a whole. So a candidate gains
@@ -32,12 +35,15 @@ instead of 0.4 cost 0.03-0.05; 0.3-0.5 is flat).
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from memos.recall.temporal import Period
+
+_WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class Candidate:
     created_at: datetime | None = None
     importance: float = 0.5
     hits: int = 0
+    speaker: str | None = None  # who said it, casefolded (a named chat participant); None: the user
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class RankParams:
     session_weight: float = 0.5
     outside_period: float = 0.4
     period_slack_days: float = 7.0
+    other_speaker: float = 0.3
     recency_weight: float = 0.05
     recency_half_life_days: float = 90.0
     importance_weight: float = 0.1
@@ -86,9 +94,13 @@ def _age_days(c: Candidate, now: datetime) -> float | None:
 
 
 def own_relevance(
-    candidates: Sequence[Candidate], params: RankParams, periods: Sequence[Period] = ()
+    candidates: Sequence[Candidate],
+    params: RankParams,
+    periods: Sequence[Period] = (),
+    speakers: Collection[str] = (),
 ) -> dict[str, float]:
-    """Each candidate's own relevance (keyword and dense fused, the period applied), in [0, 1]."""
+    """Each candidate's own relevance (keyword and dense fused, the period and the named speakers
+    applied), in [0, 1]. `speakers`: the candidates' speakers the query names, casefolded."""
     p = params
     best_kw = max((c.keyword_score or 0.0 for c in candidates), default=0.0)
     best_dense = max((c.dense_score or 0.0 for c in candidates), default=0.0)
@@ -107,16 +119,30 @@ def own_relevance(
             for c in candidates:
                 if c.id not in inside:
                     own[c.id] *= 1.0 - p.outside_period
+    if speakers and p.other_speaker > 0:
+        for c in candidates:
+            if c.speaker is not None and c.speaker not in speakers:
+                own[c.id] *= 1.0 - p.other_speaker
     return own
 
 
+def named_speakers(query: str, candidates: Iterable[Candidate]) -> frozenset[str]:
+    """The candidates' speakers the query names (as a whole word, any case)."""
+    words = set(_WORD.findall(query.casefold()))
+    return frozenset(c.speaker for c in candidates if c.speaker is not None and c.speaker in words)
+
+
 def rank(
-    candidates: Sequence[Candidate], params: RankParams, now: datetime, periods: Sequence[Period] = ()
+    candidates: Sequence[Candidate],
+    params: RankParams,
+    now: datetime,
+    periods: Sequence[Period] = (),
+    speakers: Collection[str] = (),
 ) -> list[Scored]:
     """Score and order candidates, best first; equal scores are ordered by id."""
     p = params
     unique = list({c.id: c for c in sorted(candidates, key=lambda c: c.id)}.values())
-    own = own_relevance(unique, p, periods)
+    own = own_relevance(unique, p, periods, speakers)
     by_session: dict[str, dict[int, float]] = defaultdict(dict)  # session -> seq -> own relevance
     for c in unique:
         if c.session is not None:

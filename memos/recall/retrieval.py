@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from memos.item import MemoryItem
-from memos.recall.ranking import Candidate, RankParams, own_relevance, rank
+from memos.recall.ranking import Candidate, RankParams, named_speakers, own_relevance, rank
 from memos.recall.temporal import periods
 from memos.storage.owners import OwnerStats
 from memos.storage.search import StoredMemory
@@ -183,9 +183,10 @@ class Retriever:
             mid: scores.candidate(s) for mid, s in stored.items() if not _expired(s, now) and scores.known(s)
         }
         named = periods(query)
+        speakers = named_speakers(query, candidates.values()) if p.rank.other_speaker > 0 else frozenset()
         window = len(p.rank.neighbour_weights)
         if window and p.anchors > 0 and candidates:
-            own = own_relevance(list(candidates.values()), p.rank, named)
+            own = own_relevance(list(candidates.values()), p.rank, named, speakers)
             anchors = sorted(candidates, key=lambda mid: (-own[mid], mid))[: p.anchors]
             around = self.vault.neighbours(tenant, owner, [stored[mid] for mid in anchors], window)
             for turns in around.values():
@@ -193,7 +194,7 @@ class Retriever:
                     if s.id not in candidates and not _expired(s, now):
                         stored[s.id] = s
                         candidates[s.id] = scores.candidate(s)
-        ranked = rank(list(candidates.values()), p.rank, now, named)
+        ranked = rank(list(candidates.values()), p.rank, now, named, speakers)
         hits: list[Hit] = []
         used = 0
         chosen: set[str] = set()
@@ -249,7 +250,17 @@ class _Scores:
             created_at=s.created_at,
             importance=s.importance,
             hits=s.hits,
+            speaker=speaker_of(s.item),
         )
+
+
+def speaker_of(item: MemoryItem) -> str | None:
+    """Who said it (memos.writeback.reader keeps a named speaker in the first source), casefolded."""
+    for source in item.sources[:1]:
+        speaker = source.metadata.get("speaker")
+        if isinstance(speaker, str) and speaker:
+            return speaker.casefold()
+    return None
 
 
 def _expired(s: StoredMemory, now: datetime) -> bool:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from memos.recall.ranking import Candidate, RankParams, own_relevance, rank
+from memos.recall.ranking import Candidate, RankParams, named_speakers, own_relevance, rank
 from memos.recall.temporal import periods
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -89,6 +89,27 @@ def test_a_period_in_the_query_prefers_memories_observed_in_it() -> None:
     assert ids(rank([may, june], P, NOW, periods("what happened in May 2023?"))) == ["may", "june"]
     # a period no candidate falls in changes nothing
     assert ids(rank([may, june], P, NOW, periods("in March 2020"))) == ["june", "may"]
+
+
+def test_a_person_named_in_the_query_is_answered_in_their_own_words_first() -> None:
+    mel = Candidate("mel", dense_score=0.50, speaker="melanie")
+    caro = Candidate("caro", dense_score=0.55, speaker="caroline")
+    mine = Candidate("mine", dense_score=0.52)  # the user's own words: never penalised
+    question = "What does Melanie do to destress?"
+    named = named_speakers(question, [mel, caro, mine])
+    assert named == {"melanie"}
+    assert ids(rank([mel, caro, mine], P, NOW)) == ["caro", "mine", "mel"]
+    assert ids(rank([mel, caro, mine], P, NOW, speakers=named)) == ["mine", "mel", "caro"]
+    # Names are whole words in any case; a name no candidate spoke changes nothing.
+    assert named_speakers("what did MELANIE say?", [mel]) == {"melanie"}
+    assert named_speakers("Melanies and Carolines", [mel, caro]) == frozenset()
+    assert ids(rank([mel, caro], P, NOW, speakers=named_speakers("What did Jon do?", [mel, caro]))) == [
+        "caro",
+        "mel",
+    ]
+    # Off by the weight.
+    off = replace(P, other_speaker=0.0)
+    assert ids(rank([mel, caro, mine], off, NOW, speakers=named)) == ["caro", "mine", "mel"]
 
 
 def test_floors_keep_weak_queries_low_and_scores_bounded() -> None:

@@ -130,3 +130,24 @@ async def test_concurrent_searches_cannot_starve_their_own_pool(env: VaultEnv) -
         one_thread.shutdown(wait=False, cancel_futures=True)
     assert all(hits for hits in results)
     assert embedder.batches < 64  # the queries were embedded in shared batches
+
+
+def test_a_question_naming_a_speaker_prefers_their_own_turns(env: VaultEnv) -> None:
+    """The speaker the reader keeps in a memory's first source is what a question naming them matches."""
+    from memos.item import Source
+
+    def said(who: str, text: str) -> None:
+        env.vault.add("acme", "alice", f"{who}: {text}", sources=[Source(metadata={"speaker": who})])
+
+    said("Caroline", "Melanie, running is how I relax after a long week.")
+    said("Melanie", "I go to pottery class to unwind.")
+    env.vault.add("acme", "alice", "I relax by reading novels.")  # the user's own words, no speaker
+    query = "How does Melanie relax?"
+    off = _search(env, query, rank=RankParams(other_speaker=0.0))
+    scores = {h.item.text: h.score for h in off}
+    on = {h.item.text: h.score for h in _search(env, query)}
+    caroline = "Caroline: Melanie, running is how I relax after a long week."
+    assert on[caroline] < scores[caroline]  # what another named speaker said weighs less
+    assert on["I relax by reading novels."] == scores["I relax by reading novels."]  # the user's: untouched
+    melanie = "Melanie: I go to pottery class to unwind."
+    assert on[melanie] / on[caroline] > scores[melanie] / scores[caroline]
