@@ -152,7 +152,8 @@ def test_plaintext_and_activation_are_token_identical(
     assert plain_headers["x-memos-memories"] == act_headers["x-memos-memories"] == "5"
     assert plain.cached_tokens == 0 and act.cached_tokens > 0  # the block came from the KV cache
     assert plain.prompt_tokens == act.prompt_tokens  # the same ids: block + conversation
-    assert len(plain.token_ids) == 24 and len(set(plain.token_ids)) > 5
+    # A real answer (the random model may end it early at its end-of-turn token), not a constant.
+    assert len(plain.token_ids) >= 8 and len(set(plain.token_ids)) > 5
     assert act.token_ids == plain.token_ids and act_text == plain_text
     assert again.token_ids == act.token_ids and again_text == act_text  # the stored cache is unchanged
 
