@@ -1,8 +1,14 @@
 """Parametric memory: a LoRA adapter per user and model, trained with peft on the user's stable memories.
 
-Training runs on a private copy of the base model (injecting LoRA layers changes the model it is given)
-and yields the adapter's weights and config. They are stored as a safetensors file sealed with the
-tenant's data key, under `<data_dir>/adapters/<tenant hash>/<user blind id>/<model fingerprint>/`.
+Training runs on the served model's own weights (`train_on_served`; no second copy in memory): a
+training adapter is added to the shared model and only its weights learn. Each phase (the loss
+before, every optimizer step, the loss after) holds the model's lock and activates the training
+adapter itself, and serving's `select_adapter` deactivates it (`LoadedModel.training_adapter`), so
+requests keep being answered between steps, never through a half-trained adapter; the training adapter
+is deleted at the end. The new adapter is served once its pointer file is replaced (atomically) by
+AdapterStore.save. `train_adapter` is the same loop on a model nobody serves. Adapters are stored as
+a safetensors file sealed with the tenant's data key, under
+`<data_dir>/adapters/<tenant hash>/<user blind id>/<model fingerprint>/`.
 
 Serving: adapters are injected into the shared, already loaded base model by name (transformers' peft
 integration: `add_adapter` + `set_peft_model_state_dict`), at most `MAX_LOADED` per model (least
@@ -18,7 +24,8 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,19 +156,31 @@ def memory_loss(
     return total / max(count, 1)
 
 
+TRAINING_ADAPTER = "memos_train"
+
+
 def train_adapter(
-    model: Any, tokenizer: Any, texts: Sequence[str], cfg: LoraTraining | None = None
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    cfg: LoraTraining | None = None,
+    *,
+    phase: Callable[[bool], AbstractContextManager[None]] | None = None,
 ) -> TrainedAdapter:
-    """Blocking: train a LoRA adapter on `texts` into `model` (a private copy: it is modified)."""
+    """Blocking: train a LoRA adapter on `texts` into `model` (a private copy, unless `phase` guards
+    each phase: `phase(True)` for those that run through the training adapter, `phase(False)` for the
+    base model's loss; see train_on_served). The training adapter is left in `model`."""
     import torch
     from peft import LoraConfig, get_peft_model_state_dict
 
     cfg = cfg or LoraTraining()
     if not texts:
         raise ValueError("no memories to train on")
+    guard = phase or (lambda _through_adapter: nullcontext())
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    base_loss = memory_loss(model, tokenizer, texts, max_length=cfg.max_length)
+    with guard(False):
+        base_loss = memory_loss(model, tokenizer, texts, max_length=cfg.max_length)
     lora = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
@@ -170,34 +189,41 @@ def train_adapter(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    name = "memos_train"
-    model.add_adapter(lora, adapter_name=name)
-    model.set_adapter(name)
-    params = [p for n, p in model.named_parameters() if "lora_" in n]
-    for p in params:
-        p.data = p.data.float()  # train adapter weights in fp32 even on a bf16 base
-        p.requires_grad_(True)
+    name = TRAINING_ADAPTER
+    with guard(True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # served adapters
+        model.add_adapter(lora, adapter_name=name)
+        model.set_adapter(name)
+        model.enable_adapters()
+        params = [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n]
+        for p in params:
+            p.data = p.data.float()  # train adapter weights in fp32 even on a bf16 base
+            p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     examples = training_examples(tokenizer, texts, cfg.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     generator = torch.Generator().manual_seed(cfg.seed)
-    model.train()
     for _ in range(cfg.steps):
         order = torch.randperm(len(examples), generator=generator)[: cfg.batch_size].tolist()
         input_ids, labels, mask = _batches([examples[i] for i in order], pad, str(model.device))
-        with torch.autocast(
-            device_type=str(model.device).split(":")[0],
-            enabled=model.dtype != torch.float32,
-            dtype=model.dtype,
-        ):
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    adapter_loss = memory_loss(model, tokenizer, texts, max_length=cfg.max_length)
-    state = get_peft_model_state_dict(model, adapter_name=name)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        with guard(True):
+            model.train()
+            try:
+                with torch.autocast(
+                    device_type=str(model.device).split(":")[0],
+                    enabled=model.dtype != torch.float32,
+                    dtype=model.dtype,
+                ):
+                    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            finally:
+                model.eval()
+    with guard(True):
+        adapter_loss = memory_loss(model, tokenizer, texts, max_length=cfg.max_length)
+        state = get_peft_model_state_dict(model, adapter_name=name)
+        state = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
     config = lora.to_dict()
     config["target_modules"] = sorted(config["target_modules"])
     config["peft_type"] = str(
@@ -209,6 +235,49 @@ def train_adapter(
     return TrainedAdapter(state, config, base_loss, adapter_loss, cfg.steps, time.perf_counter() - started)
 
 
+def train_on_served(
+    loaded: LoadedModel, texts: Sequence[str], cfg: LoraTraining | None = None
+) -> TrainedAdapter:
+    """Blocking: train a LoRA adapter on the served model's own weights (see the module docstring):
+    each phase under the model's lock, the training adapter active only inside it; removed at the end.
+    """
+    with loaded.train_lock:  # one training at a time per model (the next one waits)
+        return _train_on_served(loaded, texts, cfg)
+
+
+def _train_on_served(loaded: LoadedModel, texts: Sequence[str], cfg: LoraTraining | None) -> TrainedAdapter:
+    import torch
+
+    model = loaded.model
+
+    @contextmanager
+    def phase(through_adapter: bool) -> Iterator[None]:
+        with loaded.lock, torch.inference_mode(False):
+            if through_adapter and loaded.training_adapter is not None:
+                from peft.tuners.tuners_utils import set_adapter
+
+                model.enable_adapters()
+                set_adapter(model, TRAINING_ADAPTER, inference_mode=False)
+            elif getattr(model, "_hf_peft_config_loaded", False):
+                model.disable_adapters()
+            loaded.training_adapter = TRAINING_ADAPTER if through_adapter else loaded.training_adapter
+            yield
+
+    try:
+        return train_adapter(model, loaded.tokenizer, texts, cfg, phase=phase)
+    finally:
+        with loaded.lock:
+            if loaded.training_adapter is not None:
+                loaded.training_adapter = None
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+                    model.delete_adapter(TRAINING_ADAPTER)
+            if getattr(model, "_hf_peft_config_loaded", False) and loaded.loaded_adapters:
+                model.disable_adapters()  # the next request's select_adapter picks what it needs
+            model.eval()
+            model.requires_grad_(False)
+
+
 # ------------------------------------------------------------------------------------------ serving
 
 
@@ -216,7 +285,7 @@ def select_adapter(loaded: LoadedModel, adapter: AdapterHandle | None) -> None:
     """Make `adapter` (or no adapter) the active one on the shared model. Call with `loaded.lock` held."""
     model = loaded.model
     if adapter is None:
-        if loaded.loaded_adapters:
+        if loaded.loaded_adapters or loaded.training_adapter is not None:
             model.disable_adapters()
         return
     name = adapter.adapter_id

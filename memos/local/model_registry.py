@@ -65,6 +65,10 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Adapter ids currently injected into `model` (least recently used first), managed by memos.local.lora.
     loaded_adapters: list[str] = field(default_factory=list)
+    # The adapter being trained on `model`'s own weights (memos.local.lora.train_on_served), if any:
+    # never evicted with the served ones, and deactivated by every select_adapter.
+    training_adapter: str | None = None
+    train_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -192,7 +196,8 @@ class LocalModelRegistry:
             return self._loaded[name]
 
     def load_private_copy(self, name: str, *, dtype: str | None = None) -> LoadedModel:
-        """Blocking: a fresh copy of the model that nobody else uses (LoRA training mutates its model)."""
+        """Blocking: a fresh copy of the model that nobody else uses (tests and benchmarks; serving
+        trains on the loaded model itself, memos.local.lora.train_on_served)."""
         return load_model(name, self.path(name), device=self._device, dtype=dtype or self._dtype)
 
     async def get(self, name: str) -> LoadedModel:

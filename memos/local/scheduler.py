@@ -41,7 +41,7 @@ from memos.clock import aware
 from memos.errors import MemosError
 from memos.item import Kind, MemoryItem, State
 from memos.local.kvcache import BASE_ADAPTER, KVKey, cache_unsupported, prefill
-from memos.local.lora import LoraTraining, train_adapter, unload_adapters
+from memos.local.lora import LoraTraining, train_on_served, unload_adapters
 from memos.local.runtime import LocalMemory, block_ids
 from memos.logsafe import exception_summary
 from memos.modes import MemoryMode
@@ -554,8 +554,8 @@ class MemScheduler:
     ) -> AdapterMeta:
         """Blocking: train the user's LoRA adapter for a local model on their stable memories.
 
-        Trains on a private copy of the model (the served one is untouched), stores the adapter
-        encrypted and audits `memory.train` with the memory ids (never their text)."""
+        Trains on the served model's own weights, between requests (memos.local.lora.train_on_served),
+        stores the adapter encrypted and audits `memory.train` with the memory ids (never their text)."""
 
         assert self.registry is not None and self.adapter_store is not None
         erasures = self._erasure_count(tenant, user)
@@ -563,13 +563,8 @@ class MemScheduler:
         if not items:
             raise ValueError("the user has no stable memories to train on")
         items.sort(key=lambda i: i.id)
-        private = self.registry.load_private_copy(
-            model_name, dtype="float32" if self.registry.device == "cpu" else None
-        )
-        trained = train_adapter(
-            private.model, private.tokenizer, [i.text for i in items], self.config.lora or LoraTraining()
-        )
-        del private
+        served = self.registry.load(model_name)
+        trained = train_on_served(served, [i.text for i in items], self.config.lora or LoraTraining())
         store, fingerprint = self.adapter_store, self.registry.fingerprint(model_name)
         meta = self._save_unless_erased(
             tenant,

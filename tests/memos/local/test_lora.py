@@ -114,3 +114,56 @@ def test_erase_user_removes_adapters(loaded, keyring, tmp_path, trained) -> None
     assert store.erase_user("acme", "alice") == 1
     assert store.latest("acme", "alice", loaded.fingerprint) is None
     assert not list((tmp_path / "adapters").rglob("*.lora"))
+
+
+def test_training_on_the_served_model_keeps_serving_it_unchanged(loaded, runtime) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    import torch
+
+    from memos.local.lora import train_on_served
+
+    before = base_weights(loaded)
+    prompt = build_prompt(loaded.tokenizer, CONVERSATION)
+    baseline = runtime.generate(loaded, prompt, GREEDY).token_ids
+    result: list[object] = []
+    trainer = threading.Thread(
+        target=lambda: result.append(train_on_served(loaded, FIVE_MEMORIES, FAST)), name="trainer"
+    )
+    trainer.start()
+    during = []
+    while trainer.is_alive():  # requests between the training's steps answer from the base model
+        training = loaded.training_adapter is not None
+        tokens = runtime.generate(loaded, prompt, GREEDY).token_ids
+        during.append((training and loaded.training_adapter is not None, tokens))
+    trainer.join()
+    assert any(overlapped for overlapped, _ in during)  # some were answered mid-training
+    assert all(tokens == baseline for _, tokens in during)
+    trained = result[0]
+    assert trained.adapter_loss < 0.5 * trained.base_loss  # it learned, on the served weights
+    # Nothing of the training is left: no training adapter, the same weights, the same answers.
+    assert loaded.training_adapter is None
+    after = base_weights(loaded)
+    assert after.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in after.items())
+    assert runtime.generate(loaded, prompt, GREEDY).token_ids == baseline
+    # What it learned serves like an adapter trained on a private copy.
+    assert set(trained.state_dict) == set(train_adapter_keys(loaded))
+
+
+def base_weights(loaded) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The base model's weights by their plain names (peft wraps a layer once an adapter was added)."""
+    state = loaded.model.state_dict()
+    return {k.replace(".base_layer", ""): v.clone() for k, v in state.items() if "lora_" not in k}
+
+
+def train_adapter_keys(loaded) -> set[str]:  # type: ignore[no-untyped-def]
+    from memos.local.lora import train_adapter
+
+    return set(train_adapter(*_private(loaded), FIVE_MEMORIES, LoraTraining(steps=1)).state_dict)
+
+
+def _private(loaded):  # type: ignore[no-untyped-def]
+    from memos.local.model_registry import load_model
+
+    copy = load_model("tiny", loaded.path, device="cpu", dtype="float32")
+    return copy.model, copy.tokenizer

@@ -287,14 +287,14 @@ def test_an_adapter_trained_while_its_user_is_erased_is_not_stored(env, registry
         vault.add("acme", "alice", text)
 
     class EraseWhileLoading:
-        """The real registry; the user is erased while the private training copy loads."""
+        """The real registry; the user is erased while training fetches the served model."""
 
         def __getattr__(self, name):  # type: ignore[no-untyped-def]
             return getattr(registry, name)
 
-        def load_private_copy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def load(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             scheduler.erase_user("acme", "alice")
-            return registry.load_private_copy(*args, **kwargs)
+            return registry.load(*args, **kwargs)
 
     scheduler.registry = EraseWhileLoading()
     with pytest.raises(UserErasedMeanwhile):
