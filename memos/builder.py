@@ -73,6 +73,11 @@ class MemoryConfig:
     local_device: str = "auto"
     local_dtype: str = "auto"
     scheduler_interval_s: float = 60.0
+    # Local memory's bounds: KV caches and adapter weights kept in memory (LRU, bytes; None: unbounded)
+    # and each tenant's KV cache files on disk (least recently used removed first; None: unbounded).
+    kv_memory_bytes: int | None = 1024 * 1024 * 1024
+    kv_tenant_disk_bytes: int | None = None
+    adapter_memory_bytes: int | None = 256 * 1024 * 1024
     skip_audit_interval_s: float = 60.0  # how often chats memory skipped are summarised in the audit
     lora: LoraTraining | None = None  # None: memos.local.lora.LoraTraining() defaults
 
@@ -117,8 +122,15 @@ def build_scheduler(
         audit=audit,
         registry=local.registry if local is not None else None,
         runtime=local.runtime if local is not None else None,
-        kv_store=KVCacheStore(config.data_dir / "kv", keyring),
-        adapter_store=AdapterStore(config.data_dir / "adapters", keyring),
+        kv_store=KVCacheStore(
+            config.data_dir / "kv",
+            keyring,
+            memory_bytes=config.kv_memory_bytes,
+            tenant_disk_bytes=config.kv_tenant_disk_bytes,
+        ),
+        adapter_store=AdapterStore(
+            config.data_dir / "adapters", keyring, memory_bytes=config.adapter_memory_bytes
+        ),
         config=SchedulerConfig(interval_s=config.scheduler_interval_s, lora=config.lora),
         observer=observer,
     )

@@ -189,6 +189,9 @@ def memory_config(settings: Settings) -> MemoryConfig:
         local_device=settings.local_device,
         local_dtype=settings.local_dtype,
         scheduler_interval_s=settings.scheduler_interval_s,
+        kv_memory_bytes=settings.local_kv_memory_mb * 1024 * 1024,
+        adapter_memory_bytes=settings.local_adapter_memory_mb * 1024 * 1024,
+        kv_tenant_disk_bytes=settings.local_kv_disk_mb_per_tenant * 1024 * 1024 or None,
         skip_audit_interval_s=settings.memory_skip_audit_interval_s,
     )
 

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     local_dtype: str = "auto"
     # The MemScheduler's background pass (promote/demote/archive, KV rebuilds, LoRA training).
     scheduler_interval_s: float = 60.0
+    # Local memory's bounds: KV caches and decrypted adapters kept in memory (LRU), and each tenant's
+    # KV cache files on disk (least recently used removed first; 0: unbounded).
+    local_kv_memory_mb: int = Field(default=1024, ge=0)
+    local_adapter_memory_mb: int = Field(default=256, ge=0)
+    local_kv_disk_mb_per_tenant: int = Field(default=0, ge=0)
     # Chats memory skipped (x-memos-memory-reason) are audited as one memory.skipped entry per tenant
     # this often, with counts by reason (memos.chat.skip_audit).
     memory_skip_audit_interval_s: float = Field(default=60.0, gt=0.0)

@@ -20,6 +20,7 @@ it rather than serving it inexactly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -242,16 +243,66 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class KVCacheStore:
-    """Encrypted KV caches on disk, one per (tenant, user, model, adapter), with a small in-memory LRU.
+    """Encrypted KV caches on disk, one per (tenant, user, model, adapter), with an in-memory LRU.
 
-    Blocking: call off the event loop."""
+    Bounds: the LRU holds at most `memory_entries` caches and `memory_bytes` of tensors (a cache larger
+    than that is not kept in memory); on disk each tenant's caches take at most `tenant_disk_bytes`
+    (None: unbounded), the least recently used files removed first when a save passes it (a cache is
+    rebuilt by its next request). Blocking: call off the event loop."""
 
-    def __init__(self, root: Path, keyring: Keyring, *, memory_entries: int = 16) -> None:
+    def __init__(
+        self,
+        root: Path,
+        keyring: Keyring,
+        *,
+        memory_entries: int = 16,
+        memory_bytes: int | None = None,
+        tenant_disk_bytes: int | None = None,
+    ) -> None:
         self.root = Path(root)
         self._keyring = keyring
         self._lru: OrderedDict[KVKey, KVBlock] = OrderedDict()
         self._max = memory_entries
+        self._max_bytes = memory_bytes
+        self._bytes = 0
+        self._tenant_disk_bytes = tenant_disk_bytes
         self._lock = threading.Lock()
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of cache tensors held in memory now."""
+        with self._lock:
+            return self._bytes
+
+    def tenant_disk_bytes(self, tenant: str) -> int:
+        """Bytes of the tenant's cache files on disk (blocking)."""
+        return sum(size for _, size, _ in self._tenant_files(tenant))
+
+    def _tenant_files(self, tenant: str) -> list[tuple[float, int, Path]]:
+        directory = self.root / tenant_dir_name(tenant)
+        files = []
+        for path in directory.rglob("*.kv") if directory.exists() else ():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            files.append((st.st_mtime, st.st_size, path))
+        return files
+
+    def _enforce_quota(self, tenant: str, keep: Path) -> None:
+        """Remove the tenant's least recently used cache files until they fit the quota; the file just
+        written goes last, only when it alone is over."""
+        if self._tenant_disk_bytes is None:
+            return
+        files = self._tenant_files(tenant)
+        total = sum(size for _, size, _ in files)
+        files.sort(key=lambda f: (f[2] == keep, f[0]))
+        for _, size, path in files:
+            if total <= self._tenant_disk_bytes:
+                return
+            path.unlink(missing_ok=True)
+            total -= size
+            log.info("a KV cache file was removed: the tenant's caches passed their disk quota")
 
     def path(self, key: KVKey) -> Path:
         return user_dir(self.root, self._keyring, key.tenant, key.user) / (
@@ -264,16 +315,21 @@ class KVCacheStore:
         sealed = self._keyring.cipher(key.tenant).encrypt(block.to_safetensors(), key.aad())
         path = self.path(key)
         write_atomic(path, sealed)
+        self._enforce_quota(key.tenant, path)
         self._remember(key, block)
         return path
 
     def load(self, key: KVKey, device: str = "cpu") -> KVBlock | None:
+        path = self.path(key)
         with self._lock:
             block = self._lru.get(key)
             if block is not None:
                 self._lru.move_to_end(key)
-                return block
-        path = self.path(key)
+        if self._tenant_disk_bytes is not None:
+            with contextlib.suppress(FileNotFoundError):  # removed (quota, erasure) meanwhile
+                os.utime(path)  # used now: the quota removes the least recently used first
+        if block is not None:
+            return block
         if not path.exists():
             return None
         data = self._keyring.cipher(key.tenant).decrypt(path.read_bytes(), key.aad())
@@ -293,22 +349,32 @@ class KVCacheStore:
 
     def delete(self, key: KVKey) -> None:
         with self._lock:
-            self._lru.pop(key, None)
+            self._forget(key)
         self.path(key).unlink(missing_ok=True)
 
     def erase_user(self, tenant: str, owner: str) -> int:
         """UserDataEraser: every cache of the user, on disk and in memory. Returns files removed."""
         with self._lock:
             for key in [k for k in self._lru if k.tenant == tenant and k.user == owner]:
-                del self._lru[key]
+                self._forget(key)
         directory = user_dir(self.root, self._keyring, tenant, owner)
         count = sum(1 for _ in directory.glob("*.kv")) if directory.exists() else 0
         shutil.rmtree(directory, ignore_errors=True)
         return count
 
+    def _forget(self, key: KVKey) -> None:
+        old = self._lru.pop(key, None)
+        if old is not None:
+            self._bytes -= old.nbytes
+
     def _remember(self, key: KVKey, block: KVBlock) -> None:
         with self._lock:
+            self._forget(key)
+            if self._max_bytes is not None and block.nbytes > self._max_bytes:
+                return  # larger than the whole budget: served from disk each time
             self._lru[key] = block
-            self._lru.move_to_end(key)
-            while len(self._lru) > self._max:
-                self._lru.popitem(last=False)
+            self._bytes += block.nbytes
+            while len(self._lru) > self._max or (
+                self._max_bytes is not None and self._bytes > self._max_bytes
+            ):
+                self._forget(next(iter(self._lru)))

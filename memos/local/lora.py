@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -336,13 +337,18 @@ def _inject(loaded: LoadedModel, name: str, state_dict: dict[str, Any], config: 
 
 
 class AdapterStore:
-    """Encrypted adapters on disk; the latest one per (tenant, user, model) is the one served."""
+    """Encrypted adapters on disk; the latest one per (tenant, user, model) is the one served.
 
-    def __init__(self, root: Path, keyring: Keyring) -> None:
+    Decrypted weights are kept in an LRU of at most `memory_bytes` (None: unbounded); an adapter
+    larger than that is read from disk each time it is injected."""
+
+    def __init__(self, root: Path, keyring: Keyring, *, memory_bytes: int | None = None) -> None:
         self.root = Path(root)
         self._keyring = keyring
         self._lock = threading.Lock()
-        self._weights: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._weights: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self._weight_bytes: dict[str, int] = {}
+        self._max_bytes = memory_bytes
         # (tenant, user, fingerprint) -> (the pointer file's (mtime, size), its meta)
         self._latest: dict[tuple[str, str, str], tuple[tuple[int, int] | None, AdapterMeta | None]] = {}
 
@@ -426,6 +432,7 @@ class AdapterStore:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         with self._lock:
             if adapter_id in self._weights:
+                self._weights.move_to_end(adapter_id)
                 return self._weights[adapter_id]
         from safetensors.torch import load
 
@@ -437,9 +444,21 @@ class AdapterStore:
         if metadata.get("format") != _FORMAT:
             raise ValueError("not a memos adapter")
         weights = (load(blob), json.loads(metadata["lora_config"]))
+        size = sum(int(t.numel()) * int(t.element_size()) for t in weights[0].values())
         with self._lock:
-            self._weights[adapter_id] = weights
+            if self._max_bytes is None or size <= self._max_bytes:
+                self._weights[adapter_id] = weights
+                self._weight_bytes[adapter_id] = size
+                while self._max_bytes is not None and sum(self._weight_bytes.values()) > self._max_bytes:
+                    evicted, _ = self._weights.popitem(last=False)
+                    del self._weight_bytes[evicted]
         return weights
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of decrypted adapter weights held in memory now."""
+        with self._lock:
+            return sum(self._weight_bytes.values())
 
     def adapter_ids(self, tenant: str, owner: str) -> list[str]:
         directory = user_dir(self.root, self._keyring, tenant, owner)
@@ -451,6 +470,7 @@ class AdapterStore:
             for key in [k for k in self._latest if k[0] == tenant and k[1] == owner]:
                 del self._latest[key]
             self._weights.clear()
+            self._weight_bytes.clear()
         directory = user_dir(self.root, self._keyring, tenant, owner)
         count = sum(1 for _ in directory.rglob("*.lora")) if directory.exists() else 0
         shutil.rmtree(directory, ignore_errors=True)

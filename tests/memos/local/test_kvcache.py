@@ -110,3 +110,42 @@ def test_a_local_block_keeps_its_fence_when_memories_are_appended() -> None:
     fence = opening.split('"')[1]
     assert local4.replace(fence, four.split("\n")[1].split('"')[1]) == four
     assert cacheable_block(BLOCK) == BLOCK  # not a fenced memory block: unchanged
+
+
+def test_caches_in_memory_stay_under_their_byte_limit(loaded, keyring, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    block = prefill(loaded, block_ids(loaded.tokenizer, BLOCK))
+    store = KVCacheStore(tmp_path / "kv", keyring, memory_entries=100, memory_bytes=2 * block.nbytes)
+    keys = [KVKey("acme", f"user{i}", loaded.fingerprint) for i in range(3)]
+    for key in keys:
+        store.save(key, block)
+    assert store.memory_bytes == 2 * block.nbytes  # the oldest was dropped from memory ...
+    assert store.peek(keys[0]) is None and store.peek(keys[2]) is not None
+    assert store.load(keys[0]) is not None  # ... and is read back from disk when asked for
+    assert store.peek(keys[1]) is None and store.memory_bytes == 2 * block.nbytes
+    tiny = KVCacheStore(tmp_path / "kv", keyring, memory_bytes=block.nbytes - 1)
+    assert tiny.load(keys[0]) is not None and tiny.memory_bytes == 0  # too large to keep: disk only
+    store.delete(keys[2])
+    assert store.memory_bytes == block.nbytes
+
+
+def test_a_tenants_caches_on_disk_stay_under_its_quota(loaded, keyring, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    block = prefill(loaded, block_ids(loaded.tokenizer, BLOCK))
+    probe = KVCacheStore(tmp_path / "probe", keyring)
+    size = probe.save(KVKey("acme", "probe", loaded.fingerprint), block).stat().st_size
+    store = KVCacheStore(tmp_path / "kv", keyring, tenant_disk_bytes=2 * size + size // 2)
+    alice, bob, carol = (KVKey("acme", u, loaded.fingerprint) for u in ("alice", "bob", "carol"))
+    other = KVKey("globex", "dave", loaded.fingerprint)
+    for when, key in enumerate((alice, bob, other)):
+        os.utime(store.save(key, block), (1_000 + when, 1_000 + when))  # in this order of use
+    assert store.load(alice) is not None  # used again (from memory): now the newest on disk too
+    store.save(carol, block)
+    # Bob's was the least recently used of acme's: removed. globex has its own quota.
+    assert not store.path(bob).exists()
+    assert store.path(alice).exists() and store.path(carol).exists() and store.path(other).exists()
+    assert store.tenant_disk_bytes("acme") <= 2 * size + size // 2
+    # A cache larger than the whole quota is served (kept in memory) but not kept on disk.
+    small = KVCacheStore(tmp_path / "small", keyring, tenant_disk_bytes=size // 2)
+    small.save(alice, block)
+    assert not small.path(alice).exists() and small.load(alice) is not None

@@ -167,3 +167,14 @@ def _private(loaded):  # type: ignore[no-untyped-def]
 
     copy = load_model("tiny", loaded.path, device="cpu", dtype="float32")
     return copy.model, copy.tokenizer
+
+
+def test_decrypted_adapters_stay_under_their_byte_limit(loaded, keyring, tmp_path, trained) -> None:  # type: ignore[no-untyped-def]
+    size = sum(t.numel() * t.element_size() for t in trained.state_dict.values())
+    store = AdapterStore(tmp_path / "adapters", keyring, memory_bytes=2 * size)
+    metas = [store.save("acme", user, loaded.fingerprint, trained, []) for user in ("a", "b", "c")]
+    for user, meta in zip(("a", "b", "c"), metas, strict=True):
+        store.load_weights("acme", user, loaded.fingerprint, meta.adapter_id)
+    assert store.memory_bytes == 2 * size  # the least recently used was dropped; it reloads from disk
+    weights, _ = store.load_weights("acme", "a", loaded.fingerprint, metas[0].adapter_id)
+    assert weights.keys() == trained.state_dict.keys() and store.memory_bytes == 2 * size
