@@ -11,12 +11,13 @@ requests (memos.local.runtime.LocalRuntime.generate, greedy, one new token):
 It also measures building a cache (prefill), extending it when one newer memory joins the block (only
 the tokens after the common prefix are prefilled, on top of the stored cache) against rebuilding it
 from scratch, with the largest difference between the two caches, sealing and writing it, its size on
-disk, LoRA training
-time on the user's memories, and adapter switch time on the shared base model (first load: decrypt and
-inject; switch between loaded adapters). The model has random weights built from a config: by default
-the width of Qwen2-0.5B (hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab 151936) with 6 of its 24
-layers, to keep the run short on a shared CPU (both modes scale linearly with depth, so the ratio
-holds). Nothing is downloaded. Prints a table and writes bench/results/local_memory.json.
+disk, LoRA training time on the user's memories, adapter switch time on the shared base model (first
+load: decrypt and inject; switch between loaded adapters), and the TTFT of activation and parametric
+together (the block's cache built through the adapter) against plaintext with the adapter. The model
+has random weights built from a config: by default the width of Qwen2-0.5B (hidden 896, 14 heads, 2 KV
+heads, MLP 4864, vocab 151936) with 6 of its 24 layers, to keep the run short on a shared CPU (both
+modes scale linearly with depth, so the ratio holds). Nothing is downloaded. Prints a table and
+writes bench/results/local_memory.json.
 
     .venv/bin/python bench/local_memory.py                 # defaults: 2 threads, blocks 512,2048,4096
     .venv/bin/python bench/local_memory.py --layers 24     # the full 0.5B depth (slower)
@@ -143,6 +144,7 @@ def run(
     runtime.generate(loaded, build_prompt(loaded.tokenizer, CONVERSATION, "warm up"), one_token)
 
     rows = []
+    prompts = []
     for target in blocks:
         block, n_block, memories = memory_block(loaded.tokenizer, target)
         prompt = build_prompt(loaded.tokenizer, CONVERSATION, block)
@@ -206,6 +208,7 @@ def run(
             "same_first_token": plain[0].token_ids == act[0].token_ids,
         }
         rows.append(row)
+        prompts.append(prompt)
         print(
             f"  block {n_block:>5} tok: plaintext {ttft_plain * 1000:9.1f} ms, activation "
             f"{ttft_act * 1000:8.1f} ms ({row['speedup']:.1f}x), build {build_s:.2f}s, "
@@ -249,6 +252,28 @@ def run(
         "adapter_switch_s": statistics.median(switches),
         "adapter_off_s": statistics.median(to_base),
     }
+
+    # Activation and parametric together: the block's cache built through the adapter, then served
+    # with it, against plaintext with the adapter (the whole prompt prefilled through it).
+    combined = []
+    for row, prompt in zip(rows, prompts, strict=True):
+        kv_adapter = prefill(loaded, prompt.block_ids, adapter=handles[0])
+        both = [
+            runtime.generate(loaded, prompt, one_token, kv=kv_adapter, adapter=handles[0])
+            for _ in range(repeats)
+        ]
+        plain_adapter = [
+            runtime.generate(loaded, prompt, one_token, adapter=handles[0]) for _ in range(repeats)
+        ]
+        combined.append(
+            {
+                "block_tokens": row["block_tokens"],
+                "ttft_plaintext_adapter_s": statistics.median(r.time_to_first_token_s for r in plain_adapter),
+                "ttft_activation_adapter_s": statistics.median(r.time_to_first_token_s for r in both),
+                "same_first_token": both[0].token_ids == plain_adapter[0].token_ids,
+            }
+        )
+        del kv_adapter
     runtime.close()
     db.dispose()
     return {
@@ -267,6 +292,7 @@ def run(
         "loadavg_after": os.getloadavg(),
         "blocks": rows,
         "lora": lora,
+        "combined": combined,
     }
 
 
@@ -317,6 +343,12 @@ def print_table(result: dict[str, Any]) -> None:
         f"switch between loaded adapters {lo['adapter_switch_s'] * 1000:.2f} ms; "
         f"back to the base model {lo['adapter_off_s'] * 1000:.2f} ms (the base model is never reloaded)"
     )
+    for c in result.get("combined", []):
+        print(
+            f"activation + adapter, block {c['block_tokens']} tok: TTFT "
+            f"{c['ttft_activation_adapter_s'] * 1000:.1f} ms vs plaintext + adapter "
+            f"{c['ttft_plaintext_adapter_s'] * 1000:.1f} ms; same first token: {c['same_first_token']}"
+        )
 
 
 def main(argv: list[str] | None = None, *, default_out: str = "bench/results/local_memory.json") -> int:
