@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from locomo import CATEGORIES, DEFAULT_DATA, budget_recall, load_conversation, turn_text  # noqa: E402
 
-from memos.recall.ranking import Candidate, RankParams, rank  # noqa: E402
+from memos.recall.ranking import Candidate, RankParams, named_speakers, rank  # noqa: E402
 from memos.recall.temporal import periods  # noqa: E402
 from memos.storage.keyword import tokenize  # noqa: E402
 
@@ -85,6 +85,7 @@ def variants() -> dict[str, tuple[RankParams, bool]]:
     out = {
         "production (defaults)": (p, True),
         "no periods": (p, False),
+        "no speaker term": (replace(p, other_speaker=0.0), True),
         "no neighbour weights": (replace(p, neighbour_weights=()), True),
         "no session weight": (replace(p, session_weight=0.0), True),
         "no context (neither)": (replace(p, neighbour_weights=(), session_weight=0.0), True),
@@ -105,6 +106,7 @@ def variants() -> dict[str, tuple[RankParams, bool]]:
             True,
         )
         out[f"session_weight x{factor}"] = (replace(p, session_weight=p.session_weight * factor), True)
+        out[f"other_speaker x{factor}"] = (replace(p, other_speaker=min(1.0, p.other_speaker * factor)), True)
         out[f"outside_period x{factor}"] = (
             replace(p, outside_period=min(1.0, p.outside_period * factor)),
             True,
@@ -139,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                     session=f"s{s['n']}",
                     seq=i,
                     observed_at=s["date"],
+                    speaker=t["speaker"].casefold(),
                 )
-                for i, (s, _) in enumerate(turns)
+                for i, (s, t) in enumerate(turns)
             ]
             found = periods(q["question"])
+            speakers = named_speakers(q["question"], cands)
             for name, (params, use_periods) in named.items():
-                ranked = rank(cands, params, NOW, found if use_periods else ())
+                ranked = rank(cands, params, NOW, found if use_periods else (), speakers)
                 read = [(texts[int(r.id)], {turns[int(r.id)][1]["dia_id"]}) for r in ranked[:100]]
                 for budget in (2000, 4000):
                     v = budget_recall(read, q["evidence"], budget)
