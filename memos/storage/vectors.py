@@ -19,6 +19,15 @@ reloads from LanceDB. The vault tells the index what each of its own writes chan
 the cache are searched in LanceDB directly (with an ANN index once the table passes `ann_threshold`
 rows).
 
+Large owners (issue #17). An owner with at least `ann_threshold` vectors is held in the cache as an
+in-process IVF-Flat index (memos.storage.ann) rather than the exact matrix: a search scores the
+probed lists' vectors exactly, so its cost follows the lists probed, not the owner's size; the index
+takes writes as deltas, is rebuilt in the background when its unindexed tail outgrows it, and is
+never written to disk (erasing the owner drops it with the cache entry). Smaller owners stay exact.
+Another replica's writes no longer drop the entry: the vault logs the vector ids each write added and
+removed (memos.storage.vector_log), and a search whose entry is behind applies those deltas, reading
+only the added vectors from LanceDB; only a gap in the log reloads the owner.
+
 Every hit is re-checked against SQL by the caller (state, owner, tenant), so a stale vector row can
 cost a candidate slot but never return a wrong memory.
 """
