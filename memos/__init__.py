@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from memos.local.lora import LoraTraining
     from memos.local.model_registry import UnknownLocalModel
     from memos.local.runtime import GenerationResult, LocalMemory, SamplingParams, build_prompt
-    from memos.local.scheduler import MemScheduler, UserErasedMeanwhile
+    from memos.local.scheduler import LocalMemoryUsage, MemScheduler, UserErasedMeanwhile
     from memos.logsafe import exception_summary
     from memos.memories import MAX_ENTRIES, MAX_TEXT_CHARS, Entry, MemoryService, Patch
     from memos.modes import MemoryMode
@@ -199,6 +199,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Database": ("memos.db", "Database"),
     # Write-back state (readiness and metrics)
     "OutboxBacklog": ("memos.writeback.outbox", "OutboxBacklog"),
+    "LocalMemoryUsage": ("memos.local.scheduler", "LocalMemoryUsage"),
     "RetrySnapshot": ("memos.writeback.write_retry", "RetrySnapshot"),
     "WriteRetryQueue": ("memos.writeback.write_retry", "WriteRetryQueue"),
     "MemoryReadiness": ("memos.readiness", "MemoryReadiness"),
@@ -271,6 +272,7 @@ __all__ = [
     "InvalidInput",
     "Keyring",
     "LocalMemory",
+    "LocalMemoryUsage",
     "LocalModels",
     "LoraTraining",
     "MasterKey",

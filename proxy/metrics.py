@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from memos import OutboxBacklog, RetrySnapshot
+    from memos import LocalMemoryUsage, OutboxBacklog, RetrySnapshot
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 NO_TENANT = "-"
@@ -258,6 +258,10 @@ class Metrics:
         at each scrape."""
         self.registry.register(_WriteRetryCollector(snapshot))
 
+    def watch_local_memory(self, usage: Callable[[], LocalMemoryUsage]) -> None:
+        """Export what local memory (KV caches, adapters) holds in memory against its bounds."""
+        self.registry.register(_LocalMemoryCollector(usage))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -290,6 +294,37 @@ class _OutboxCollector(Collector):
             "How long the oldest exchange in the outbox has waited (0 when it is empty).",
             value=backlog.oldest_age_s,
         )
+
+
+class _LocalMemoryCollector(Collector):
+    def __init__(self, usage: Callable[[], LocalMemoryUsage]) -> None:
+        self._usage = usage
+
+    def describe(self) -> list[Metric]:
+        return []  # collected on demand only
+
+    def collect(self) -> Iterator[Metric]:
+        u = self._usage()
+        yield GaugeMetricFamily(
+            "memos_local_kv_cache_memory_bytes",
+            "Bytes of activation-memory KV caches held in memory now (local models).",
+            value=u.kv_memory_bytes,
+        )
+        yield GaugeMetricFamily(
+            "memos_local_adapter_memory_bytes",
+            "Bytes of decrypted LoRA adapter weights held in memory now (local models).",
+            value=u.adapter_memory_bytes,
+        )
+        limits = GaugeMetricFamily(
+            "memos_local_memory_limit_bytes",
+            "The byte bound each in-memory local store is held under (absent: unbounded).",
+            labels=["store"],
+        )
+        bounds = (("kv_cache", u.kv_memory_limit_bytes), ("adapter", u.adapter_memory_limit_bytes))
+        for store, limit in bounds:
+            if limit is not None:
+                limits.add_metric([store], limit)
+        yield limits
 
 
 class _WriteRetryCollector(Collector):

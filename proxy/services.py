@@ -249,6 +249,7 @@ def build_services(
     )
     metrics.watch_write_retry(memory.write_retry.snapshot)
     metrics.watch_outbox(memory.outbox.backlog)
+    metrics.watch_local_memory(memory.scheduler.usage)
     auth_limits = AuthLimiter(
         window_s=settings.auth_failure_window_s,
         per_address=settings.auth_failures_per_address,

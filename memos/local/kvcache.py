@@ -274,6 +274,10 @@ class KVCacheStore:
         with self._lock:
             return self._bytes
 
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        return self._max_bytes
+
     def tenant_disk_bytes(self, tenant: str) -> int:
         """Bytes of the tenant's cache files on disk (blocking)."""
         return sum(size for _, size, _ in self._tenant_files(tenant))

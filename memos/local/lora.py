@@ -455,6 +455,10 @@ class AdapterStore:
         return weights
 
     @property
+    def memory_limit_bytes(self) -> int | None:
+        return self._max_bytes
+
+    @property
     def memory_bytes(self) -> int:
         """Bytes of decrypted adapter weights held in memory now."""
         with self._lock:

@@ -58,6 +58,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LocalMemoryUsage:
+    """Bytes of KV caches and decrypted adapters held in memory, and their bounds (None: unbounded)."""
+
+    kv_memory_bytes: int
+    kv_memory_limit_bytes: int | None
+    adapter_memory_bytes: int
+    adapter_memory_limit_bytes: int | None
+
+
 class VaultLike(Protocol):
     """What the scheduler needs of memos.storage.vault.MemVault."""
 
@@ -274,6 +284,16 @@ class MemScheduler:
             return live
         cutoff = self.clock() - timedelta(seconds=min_age)
         return [i for i in live if (aware(i.created_at) or cutoff) <= cutoff]
+
+    def usage(self) -> LocalMemoryUsage:
+        """What local memory holds in memory now, against its bounds (metrics read it at each scrape)."""
+        kv, adapters = self.kv_store, self.adapter_store
+        return LocalMemoryUsage(
+            kv_memory_bytes=kv.memory_bytes if kv is not None else 0,
+            kv_memory_limit_bytes=kv.memory_limit_bytes if kv is not None else None,
+            adapter_memory_bytes=adapters.memory_bytes if adapters is not None else 0,
+            adapter_memory_limit_bytes=adapters.memory_limit_bytes if adapters is not None else None,
+        )
 
     # ------------------------------------------------------------------------- per request
 

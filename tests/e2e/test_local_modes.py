@@ -328,6 +328,14 @@ def test_activation_serves_fresh_memories_on_the_first_request(
     after = local_lookups(running)
     for series in ('kv_cache_lookups_total{result="built"', 'kv_cache_lookups_total{result="hit"'):
         assert after.get(series, 0) - before.get(series, 0) == 1, series
+    # The cache is held in memory, under its bound, and the scrape says so.
+    scrape = httpx.get(running.url + "/metrics").text
+    gauges = dict(line.rsplit(" ", 1) for line in scrape.splitlines() if line.startswith("memos_local_"))
+    held, bound = (
+        float(gauges["memos_local_kv_cache_memory_bytes"]),
+        gauges['memos_local_memory_limit_bytes{store="kv_cache"}'],
+    )
+    assert 0 < held <= float(bound)
 
     # `auto` keeps its rule: activation only for promoted memories with a built cache.
     assert ask(client, "erin", "auto", max_tokens=2)[1]["x-memos-memory-mode"] == "plaintext"
