@@ -234,9 +234,11 @@ class IvfFlat:
         keep[1:] = starts[1:] != ends[:-1]  # a range starts where the previous one does not end
         run_starts = starts[keep]
         run_ends = np.maximum.reduceat(ends, np.flatnonzero(keep)) if lists.shape[0] else ends
-        parts = [self.base[int(a) : int(b)] @ q for a, b in zip(run_starts, run_ends, strict=True) if b > a]
-        run_starts = np.array([a for a, b in zip(run_starts, run_ends, strict=True) if b > a], np.int64)
-        lengths = np.array([p.shape[0] for p in parts], np.int64)
+        nonempty = run_ends > run_starts
+        run_starts, run_ends = run_starts[nonempty], run_ends[nonempty]
+        base = self.base
+        parts = [base[a:b] @ q for a, b in zip(run_starts.tolist(), run_ends.tolist(), strict=True)]
+        lengths = run_ends - run_starts
         score_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if parts else lengths
         if parts:
             scores = np.concatenate(parts)
@@ -256,17 +258,15 @@ class IvfFlat:
         if take <= 0:
             return []
         idx = np.argpartition(-scores, take - 1)[:take] if take < total else np.arange(total)
+        in_base = idx[idx < n_base]
+        runs = np.searchsorted(score_starts, in_base, side="right") - 1
+        at = run_starts[runs] + (in_base - score_starts[runs])  # base rows of the base candidates
+        rows = dict(zip(in_base.tolist(), at.tolist(), strict=True))
         best: dict[str, float] = {}
-        for i in idx:
-            s = float(scores[int(i)])
+        for i, s in zip(idx.tolist(), scores[idx].tolist(), strict=True):
             if s == -np.inf:
                 continue
-            i = int(i)
-            if i < n_base:
-                run = int(np.searchsorted(score_starts, i, side="right")) - 1
-                mid = self.base_ids[int(run_starts[run] + (i - score_starts[run]))]
-            else:
-                mid = self.tail_ids[i - n_base]
+            mid = self.base_ids[rows[i]] if i < n_base else self.tail_ids[i - n_base]
             if s > best.get(mid, -2.0):
                 best[mid] = s
         return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
