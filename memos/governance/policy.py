@@ -78,7 +78,7 @@ class PlacementPolicy(_Strict):
 class MemoryPolicy(_Strict):
     inject: bool = True
     write: bool = True
-    top_k: int = Field(default=30, ge=1, le=200)
+    top_k: int = Field(default=20, ge=1, le=200)
     token_budget: int = Field(default=600, ge=0, le=32000)
     min_score: float = Field(default=0.0, ge=0.0)
     extractor: str = "heuristic"  # "heuristic" or "llm:<model>"
