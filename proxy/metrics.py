@@ -260,7 +260,7 @@ class Metrics:
 
     def watch_local_memory(self, usage: Callable[[], LocalMemoryUsage]) -> None:
         """Export what local memory (KV caches, adapters) holds in memory against its bounds."""
-        self.registry.register(_LocalMemoryCollector(usage))
+        self.registry.register(_LocalMemoryCollector(usage, self.tenant_label))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -297,8 +297,9 @@ class _OutboxCollector(Collector):
 
 
 class _LocalMemoryCollector(Collector):
-    def __init__(self, usage: Callable[[], LocalMemoryUsage]) -> None:
+    def __init__(self, usage: Callable[[], LocalMemoryUsage], tenant_label: Callable[[str], str]) -> None:
         self._usage = usage
+        self._tenant_label = tenant_label
 
     def describe(self) -> list[Metric]:
         return []  # collected on demand only
@@ -320,7 +321,19 @@ class _LocalMemoryCollector(Collector):
             "The byte bound each in-memory local store is held under (absent: unbounded).",
             labels=["store"],
         )
-        bounds = (("kv_cache", u.kv_memory_limit_bytes), ("adapter", u.adapter_memory_limit_bytes))
+        disk = GaugeMetricFamily(
+            "memos_local_kv_cache_disk_bytes",
+            "Bytes of a tenant's KV cache files on disk, as of this process's last save or erasure of them.",
+            labels=["tenant"],
+        )
+        for tenant, used in sorted(u.kv_disk_bytes.items()):
+            disk.add_metric([self._tenant_label(tenant)], used)
+        yield disk
+        bounds = (
+            ("kv_cache", u.kv_memory_limit_bytes),
+            ("adapter", u.adapter_memory_limit_bytes),
+            ("kv_cache_disk_per_tenant", u.kv_disk_limit_bytes),
+        )
         for store, limit in bounds:
             if limit is not None:
                 limits.add_metric([store], limit)

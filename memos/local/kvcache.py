@@ -266,6 +266,8 @@ class KVCacheStore:
         self._max_bytes = memory_bytes
         self._bytes = 0
         self._tenant_disk_bytes = tenant_disk_bytes
+        # Each tenant's cache files on disk as of this process's last save or erasure for it (metrics).
+        self._disk_seen: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @property
@@ -277,6 +279,21 @@ class KVCacheStore:
     @property
     def memory_limit_bytes(self) -> int | None:
         return self._max_bytes
+
+    @property
+    def tenant_disk_limit_bytes(self) -> int | None:
+        return self._tenant_disk_bytes
+
+    def disk_bytes_seen(self) -> dict[str, int]:
+        """tenant -> bytes of its cache files on disk, as of this process's last save or erasure of
+        that tenant's caches (no directory is walked here: metrics read it at each scrape)."""
+        with self._lock:
+            return dict(self._disk_seen)
+
+    def _note_disk(self, tenant: str) -> None:
+        used = self.tenant_disk_bytes(tenant)
+        with self._lock:
+            self._disk_seen[tenant] = used
 
     def tenant_disk_bytes(self, tenant: str) -> int:
         """Bytes of the tenant's cache files on disk (blocking)."""
@@ -320,6 +337,7 @@ class KVCacheStore:
         path = self.path(key)
         write_atomic(path, sealed)
         self._enforce_quota(key.tenant, path)
+        self._note_disk(key.tenant)
         self._remember(key, block)
         return path
 
@@ -364,6 +382,7 @@ class KVCacheStore:
         directory = user_dir(self.root, self._keyring, tenant, owner)
         count = sum(1 for _ in directory.glob("*.kv")) if directory.exists() else 0
         shutil.rmtree(directory, ignore_errors=True)
+        self._note_disk(tenant)
         return count
 
     def _forget(self, key: KVKey) -> None:

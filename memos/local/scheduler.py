@@ -66,6 +66,8 @@ class LocalMemoryUsage:
     kv_memory_limit_bytes: int | None
     adapter_memory_bytes: int
     adapter_memory_limit_bytes: int | None
+    kv_disk_bytes: Mapping[str, int] = field(default_factory=dict)  # tenant -> cache files on disk
+    kv_disk_limit_bytes: int | None = None  # the per-tenant quota
 
 
 class VaultLike(Protocol):
@@ -293,6 +295,8 @@ class MemScheduler:
             kv_memory_limit_bytes=kv.memory_limit_bytes if kv is not None else None,
             adapter_memory_bytes=adapters.memory_bytes if adapters is not None else 0,
             adapter_memory_limit_bytes=adapters.memory_limit_bytes if adapters is not None else None,
+            kv_disk_bytes=kv.disk_bytes_seen() if kv is not None else {},
+            kv_disk_limit_bytes=kv.tenant_disk_limit_bytes if kv is not None else None,
         )
 
     # ------------------------------------------------------------------------- per request

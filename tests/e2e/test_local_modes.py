@@ -336,6 +336,9 @@ def test_activation_serves_fresh_memories_on_the_first_request(
         gauges['memos_local_memory_limit_bytes{store="kv_cache"}'],
     )
     assert 0 < held <= float(bound)
+    # ... and on disk: the tenant's cache files, the one file just written among them.
+    on_disk = [float(v) for k, v in gauges.items() if k.startswith("memos_local_kv_cache_disk_bytes{")]
+    assert on_disk and on_disk[0] >= path.stat().st_size
 
     # `auto` keeps its rule: activation only for promoted memories with a built cache.
     assert ask(client, "erin", "auto", max_tokens=2)[1]["x-memos-memory-mode"] == "plaintext"
