@@ -63,12 +63,50 @@ def test_speaker_names_fit_openai_name_pattern() -> None:
     assert speaker_name("x" * 80) == "x" * 64
 
 
+def small_conversation(directory: Path) -> Path:
+    """A LoCoMo-shaped conversation of two sessions (the test needs no checkout of the shared data)."""
+    turns = [
+        ("Ana", "I adopted a grey cat called Miso last week."),
+        ("Ben", "Nice! I started rock climbing at the gym downtown."),
+        ("Ana", "Miso sleeps on my keyboard all day."),
+    ]
+    later = [("Ben", "I climbed my first outdoor route in the Dolomites."), ("Ana", "I moved to Porto.")]
+    conv = {
+        "speaker_a": "Ana",
+        "speaker_b": "Ben",
+        "session_1_date_time": "1:56 pm on 8 May, 2023",
+        "session_1": [{"speaker": w, "dia_id": f"D1:{i + 1}", "text": t} for i, (w, t) in enumerate(turns)],
+        "session_2_date_time": "10:37 am on 27 June, 2023",
+        "session_2": [{"speaker": w, "dia_id": f"D2:{i + 1}", "text": t} for i, (w, t) in enumerate(later)],
+    }
+    qa = [
+        {"question": "What is the name of Ana's cat?", "evidence": ["D1:1"], "category": 4},
+        {"question": "Where did Ben climb outdoors?", "evidence": ["D2:1"], "category": 4},
+        {"question": "What sport does Ben do?", "evidence": ["D1:2", "D2:1"], "category": 1},
+    ]
+    path = directory / "conv-99.json"
+    path.write_text(json.dumps({"conversation": conv, "qa": qa}))
+    return directory
+
+
 def test_the_chat_replay_runs_end_to_end_on_a_slice(tmp_path: Path) -> None:
     out = tmp_path / "locomo_chat.json"
+    data = small_conversation(tmp_path)
     limits = ["--limit-conversations", "1", "--limit-sessions", "2", "--limit-questions", "3"]
-    assert main(["bench", "--bench-dir", str(BENCH), "locomo_chat", *limits, "--out", str(out)]) == 0
+    args = [
+        "bench",
+        "--bench-dir",
+        str(BENCH),
+        "locomo_chat",
+        "--data",
+        str(data),
+        *limits,
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
     res = json.loads(out.read_text())
-    assert res["conversations"] == ["conv-26"]
+    assert res["conversations"] == ["conv-99"]
     assert res["write"]["chat_requests"] > 0 and res["write"]["write_requests_with_a_block"] == 0
     assert sum(res["write"]["memories"].values()) > 0
     assert res["questions"] == len(res["per_question"]) == 3
