@@ -17,6 +17,7 @@ import openai
 import orjson
 import pytest
 
+from memos.recall.injection import HEADER
 from tests.support.memory import add_memories
 from tests.support.proxy import RunningProxy, proxy_stack
 from tests.support.upstream import FakeUpstream
@@ -33,7 +34,7 @@ TOOLS = [
         },
     }
 ]
-BLOCK_START = b'{"role":"system","content":"Memories about the user'
+BLOCK_START = b'{"role":"system","content":' + orjson.dumps(HEADER)[:-1]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_a_single_system_message_upstream_gets_the_block_merged_into_the_client_
     sent = orjson.loads(forwarded(upstream))["messages"]
     assert [m["role"] for m in sent] == ["system", "user"]
     system = sent[0]["content"]
-    assert system.startswith(SYSTEM["content"] + "\n\nMemories about the user") and "marked blue" in system
+    assert system.startswith(SYSTEM["content"] + "\n\n" + HEADER) and "marked blue" in system
     # Without a system message of its own, the client's conversation gets the block first.
     post(running, key, user, {"model": MODEL, "messages": body["messages"][1:]})
     alone = orjson.loads(forwarded(upstream))["messages"]
