@@ -100,10 +100,9 @@ class SkippedMemoryAudit:
         with self._lock:
             return {tenant: dict(w.counts) for tenant, w in self._windows.items()}
 
-    def flush(self, everything: bool = True) -> int:
+    def flush(self) -> int:
         """Write every open window (blocking); returns the number of entries written. A window whose
         entry could not be written is kept and merged into the next (nothing counted is dropped)."""
-        del everything  # every window is due each tick; the argument matches the other audit jobs
         with self._flushing:
             with self._lock:
                 windows, self._windows = self._windows, {}
