@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from memos.storage.keyword import normalise_for_duplicate, tokenize
+from memos.keys.keyring import Keyring
+from memos.storage.keyword import Bm25, normalise_for_duplicate, tokenize
+from memos.storage.vault import MemVault
+from memos.storage.vectors import VectorIndex
 from tests.memos.vault_support import VaultEnv, db_url, env  # noqa: F401 - fixtures
+
+
+def _with_bm25(env: VaultEnv, bm25: Bm25) -> MemVault:
+    """A vault over the same stores that scores with `bm25` (its search takes it at construction)."""
+    return MemVault(env.db, Keyring(env.db, env.master), VectorIndex(env.vector_uri), env.embedder, bm25=bm25)
 
 
 def test_tokenize_lowercases_drops_stopwords_and_stems() -> None:
@@ -101,8 +109,6 @@ def test_document_frequencies_follow_every_change(env: VaultEnv) -> None:
 
 
 def test_bounded_bm25_keeps_the_best_documents(env: VaultEnv) -> None:
-    from memos.storage.keyword import Bm25
-
     v = env.vault
     for i in range(60):
         v.add(
@@ -112,8 +118,44 @@ def test_bounded_bm25_keeps_the_best_documents(env: VaultEnv) -> None:
             dedupe=False,
         )
     exact = v.keyword("acme", "alice", "common rare words", 10)
-    v.bm25 = Bm25(max_postings=10)  # forces the split (and the impact-ordered path for one-term queries)
-    bounded = v.keyword("acme", "alice", "common rare words", 10)
+    # forces the split (and the impact-ordered path for one-term queries)
+    bounded_vault = _with_bm25(env, Bm25(max_postings=10))
+    bounded = bounded_vault.keyword("acme", "alice", "common rare words", 10)
     assert [m for m, _ in bounded[:3]] == [m for m, _ in exact[:3]]
     assert [round(s, 6) for _, s in bounded[:3]] == [round(s, 6) for _, s in exact[:3]]
-    assert len(v.keyword("acme", "alice", "common", 5)) == 5
+    assert len(bounded_vault.keyword("acme", "alice", "common", 5)) == 5
+
+
+
+def test_a_one_word_query_of_a_common_word_reads_only_the_bound_and_keeps_the_top(env: VaultEnv) -> None:
+    """One query term held by more memories than the bound: its postings are read from
+    the shortest of each term frequency, never all (before, every posting was scored), and the best
+    documents and their scores are still the exact scoring's."""
+    from typing import Any
+
+    from sqlalchemy import event
+
+    v = env.vault
+    for i in range(40):
+        # tf 1..3 and varying lengths, so impact order is not the insertion order
+        v.add("acme", "alice", ("lake " * (1 + i % 3)) + "filler " * (i % 7) + f"n{i}", dedupe=False)
+    exact = v.keyword("acme", "alice", "lake", 5)
+    bounded_vault = _with_bm25(env, Bm25(max_postings=10))
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    event.listen(env.db.engine, "before_cursor_execute", record)
+    try:
+        bounded = bounded_vault.keyword("acme", "alice", "lake", 5)
+    finally:
+        event.remove(env.db.engine, "before_cursor_execute", record)
+    assert [m for m, _ in bounded] == [m for m, _ in exact]
+    assert [round(s, 6) for _, s in bounded] == [round(s, 6) for _, s in exact]
+    for k in (1, 2, 3):  # exact while (term frequencies read) x k fits the bound: 3 x 3 <= 10
+        got, want = bounded_vault.keyword("acme", "alice", "lake", k), v.keyword("acme", "alice", "lake", k)
+        assert [(m, round(s, 6)) for m, s in got] == [(m, round(s, 6)) for m, s in want]
+    postings = [s for s in statements if "FROM memory_postings" in s]
+    assert postings and not any("GROUP BY" in s for s in postings)  # no statement scores them all
+    assert all("LIMIT" in s or "MAX(tf)" in s for s in postings)
