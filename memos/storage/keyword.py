@@ -168,7 +168,7 @@ class Bm25:
         }
         pool = max(limit * self.candidates_factor, 100)
         # The rarest term alone is over the bound (a query of one common word, "common" below or
-        # not): its postings are read in impact order up to the bound, never all of them.
+        # not): its best documents are read by term-frequency group, never all its postings.
         too_common = len(essential) == 1 and df[essential[0]] > self.max_postings
         if not common and not too_common:
             return self._scored(session, base, idf, essential, limit, None)
@@ -250,7 +250,7 @@ class Bm25:
                 break
             if len(scores) >= limit:
                 kth = sorted(scores.values(), reverse=True)[limit - 1]
-                if score(int(tf), int(tf)) <= kth:  # its best possible document: dl >= tf
+                if score(int(tf), int(tf)) < kth:  # its best possible document: dl >= tf (a tie reads on)
                     break
             n = min(limit, self.max_postings - len(scores))
             for mid, dl in session.execute(group, {**params, "tf": tf, "n": n}).all():
