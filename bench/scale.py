@@ -187,7 +187,7 @@ def main() -> None:
         build_ms = stats.last_build_ms if stats.builds > builds_before else None
         owner_key = vault.owner_key(TENANT, USER)
         entry = vault.vectors.cache.get((TENANT, owner_key), vault.stats(TENANT, USER).changes)
-        kind = "exact" if entry is None or isinstance(entry, _Entry) else "ivf"
+        kind = "exact" if entry is None or isinstance(entry, _Entry) else "pq"
         # cold: the first search after the owner changed elsewhere (LanceDB search, background reload)
         vault.vectors.cache.invalidate(TENANT)
         t = time.perf_counter()

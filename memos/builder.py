@@ -63,6 +63,7 @@ class MemoryConfig:
     embedding_model: str = "minilm"
     recall_threads: int = 4
     row_cache_rows: int = 50_000
+    vector_cache_bytes: int = 2048 * 1024 * 1024
     recall_timeout_s: float = 2.0
     max_inflight: int = 256
     worker_poll_interval_s: float = 0.2
@@ -87,7 +88,11 @@ def open_vault(
 ) -> MemVault:
     """The vault alone (blocking, cheap): what the CLI's export, import and training need."""
     return MemVault(
-        db, keyring, VectorIndex(config.vector_uri), embedder, row_cache_rows=config.row_cache_rows
+        db,
+        keyring,
+        VectorIndex(config.vector_uri, cache_bytes=config.vector_cache_bytes),
+        embedder,
+        row_cache_rows=config.row_cache_rows,
     )
 
 
@@ -196,7 +201,7 @@ def build_memory(
     vault = MemVault(
         db,
         keyring,
-        VectorIndex(config.vector_uri),
+        VectorIndex(config.vector_uri, cache_bytes=config.vector_cache_bytes),
         TimedEmbedder(background_lane(embedder), observer.memories_embedded),
         row_cache_rows=config.row_cache_rows,
     )

@@ -179,6 +179,7 @@ def memory_config(settings: Settings) -> MemoryConfig:
         embedding_model=settings.embedding_model,
         recall_threads=settings.memory_recall_threads,
         row_cache_rows=settings.memory_row_cache_rows,
+        vector_cache_bytes=settings.memory_vector_cache_mb * 1024 * 1024,
         recall_timeout_s=settings.memory_recall_timeout_ms / 1000,
         max_inflight=settings.memory_max_inflight,
         worker_poll_interval_s=settings.worker_poll_interval_s,

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     memory_recall_timeout_ms: float = Field(default=2000.0, gt=0.0)
     # Decoded search candidates kept in memory, across owners (memos/storage/row_cache.py); 0: none.
     memory_row_cache_rows: int = Field(default=50_000, ge=0)
+    # Users' vectors kept in memory for dense search, across users (memos/storage/vectors.py), in MB:
+    # a user whose vectors do not fit is searched in LanceDB (slower). A million 384-dim memories of
+    # one user take ~1.6 GB with their codes.
+    memory_vector_cache_mb: int = Field(default=2048, ge=0)
 
     # name -> local Hugging Face model directory, served as model "local/<name>".
     local_models: dict[str, Path] = Field(default_factory=dict)

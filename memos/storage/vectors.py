@@ -16,14 +16,14 @@ owner's change counter in SQL (`memory_owner_stats.changes`, bumped in the same 
 change to the owner's active set): another replica's write makes the counter differ and the cache
 reloads from LanceDB. The vault tells the index what each of its own writes changed (`writing`,
 `changed`), applied to the cache as deltas, so the common case never reloads. Owners too large for
-the cache are searched in LanceDB directly (with an ANN index once the table passes `ann_threshold`
+the cache are searched in LanceDB directly (with an ANN index once the table passes `lance_index_rows`
 rows).
 
-Large owners (issue #17). An owner with at least `ann_threshold` vectors is held in the cache as an
-in-process IVF-Flat index (memos.storage.ann) rather than the exact matrix: a search scores the
-probed lists' vectors exactly, so its cost follows the lists probed, not the owner's size; the index
-takes writes as deltas, is rebuilt in the background when its unindexed tail outgrows it, and is
-never written to disk (erasing the owner drops it with the cache entry). Smaller owners stay exact.
+Large owners (issue #17). An owner with at least `ann_threshold` vectors is held in the cache with
+4-bit product-quantised codes of its vectors (memos.storage.ann): a search scans the codes (1/32 of
+the vectors' bytes) for its best few thousand rows and scores those exactly; the index takes writes
+as deltas, is rebuilt in the background when its unencoded tail outgrows it, and is never written to
+disk (erasing the owner drops it with the cache entry). Smaller owners stay exact.
 Another replica's writes no longer drop the entry: the vault logs the vector ids each write added and
 removed (memos.storage.vector_log), and a search whose entry is behind applies those deltas, reading
 only the added vectors from LanceDB; only a gap in the log reloads the owner.
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from memos.logsafe import exception_summary
-from memos.storage.ann import IvfFlat, IvfParams
+from memos.storage.ann import PqParams, PqScan
 from memos.storage.vector_log import VectorDelta
 
 log = logging.getLogger(__name__)
@@ -114,28 +114,28 @@ class _AnnEntry:
     """A large owner's vectors held in an approximate index (memos.storage.ann), at one counter."""
 
     changes: int
-    ivf: IvfFlat
+    index: PqScan
 
     @property
     def nbytes(self) -> int:
-        return self.ivf.nbytes
+        return self.index.nbytes
 
     def __len__(self) -> int:
-        return len(self.ivf)
+        return len(self.index)
 
     def search(self, query: np.ndarray, k: int, *, exact: bool = False) -> list[tuple[str, float]]:
         if exact:  # the exact answer over the same vectors (the benchmark's recall reference)
-            ids, matrix = self.ivf.vectors()
+            ids, matrix = self.index.vectors()
             return top_k_cosine(matrix, ids, query, k)
-        return self.ivf.search(query, k)
+        return self.index.search(query, k)
 
     def applied(
         self, changes: int, add_ids: Sequence[str], add_vectors: np.ndarray | None, remove_ids: Sequence[str]
     ) -> _AnnEntry:
-        ivf = self.ivf.removed(remove_ids) if remove_ids else self.ivf
+        index = self.index.removed(remove_ids) if remove_ids else self.index
         if add_ids and add_vectors is not None:
-            ivf = ivf.added(add_ids, add_vectors.astype(np.float32))
-        return _AnnEntry(changes, ivf)
+            index = index.added(add_ids, add_vectors.astype(np.float32))
+        return _AnnEntry(changes, index)
 
 
 AnyEntry = _Entry | _AnnEntry
@@ -169,10 +169,10 @@ class OwnerVectorCache:
     deltas applied meanwhile are replayed onto it before it replaces the entry, so no search waits
     for a build. An index whose owner shrinks below half the threshold goes back to exact."""
 
-    def __init__(self, max_bytes: int, ann_threshold: int = 0, ivf_params: IvfParams | None = None) -> None:
+    def __init__(self, max_bytes: int, ann_threshold: int = 0, index_params: PqParams | None = None) -> None:
         self.max_bytes = max_bytes
         self.ann_threshold = ann_threshold  # 0: always exact
-        self.ivf_params = ivf_params or IvfParams()
+        self.index_params = index_params or PqParams()
         self.index_stats = IndexStats()
         self._entries: OrderedDict[tuple[str, str], AnyEntry] = OrderedDict()
         self._bytes = 0
@@ -303,12 +303,12 @@ class OwnerVectorCache:
             return
         if isinstance(entry, _AnnEntry):
             if len(entry) < self.ann_threshold // 2:
-                ids, matrix = entry.ivf.vectors()
+                ids, matrix = entry.index.vectors()
                 self._bytes -= entry.nbytes
                 exact = self._entries[key] = _Entry(entry.changes, ids, matrix)
                 self._bytes += exact.nbytes
                 return
-            due = entry.ivf.wants_rebuild()
+            due = entry.index.wants_rebuild()
         else:
             due = len(entry) >= self.ann_threshold
         if due and key not in self._building:
@@ -319,21 +319,21 @@ class OwnerVectorCache:
             self._builders = [t for t in self._builders if t.is_alive()] + [thread]
             thread.start()
 
-    def _build(self, ids: list[str], matrix: np.ndarray) -> IvfFlat:
+    def _build(self, ids: list[str], matrix: np.ndarray) -> PqScan:
         t0 = time.perf_counter()
-        ivf = IvfFlat.build(ids, matrix, self.ivf_params)
+        index = PqScan.build(ids, matrix, self.index_params)
         self.index_stats.builds += 1
         self.index_stats.last_build_ms = (time.perf_counter() - t0) * 1000
         self.index_stats.last_build_rows = len(ids)
-        return ivf
+        return index
 
     def _build_in_background(self, key: tuple[str, str], snapshot: AnyEntry) -> None:
         try:
             if isinstance(snapshot, _AnnEntry):
-                ids, matrix = snapshot.ivf.vectors()
+                ids, matrix = snapshot.index.vectors()
             else:
                 ids, matrix = snapshot.ids, snapshot.matrix
-            ivf = self._build(ids, matrix)
+            index = self._build(ids, matrix)
         except Exception as exc:  # said and counted; the owner stays on its current (working) entry
             self.index_stats.failures += 1
             log.warning("building an owner's vector index failed: %s", exception_summary(exc))
@@ -350,14 +350,14 @@ class OwnerVectorCache:
                 if d.prev != at:  # a gap (the entry was dropped and reloaded meanwhile): again
                     self._maintain(key, current)
                     return
-                ivf = ivf.removed(d.remove_ids) if d.remove_ids else ivf
+                index = index.removed(d.remove_ids) if d.remove_ids else index
                 if d.add_ids and d.add_vectors is not None:
-                    ivf = ivf.added(d.add_ids, d.add_vectors.astype(np.float32))
+                    index = index.added(d.add_ids, d.add_vectors.astype(np.float32))
                 at = d.new
             if at != current.changes:
                 self._maintain(key, current)  # built from what is no longer the owner's: again
                 return
-            self._put(key, _AnnEntry(at, ivf))
+            self._put(key, _AnnEntry(at, index))
 
     def wait_for_builds(self, timeout: float = 600.0) -> None:
         """Wait for the index builds in flight (benchmarks and tests)."""
@@ -483,11 +483,11 @@ class VectorIndex:
         self,
         uri: str,
         *,
-        cache_bytes: int = 512 * 1024 * 1024,
+        cache_bytes: int = 2048 * 1024 * 1024,
         compact_every: int = 100,
         version_retention: timedelta = timedelta(seconds=15),
-        ann_threshold: int = 150_000,
-        ivf_params: IvfParams | None = None,
+        ann_threshold: int = 50_000,
+        index_params: PqParams | None = None,
         lance_index_rows: int = 200_000,
         sync_load_max: int = 20_000,
     ) -> None:
@@ -501,10 +501,9 @@ class VectorIndex:
         self.catch_ups = 0  # entries brought up to date from the vector log (not reloaded)
         # Owners with at least `ann_threshold` vectors are searched through an approximate index in
         # the cache (memos.storage.ann); smaller ones exactly. Measured on bench/scale.py's corpus on
-        # a quiet 2-core box (dense top 200, the retriever's depth): at 100k the index (recall@12
-        # 0.99) took 7.6 ms against 6.9 ms exact, at 200k 11.7 ms against 13.8 ms: below ~150k the
-        # exact scan is as fast on that corpus, so the index starts there.
-        self.cache = OwnerVectorCache(cache_bytes, ann_threshold, ivf_params)
+        # a 2-core box (dense top 200, the retriever's depth): the exact scan takes ~1.5 ms at 20k and
+        # ~3.5 ms at 50k, the codes' scan ~0.5 ms at 100k (recall@12 0.998): from 50k it pays.
+        self.cache = OwnerVectorCache(cache_bytes, ann_threshold, index_params)
         self.compact_every = compact_every
         self.lance_index_rows = lance_index_rows  # a LanceDB index for owners searched in LanceDB
         self._db: Any = None

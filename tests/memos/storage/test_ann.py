@@ -1,7 +1,7 @@
 """The approximate index for large owners (memos.storage.ann) and how the owner cache uses it: exact
-below the threshold, an IVF-Flat index above it that takes writes as deltas, is built in the
-background without losing the writes made meanwhile, and leaves nothing on disk when the owner is
-erased."""
+below the threshold, product-quantised codes with an exact refine above it, which take writes as
+deltas, are built in the background without losing the writes made meanwhile, and leave nothing on
+disk when the owner is erased."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from memos.db import Database
 from memos.embeddings import HashEmbedder, normalise
 from memos.keys.crypto import MasterKey
 from memos.keys.keyring import Keyring
-from memos.storage.ann import IvfFlat, IvfParams
+from memos.storage.ann import PqParams, PqScan
 from memos.storage.batch import NewMemory
 from memos.storage.vault import MemVault
 from memos.storage.vectors import OwnerVectorCache, VectorIndex, _AnnEntry, _Entry, top_k_cosine
@@ -39,35 +39,55 @@ def _recall(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> floa
     return len({g[0] for g in got} & {w[0] for w in want}) / max(1, len(want))
 
 
-def test_probing_every_list_is_the_exact_search() -> None:
+def test_scoring_every_row_is_the_exact_search() -> None:
     m, ids = _clustered(3000), _ids(3000)
-    ivf = IvfFlat.build(ids, m, IvfParams(seed=3))
+    index = PqScan.build(ids, m, PqParams(seed=3))
     for q in _clustered(20, seed=9):
-        got = ivf.search(q, 12, nprobe=ivf.centroids.shape[0])
+        got = index.search(q, 12, depth=3000)
         want = top_k_cosine(m, ids, q, 12)
         assert [g[0] for g in got] == [w[0] for w in want]
         assert np.allclose([g[1] for g in got], [w[1] for w in want], atol=1e-5)
 
 
-def test_default_probing_finds_the_exact_top_12() -> None:
+def test_the_default_depth_finds_the_exact_top_12_scoring_a_fraction() -> None:
     m, ids = _clustered(20_000), _ids(20_000)
-    ivf = IvfFlat.build(ids, m)
+    index = PqScan.build(ids, m)
     queries = _clustered(50, seed=5)
-    recall = [_recall(ivf.search(q, 12), top_k_cosine(m, ids, q, 12)) for q in queries]
+    recall = [_recall(index.search(q, 12), top_k_cosine(m, ids, q, 12)) for q in queries]
     assert float(np.mean(recall)) >= 0.98
-    assert ivf.nprobe() < ivf.centroids.shape[0]  # it really skips lists
+    assert index.depth(12) < 20_000 / 4  # it really scores only the codes' best rows exactly
+
+
+def test_the_codes_pick_candidates_where_few_rows_are_scored() -> None:
+    """At a shallow depth the codes alone choose which rows are scored: many of the right ones even
+    from 8 codes of 4 bits (dimension 32), where codes that meant nothing would find ~100/20,000."""
+    m, ids = _clustered(20_000, centres=400), _ids(20_000)
+    index = PqScan.build(ids, m, PqParams(depth=100, depth_per_k=1))
+    queries = _clustered(50, seed=5, centres=400)
+    recall = [_recall(index.search(q, 12), top_k_cosine(m, ids, q, 12)) for q in queries]
+    assert float(np.mean(recall)) >= 0.4
+
+
+def test_a_dimension_the_codes_do_not_divide_is_padded() -> None:
+    rng = np.random.default_rng(4)
+    m = normalise(rng.standard_normal((3000, 30)).astype(np.float32))
+    ids = _ids(3000)
+    index = PqScan.build(ids, m)
+    q = m[17]
+    assert index.search(q, 1)[0][0] == ids[17]
+    assert index.codes.d == 32
 
 
 def test_adds_and_removals_are_deltas_older_readers_do_not_see() -> None:
     m, ids = _clustered(2000), _ids(2000)
-    ivf = IvfFlat.build(ids, m)
+    index = PqScan.build(ids, m)
     new = _clustered(3, seed=11)
-    grown = ivf.added(["n0.1", "n1.1", "n2.1"], new)
+    grown = index.added(["n0.1", "n1.1", "n2.1"], new)
     assert grown.search(new[1], 1)[0][0] == "n1.1"
-    assert len(grown) == 2003 and len(ivf) == 2000
-    assert "n1.1" not in [h[0] for h in ivf.search(new[1], 5)]
+    assert len(grown) == 2003 and len(index) == 2000
+    assert "n1.1" not in [h[0] for h in index.search(new[1], 5)]
     gone = grown.removed(["m7.1", "n1.1"])
-    assert "m7.1" not in [h[0] for h in gone.search(m[7], 20, nprobe=gone.centroids.shape[0])]
+    assert "m7.1" not in [h[0] for h in gone.search(m[7], 20, depth=2000)]
     assert "n1.1" not in [h[0] for h in gone.search(new[1], 20)]
     assert len(gone) == 2001
     row = ids.index("m7.1")
@@ -101,7 +121,7 @@ def test_writes_during_a_build_are_replayed_onto_the_new_index() -> None:
     release = threading.Event()
     real_build = cache._build
 
-    def slow_build(ids: list[str], matrix: np.ndarray) -> IvfFlat:
+    def slow_build(ids: list[str], matrix: np.ndarray) -> PqScan:
         release.wait(30)  # hold the build until the writes below have been applied
         return real_build(ids, matrix)
 
@@ -116,7 +136,7 @@ def test_writes_during_a_build_are_replayed_onto_the_new_index() -> None:
     entry = cache.get(key, 3)
     assert isinstance(entry, _AnnEntry) and entry.changes == 3 and len(entry) == 1200
     assert entry.search(new[1], 1)[0][0] == "n1.1"
-    assert "m5.1" not in entry.ivf.vectors()[0] and "n0.1" not in entry.ivf.vectors()[0]
+    assert "m5.1" not in entry.index.vectors()[0] and "n0.1" not in entry.index.vectors()[0]
 
 
 def test_a_build_is_dropped_when_the_owner_changed_elsewhere_meanwhile() -> None:
@@ -126,7 +146,7 @@ def test_a_build_is_dropped_when_the_owner_changed_elsewhere_meanwhile() -> None
     release = threading.Event()
     real_build = cache._build
 
-    def slow_build(ids: list[str], matrix: np.ndarray) -> IvfFlat:
+    def slow_build(ids: list[str], matrix: np.ndarray) -> PqScan:
         release.wait(30)
         return real_build(ids, matrix)
 
