@@ -132,13 +132,20 @@ class _AnnEntry:
     def applied(
         self, changes: int, add_ids: Sequence[str], add_vectors: np.ndarray | None, remove_ids: Sequence[str]
     ) -> _AnnEntry:
-        index = self.index.removed(remove_ids) if remove_ids else self.index
-        if add_ids and add_vectors is not None:
-            index = index.added(add_ids, add_vectors.astype(np.float32))
-        return _AnnEntry(changes, index)
+        return _AnnEntry(changes, _with_delta(self.index, add_ids, add_vectors, remove_ids))
 
 
 AnyEntry = _Entry | _AnnEntry
+
+
+def _with_delta(
+    index: PqScan, add_ids: Sequence[str], add_vectors: np.ndarray | None, remove_ids: Sequence[str]
+) -> PqScan:
+    """One write applied to an index: its removals, then its additions (a live entry's and a replay's)."""
+    index = index.removed(remove_ids) if remove_ids else index
+    if add_ids and add_vectors is not None:
+        index = index.added(add_ids, add_vectors.astype(np.float32))
+    return index
 
 
 @dataclass
@@ -350,9 +357,7 @@ class OwnerVectorCache:
                 if d.prev != at:  # a gap (the entry was dropped and reloaded meanwhile): again
                     self._maintain(key, current)
                     return
-                index = index.removed(d.remove_ids) if d.remove_ids else index
-                if d.add_ids and d.add_vectors is not None:
-                    index = index.added(d.add_ids, d.add_vectors.astype(np.float32))
+                index = _with_delta(index, d.add_ids, d.add_vectors, d.remove_ids)
                 at = d.new
             if at != current.changes:
                 self._maintain(key, current)  # built from what is no longer the owner's: again
